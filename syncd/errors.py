@@ -1,0 +1,133 @@
+"""The SyncdError tree: every failure a user can see, sorted by what the caller should do.
+
+Foreign exceptions (botocore, OSError) are translated into this tree at the store edge, so the
+CLI can print one line and pick an exit code without knowing which library failed. Messages
+name the bucket, key or path involved and never a credential.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, documented in the README."""
+
+    OK = 0
+    ERROR = 1  # unexpected failure
+    USAGE = 2  # bad command line
+    CONFIG = 3  # invalid configuration
+    DRIFT = 4  # `syncd check` found differences
+    UNREACHABLE = 5  # endpoint could not be reached
+    ACCESS = 6  # wrong credentials or permission denied
+    NOT_FOUND = 7  # bucket or volume root missing
+    NO_SPACE = 8  # destination full
+    INTEGRITY = 9  # bytes did not match the checksum the source vouches for
+    PARTIAL = 10  # some objects failed or were refused; the rest was synced
+    REFUSED = 11  # the plan was refused (delete guard); copies went ahead
+    LEASE = 12  # write lease could not be held
+
+
+class SyncdError(Exception):
+    """Base of every error syncd reports; `hint` tells the operator what to do next."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+    retryable: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(SyncdError):
+    exit_code = ExitCode.CONFIG
+
+    def __init__(
+        self, message: str, *, file: str | None = None, field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = ": ".join(p for p in (file, field) if p)
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.file = file
+        self.field = field
+
+
+class StoreError(SyncdError):
+    """A store operation failed; `store` names the bucket or volume, `key` the object."""
+
+    def __init__(
+        self, message: str, *, store: str = "", key: str | None = None, hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.store = store
+        self.key = key
+
+
+class Unreachable(StoreError):
+    exit_code = ExitCode.UNREACHABLE
+    retryable = True
+
+
+class AccessDenied(StoreError):
+    exit_code = ExitCode.ACCESS
+
+
+class NotFound(StoreError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class NoSpace(StoreError):
+    exit_code = ExitCode.NO_SPACE
+
+
+class PreconditionFailed(StoreError):
+    """The store rejected a conditional write: someone else changed the object first."""
+
+
+class SourceChanged(StoreError):
+    """The source changed while it was read; nothing was published, try again later."""
+
+    retryable = True
+
+
+class IntegrityError(StoreError):
+    """Bytes did not match the checksum the source vouches for. Never published."""
+
+    exit_code = ExitCode.INTEGRITY
+    retryable = True
+
+
+class UnsafeKey(SyncdError):
+    """An object key that would escape the volume root; skipped and counted, never written."""
+
+
+class PlanRefused(SyncdError):
+    """A guard refused part of a plan (deletes); copies went ahead, deletes wait."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class PartialFailure(SyncdError):
+    """Some actions failed; each was reported on its own line."""
+
+    exit_code = ExitCode.PARTIAL
+
+
+class LeaseError(SyncdError):
+    exit_code = ExitCode.LEASE
+
+
+class LeaseHeld(LeaseError):
+    retryable = True
+
+
+class LeaseLost(LeaseError):
+    """Terminal for the holder: it must stop writing at once."""
+
+
+class LeaseUnsupported(LeaseError):
+    """The store cannot arbitrate a lease safely (e.g. ignores conditional writes)."""

@@ -1,0 +1,110 @@
+"""Object keys <-> safe relative paths. Pure.
+
+An object key is attacker-controlled input: whoever can write to the bucket chooses it. A key
+is accepted only if, joined under the volume root, it can name nothing outside that root and
+nothing inside syncd's own `.syncd/` directory. Everything else is refused with a reason.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+RESERVED_DIR = ".syncd"
+MAX_SEGMENT_BYTES = 255  # NAME_MAX on Linux filesystems
+MAX_PATH_BYTES = 4000  # under PATH_MAX (4096), leaving room for the root
+
+
+def normalize_prefix(prefix: str) -> str:
+    """'models' and 'models/' name the same folder; '' is the whole bucket."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def unsafe_reason(key: str) -> str | None:
+    """Why `key` (relative to the mirror root) must not become a path, or None if it is safe."""
+    if not key:
+        return "empty key"
+    if "\x00" in key:
+        return "contains NUL"
+    if "\\" in key:
+        return "contains a backslash"
+    if key.startswith("/"):
+        return "absolute path"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return "contains a control character"
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"longer than {MAX_PATH_BYTES} bytes"
+    segments = key.split("/")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            return f"has a {segment!r} path segment" if segment else "has an empty path segment"
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            return f"has a path segment longer than {MAX_SEGMENT_BYTES} bytes"
+    if segments[0] == RESERVED_DIR:
+        return f"inside syncd's reserved {RESERVED_DIR}/ directory"
+    return None
+
+
+def is_directory_marker(key: str) -> bool:
+    """Zero-byte 'folder/' objects made by consoles: not files, silently ignored."""
+    return key.endswith("/")
+
+
+def relative_key(object_key: str, prefix: str) -> str:
+    """The part of `object_key` under the normalized `prefix`."""
+    return object_key[len(prefix):] if prefix and object_key.startswith(prefix) else object_key
+
+
+@lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Glob -> regex: '**' crosses '/', '*' and '?' stay within a segment, [..] a class."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+                i += 1
+            else:
+                body = pattern[i + 1 : end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def glob_match(pattern: str, key: str) -> bool:
+    """Match a relative key; a pattern without '/' matches the basename at any depth."""
+    if "/" not in pattern:
+        pattern = f"**/{pattern}"
+    return _glob_regex(pattern).match(key) is not None
+
+
+def selected(key: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """Included by some include glob (all when none) and by no exclude glob."""
+    if include and not any(glob_match(p, key) for p in include):
+        return False
+    return not any(glob_match(p, key) for p in exclude)

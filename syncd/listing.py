@@ -1,0 +1,128 @@
+"""Values describing what a store holds. No I/O.
+
+An `Entry` is one object or file, keyed by its path relative to the mirror root ('/'-separated).
+A `Listing` also says whether it is `complete`: the planner never deletes on the strength of a
+listing that failed part-way, because "absent from the listing" would then not mean "absent".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Algo(StrEnum):
+    """Checksum algorithms, strongest-and-cheapest first in `PREFERENCE`."""
+
+    CRC64NVME = "crc64nvme"
+    CRC32C = "crc32c"
+    CRC32 = "crc32"
+    SHA256 = "sha256"
+    SHA1 = "sha1"
+    MD5 = "md5"
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    """A full-object checksum; `value` is the S3 wire form (base64; hex for MD5 ETags)."""
+
+    algo: Algo
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.algo}:{self.value}"
+
+    @classmethod
+    def parse(cls, text: str) -> Checksum:
+        algo, _, value = text.partition(":")
+        return cls(Algo(algo), value)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One object or file. `etag` is unquoted; `mtime_ns`/`inode` only come from the volume."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    mtime_ns: int | None = None
+    inode: int | None = None
+    checksum: Checksum | None = None
+
+    def stat_signature(self) -> tuple[int, int | None, int | None]:
+        """What tells a volume file unchanged without reading it."""
+        return (self.size, self.mtime_ns, self.inode)
+
+
+@dataclass(slots=True)
+class Listing:
+    """Entries by key. `complete=False` when any part of the listing failed."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    complete: bool = True
+    refused: dict[str, str] = field(default_factory=dict)  # raw key -> why it was refused
+
+    @classmethod
+    def of(cls, entries: Iterable[Entry], *, complete: bool = True) -> Listing:
+        return cls({e.key: e for e in entries}, complete)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries.values())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def get(self, key: str) -> Entry | None:
+        return self.entries.get(key)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries.values())
+
+
+def normalize_etag(etag: str | None) -> str | None:
+    """Servers disagree on quoting (rclone lists unquoted, HEADs quoted); compare bare."""
+    if etag is None:
+        return None
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"') or None
+
+
+def md5_etag(etag: str | None) -> str | None:
+    """The hex MD5 when `etag` is a single-part upload's ETag, else None."""
+    bare = normalize_etag(etag)
+    if bare and len(bare) == 32 and all(c in "0123456789abcdef" for c in bare.lower()):
+        return bare.lower()
+    return None
+
+
+def lower_keys(mapping: Mapping[str, str] | None) -> dict[str, str]:
+    """Metadata keys vary in case between servers (rclone capitalises them)."""
+    return {k.lower(): v for k, v in (mapping or {}).items()}
+
+
+def fingerprint(entry: Entry) -> str:
+    """What identifies this version without reading it: ETag on S3, stat fields on a volume."""
+    if entry.mtime_ns is not None:
+        return f"{entry.size}:{entry.mtime_ns}:{entry.inode or 0}"
+    return f"{entry.size}:{entry.etag or ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What syncd published for one key: both sides' fingerprints, the verified checksum and
+    the lease generation it was published under (so an audit can tell which writer did it)."""
+
+    src: str
+    dst: str
+    checksum: str | None = None
+    gen: int = 0
+
+
+Record = dict[str, Recorded]

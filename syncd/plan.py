@@ -1,0 +1,202 @@
+"""The pure planner: two listings + what syncd recorded + the mirror's policy -> actions.
+
+No I/O, clock or logging here, so `--dry-run` prints exactly what a real run would do and the
+tests can state invariants over arbitrary listings (tests/test_plan.py):
+- no key that `keys.unsafe_reason` rejects is ever copied or deleted;
+- nothing is deleted when the source listing is incomplete or deletes are off;
+- deletes beyond the guard are all held back, never partly applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
+
+from syncd.keys import is_directory_marker, selected, unsafe_reason
+from syncd.listing import Entry, Listing, Record, fingerprint
+
+T = TypeVar("T")
+
+
+class Reason(StrEnum):
+    NEW = "new"
+    SIZE_CHANGED = "size_changed"
+    SOURCE_CHANGED = "source_changed"
+    DESTINATION_CHANGED = "destination_changed"
+    UNRECORDED = "unrecorded"
+    UNCHANGED = "unchanged"
+    ABSENT_FROM_SOURCE = "absent_from_source"
+    DELETE_DISABLED = "delete_disabled"
+    LISTING_INCOMPLETE = "listing_incomplete"
+    DELETE_GUARD = "delete_guard"
+    UNSAFE_KEY = "unsafe_key"
+    PATH_CONFLICT = "path_conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    key: str
+    reason: Reason
+    src: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """The destination may already hold these bytes: hash it, compare with what the source
+    vouches for, and record it on a match instead of transferring (copy on a mismatch)."""
+
+    key: str
+    reason: Reason
+    src: Entry
+    dst: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    reason: Reason
+    dst: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    key: str
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    key: str
+    reason: Reason
+    detail: str
+
+
+Action = Copy | Adopt | Delete | Skip | Refuse
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    delete: bool = False
+    max_delete_count: int = 1000
+    max_delete_fraction: float = 0.5
+
+
+@dataclass(slots=True)
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    refused_deletes: str | None = None  # why the delete guard held deletes back
+
+    def of_type(self, kind: type[T]) -> Iterator[T]:
+        return (a for a in self.actions if isinstance(a, kind))
+
+    @property
+    def copies(self) -> list[Copy]:
+        return list(self.of_type(Copy))
+
+    @property
+    def adopts(self) -> list[Adopt]:
+        return list(self.of_type(Adopt))
+
+    @property
+    def deletes(self) -> list[Delete]:
+        return list(self.of_type(Delete))
+
+    @property
+    def refused(self) -> list[Refuse]:
+        return list(self.of_type(Refuse))
+
+    @property
+    def copy_bytes(self) -> int:
+        return sum(a.src.size for a in self.copies)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.actions:
+            name = type(a).__name__.lower()
+            out[name] = out.get(name, 0) + 1
+        return out
+
+
+def _directories(keys: Iterator[str]) -> set[str]:
+    dirs: set[str] = set()
+    for key in keys:
+        parts = key.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    return dirs
+
+
+def _compare(src: Entry, dst: Entry, record: Record) -> Action:
+    rec = record.get(src.key)
+    if rec is not None and rec.src == fingerprint(src):
+        if rec.dst == fingerprint(dst):
+            return Skip(src.key, Reason.UNCHANGED)
+        if src.size == dst.size:
+            return Adopt(src.key, Reason.DESTINATION_CHANGED, src, dst)
+        return Copy(src.key, Reason.DESTINATION_CHANGED, src)
+    if src.size != dst.size:
+        return Copy(src.key, Reason.SIZE_CHANGED, src)
+    if rec is not None:
+        return Copy(src.key, Reason.SOURCE_CHANGED, src)
+    return Adopt(src.key, Reason.UNRECORDED, src, dst)
+
+
+def compute(src: Listing, dst: Listing, record: Record, policy: Policy) -> Plan:
+    """Actions that make `dst` mirror `src`, each with its reason."""
+    plan = Plan()
+
+    def wanted(key: str) -> bool:
+        return not is_directory_marker(key) and selected(key, policy.include, policy.exclude)
+
+    for raw, detail in sorted(src.refused.items()):
+        plan.actions.append(Refuse(raw, Reason.UNSAFE_KEY, detail))
+    src_keys = [k for k in src.entries if wanted(k)]
+    dirs = _directories(iter(src_keys))
+    for key in sorted(src_keys):
+        entry = src.entries[key]
+        why = unsafe_reason(key)
+        if why is not None:
+            plan.actions.append(Refuse(key, Reason.UNSAFE_KEY, why))
+        elif key in dirs:
+            plan.actions.append(Refuse(key, Reason.PATH_CONFLICT, "also a directory in the source"))
+        elif (theirs := dst.get(key)) is None:
+            plan.actions.append(Copy(key, Reason.NEW, entry))
+        else:
+            plan.actions.append(_compare(entry, theirs, record))
+
+    extras = sorted(k for k in dst.entries if k not in src.entries and wanted(k))
+    deletes: list[Delete] = []
+    for key in extras:
+        if unsafe_reason(key) is not None:
+            continue
+        if not policy.delete:
+            plan.actions.append(Skip(key, Reason.DELETE_DISABLED))
+        elif not src.complete or not dst.complete:
+            plan.actions.append(Skip(key, Reason.LISTING_INCOMPLETE))
+        else:
+            deletes.append(Delete(key, Reason.ABSENT_FROM_SOURCE, dst.entries[key]))
+
+    plan.refused_deletes = _delete_guard(len(deletes), len(dst), policy)
+    if plan.refused_deletes is None:
+        plan.actions.extend(deletes)
+    else:
+        plan.actions.extend(Skip(d.key, Reason.DELETE_GUARD) for d in deletes)
+    return plan
+
+
+def _delete_guard(count: int, dst_count: int, policy: Policy) -> str | None:
+    if count == 0:
+        return None
+    if count > policy.max_delete_count:
+        return f"{count} deletes exceed max_delete_count={policy.max_delete_count}"
+    fraction = count / max(dst_count, 1)
+    if fraction > policy.max_delete_fraction:
+        return (
+            f"{count} of {dst_count} files ({fraction:.0%}) exceed "
+            f"max_delete_fraction={policy.max_delete_fraction}"
+        )
+    return None

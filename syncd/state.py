@@ -1,0 +1,61 @@
+"""Per-mirror record of what syncd published, under the volume's `.syncd/state/`.
+
+It lets a no-op run skip unchanged files without re-reading or re-hashing them: a key whose
+source and destination fingerprints both match the record is in sync. It is a cache, not the
+truth: a missing or unreadable record only costs re-hashing (planner `Adopt`), never a wrong
+skip, so a corrupt file is ignored rather than fatal. Saved by tmp + fsync + rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+
+from syncd.keys import RESERVED_DIR
+from syncd.listing import Record, Recorded
+
+VERSION = 1
+
+
+def path_for(root: Path, mirror: str) -> Path:
+    return root / RESERVED_DIR / "state" / f"{mirror}.json"
+
+
+def _read(path: Path) -> Record:
+    try:
+        data = json.loads(path.read_bytes())
+        if data.get("version") != VERSION:
+            return {}
+        return {k: Recorded(*v) for k, v in data["entries"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _write(path: Path, record: Record) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(
+        {"version": VERSION,
+         "entries": {k: [r.src, r.dst, r.checksum, r.gen] for k, r in record.items()}},
+        separators=(",", ":"), ensure_ascii=False,
+    ).encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+async def load(root: Path, mirror: str) -> Record:
+    return await asyncio.to_thread(_read, path_for(root, mirror))
+
+
+async def save(root: Path, mirror: str, record: Record) -> None:
+    await asyncio.to_thread(_write, path_for(root, mirror), dict(record))

@@ -1,0 +1,95 @@
+"""The one small store interface both the S3 bucket and the volume implement.
+
+Data moves as `source = src.open(entry)` -> `staged = dst.stage(source)` -> verify ->
+`dst.publish(staged, fence)`. Staging makes nothing visible (a temp file under `.syncd/`, an
+uncompleted multipart upload, bytes in memory); `publish` is the single step that does, and it
+calls `fence.check()` right before it, so a writer that lost its lease publishes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from syncd.listing import Algo, Checksum, Entry, Listing
+
+CHUNK_BYTES = 1 << 20  # hashing/writing granularity: large enough to amortise per-call cost
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    conditional_writes: bool = False
+    verifies_checksums: bool = False  # the store checks a checksum we send with the bytes
+    atomic_rename: bool = False
+
+
+class Fence(Protocol):
+    """Proof of a write lease: `check()` raises LeaseLost once it is no longer valid."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def check(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFence:
+    """The fence of a run that holds no lease (generation 0): never refuses."""
+
+    generation: int = 0
+
+    def check(self) -> None:
+        return None
+
+
+class Source(Protocol):
+    """One object being copied: its size and ranged reads, so large ones move as parts."""
+
+    key: str
+    size: int
+
+    def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
+
+    async def vouched(self) -> Checksum | None:
+        """The checksum the source vouches for; known once reading has started on S3."""
+        ...
+
+    async def identity(self) -> Entry:
+        """What was actually read (ETag/stat), to record; raises SourceChanged if it moved."""
+        ...
+
+
+@dataclass(slots=True)
+class Staged:
+    """Bytes held where no reader sees them, with the checksums of exactly those bytes."""
+
+    key: str
+    size: int
+    checksums: dict[Algo, str]
+    source: Source
+    handle: Any = None  # store-private: temp path, upload id and parts, or the bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    name: str
+    caps: Capabilities
+
+    async def list(self) -> Listing: ...
+
+    async def open(self, entry: Entry) -> Source: ...
+
+    async def stage(self, source: Source, want: frozenset[Algo]) -> Staged: ...
+
+    async def publish(self, staged: Staged, fence: Fence) -> Entry: ...
+
+    async def discard(self, staged: Staged) -> None: ...
+
+    async def delete(self, keys: Sequence[str], fence: Fence) -> None: ...
+
+    async def checksum(self, entry: Entry) -> Checksum | None:
+        """The checksum this store can vouch for `entry` (hashing it if it must)."""
+        ...
+
+    async def close(self) -> None: ...

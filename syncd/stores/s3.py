@@ -1,0 +1,378 @@
+"""The S3 store (aiobotocore): paged listing, streamed and ranged GETs, single or multipart PUT.
+
+Only this package imports botocore; `_translated()` maps its errors into the SyncdError tree.
+Server quirks handled here (measured in shared/design/leases.md, Part B):
+- rclone answers a ranged GET with 200 and the whole object's checksum header, so botocore's
+  response validation is off and syncd hashes the bytes itself (`verify.py`);
+- rclone capitalises metadata keys and lists ETags unquoted: both are normalised;
+- rclone's multipart ETag differs between CompleteMultipartUpload and HEAD, so a published
+  multipart object is HEADed for the ETag that later listings will show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, MutableSequence, Sequence
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from syncd.config import S3Config, TransferConfig
+from syncd.errors import (
+    AccessDenied,
+    NotFound,
+    PreconditionFailed,
+    SourceChanged,
+    StoreError,
+    Unreachable,
+)
+from syncd.keys import is_directory_marker, relative_key
+from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
+from syncd.parts import part_ranges
+from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
+from syncd.verify import META_PREFIX, OWN_ALGO, Digest, combine, vouched
+
+_ACCESS_CODES = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+    "ExpiredToken", "AllAccessDisabled", "AccountProblem", "403",
+}
+_RETRY_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+    "ServiceUnavailable", "RequestTimeTooSkewed", "500", "502", "503", "504",
+}
+
+
+class S3Store:
+    """A bucket prefix seen as a store; keys are relative to the prefix."""
+
+    caps = Capabilities(conditional_writes=True, verifies_checksums=True, atomic_rename=False)
+
+    def __init__(
+        self, s3: S3Config, transfer: TransferConfig, bucket: str, prefix: str
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.name = f"s3://{bucket}/{prefix}"
+        self._s3 = s3
+        self._transfer = transfer
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._slots = asyncio.Semaphore(transfer.concurrency)
+        self.requests = 0  # every request sent, for tests and benchmarks
+
+    async def __aenter__(self) -> S3Store:
+        session = AioSession(profile=self._s3.profile) if self._s3.profile else AioSession()
+        config = AioConfig(
+            s3={"addressing_style": self._s3.addressing_style},
+            region_name=self._s3.region,
+            max_pool_connections=self._transfer.concurrency + 4,
+            connect_timeout=self._s3.connect_timeout_s,
+            read_timeout=self._s3.read_timeout_s,
+            retries={"max_attempts": self._s3.max_attempts, "mode": "standard"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            tcp_keepalive=True,
+        )
+        self._client = await self._stack.enter_async_context(
+            session.create_client("s3", endpoint_url=self._s3.endpoint_url, config=config)
+        )
+        events = self._client.meta.events
+        events.register("before-sign.s3.GetObject", _ask_for_checksums)
+        events.register("before-send.s3", self._count)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    def _count(self, **_: Any) -> None:
+        self.requests += 1
+
+    def object_key(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    @contextlib.contextmanager
+    def _translated(self, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except ClientError as exc:
+            raise self._client_error(exc, key) from exc
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise AccessDenied(
+                "no usable AWS credentials found", store=self.name,
+                hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role",
+            ) from exc
+        except (ConnectionError, HTTPClientError, aiohttp.ClientError, TimeoutError) as exc:
+            where = self._s3.endpoint_url or "the S3 endpoint"
+            raise Unreachable(
+                f"cannot reach {where}: {type(exc).__name__}", store=self.name, key=key
+            ) from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"{self.name}: {exc}", store=self.name, key=key) from exc
+
+    def _client_error(self, exc: ClientError, key: str | None) -> StoreError:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        what = f"s3://{self.bucket}/{self.object_key(key)}" if key else self.name
+        if code == "NoSuchBucket":
+            return NotFound(f"bucket {self.bucket!r} does not exist", store=self.name)
+        if code in _ACCESS_CODES or status == 403:
+            return AccessDenied(
+                f"access denied to {what} ({code})", store=self.name, key=key,
+                hint="check the credentials and the bucket policy",
+            )
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return NotFound(f"{what} does not exist", store=self.name, key=key)
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return PreconditionFailed(f"{what} changed (precondition failed)", store=self.name,
+                                      key=key)
+        if code in _RETRY_CODES or (isinstance(status, int) and status >= 500):
+            return Unreachable(f"{what}: server error {code}", store=self.name, key=key)
+        return StoreError(f"{what}: {code or status}: {err.get('Message', '')}".rstrip(": "),
+                          store=self.name, key=key)
+
+    async def check(self) -> None:
+        """Fail fast with one clear error: endpoint, credentials, bucket."""
+        with self._translated():
+            await self._client.head_bucket(Bucket=self.bucket)
+
+    async def list(self) -> Listing:
+        listing = Listing()
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._translated():
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for obj in page.get("Contents", ()):
+                    key = relative_key(obj["Key"], self.prefix)
+                    if not key or is_directory_marker(key):
+                        continue
+                    listing.entries[key] = Entry(
+                        key, int(obj["Size"]), etag=normalize_etag(obj.get("ETag"))
+                    )
+        return listing
+
+    async def head(self, key: str) -> dict[str, Any]:
+        with self._translated(key):
+            head: dict[str, Any] = await self._client.head_object(
+                Bucket=self.bucket, Key=self.object_key(key), ChecksumMode="ENABLED"
+            )
+        return head
+
+    async def checksum(self, entry: Entry) -> Checksum | None:
+        return vouched(await self.head(entry.key))
+
+    async def open(self, entry: Entry) -> S3Source:
+        source = S3Source(self, entry)
+        if entry.size > self._transfer.multipart_threshold:
+            await source.vouched()  # one HEAD pins the ETag that every ranged part must match
+        return source
+
+    async def get_stream(
+        self, key: str, start: int, end: int, etag: str | None, *, ranged: bool
+    ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(key)}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        if ranged:
+            kwargs["Range"] = f"bytes={start}-{end - 1}"
+        with self._translated(key):
+            resp = await self._client.get_object(**kwargs)
+        return resp, self._chunks(resp["Body"], key, end - start)
+
+    async def _chunks(self, body: Any, key: str, expected: int) -> AsyncIterator[bytes]:
+        seen = 0
+        try:
+            while True:
+                with self._translated(key):
+                    chunk = await body.read(CHUNK_BYTES)
+                if not chunk:
+                    break
+                seen += len(chunk)
+                if seen > expected:
+                    raise StoreError(f"{self.name}{key}: server sent more bytes than asked",
+                                     store=self.name, key=key)
+                yield chunk
+        finally:
+            body.close()
+        if seen != expected:
+            raise Unreachable(f"{self.name}{key}: stream ended after {seen} of {expected} bytes",
+                              store=self.name, key=key)
+
+    # --- writing -----------------------------------------------------------------------------
+
+    async def stage(self, source: Source, want: frozenset[Algo]) -> Staged:
+        """Single PUT: bytes held in memory until publish. Large: parts of an uncompleted MPU."""
+        algos = frozenset({OWN_ALGO, Algo.CRC32C, *want})
+        if source.size <= self._transfer.multipart_threshold:
+            digest = Digest(algos)
+            buf = bytearray()
+            async for chunk in source.read():
+                digest.update(chunk)
+                buf += chunk
+            sums = digest.results()
+            meta = {f"{META_PREFIX}{OWN_ALGO}": sums[OWN_ALGO]}
+            return Staged(source.key, len(buf), sums, source, bytes(buf), meta)
+        return await self._stage_multipart(source, algos)
+
+    async def _stage_multipart(self, source: Source, algos: frozenset[Algo]) -> Staged:
+        promised = await source.vouched()  # the metadata must be set before the first part
+        if promised is None or promised.algo is not OWN_ALGO:
+            raise StoreError(f"{source.key}: no {OWN_ALGO} for a multipart upload",
+                             store=self.name, key=source.key)
+        meta = {f"{META_PREFIX}{OWN_ALGO}": promised.value}
+        key = source.key
+        with self._translated(key):
+            created = await self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.object_key(key), Metadata=meta,
+                ChecksumAlgorithm="CRC32C",
+            )
+        upload_id = created["UploadId"]
+        try:
+            ranges = part_ranges(source.size, int(self._transfer.part_size))
+            digests: list[Digest] = [Digest(algos, start) for start, _ in ranges]
+            parts: list[dict[str, Any]] = [{} for _ in ranges]
+            async with asyncio.TaskGroup() as tg:
+                for i, (start, end) in enumerate(ranges):
+                    tg.create_task(self._upload_part(source, upload_id, i, start, end,
+                                                     digests[i], parts))
+            sums = combine(digests)
+            if sums[OWN_ALGO] != promised.value:
+                raise SourceChanged(f"{key} changed while it was uploaded", store=self.name,
+                                    key=key)
+            return Staged(key, source.size, sums, source, (upload_id, parts), meta)
+        except BaseException:
+            await self._abort(key, upload_id)
+            raise
+
+    async def _upload_part(
+        self, source: Source, upload_id: str, index: int, start: int, end: int,
+        digest: Digest, parts: MutableSequence[dict[str, Any]],
+    ) -> None:
+        async with self._slots:
+            buf = bytearray()
+            async for chunk in source.read(start, end):
+                buf += chunk
+            part_digest = Digest((Algo.CRC32C,))
+            part_digest.update(buf)
+            digest.update(buf)
+            crc = part_digest.results()[Algo.CRC32C]
+            with self._translated(source.key):
+                resp = await self._client.upload_part(
+                    Bucket=self.bucket, Key=self.object_key(source.key), UploadId=upload_id,
+                    PartNumber=index + 1, Body=bytes(buf), ChecksumCRC32C=crc,
+                )
+        parts[index] = {"PartNumber": index + 1, "ETag": resp["ETag"], "ChecksumCRC32C": crc}
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id))
+
+    async def publish(self, staged: Staged, fence: Fence) -> Entry:
+        key = staged.key
+        if isinstance(staged.handle, bytes):
+            fence.check()
+            with self._translated(key):
+                resp = await self._client.put_object(
+                    Bucket=self.bucket, Key=self.object_key(key), Body=staged.handle,
+                    Metadata=staged.metadata, ChecksumCRC32C=staged.checksums[Algo.CRC32C],
+                )
+            staged.handle = None
+            return Entry(key, staged.size, etag=normalize_etag(resp.get("ETag")),
+                         checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
+        upload_id, parts = staged.handle
+        fence.check()
+        with self._translated(key):
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        staged.handle = None
+        head = await self.head(key)
+        return Entry(key, staged.size, etag=normalize_etag(head.get("ETag")),
+                     checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
+
+    async def discard(self, staged: Staged) -> None:
+        if isinstance(staged.handle, tuple):
+            await self._abort(staged.key, staged.handle[0])
+        staged.handle = None
+
+    async def delete(self, keys: Sequence[str], fence: Fence) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = keys[i : i + 1000]
+            fence.check()
+            with self._translated():
+                resp = await self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": self.object_key(k)} for k in batch],
+                            "Quiet": True},
+                )
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StoreError(
+                    f"could not delete {len(errors)} object(s), first "
+                    f"{first.get('Key')}: {first.get('Code')}", store=self.name,
+                )
+
+
+def _ask_for_checksums(request: Any, **_: Any) -> None:
+    """Ask for stored checksums on GET without turning on botocore's response validation,
+    which fails on servers that answer ranged GETs with the whole object's checksum."""
+    request.headers["x-amz-checksum-mode"] = "ENABLED"
+
+
+class S3Source:
+    """One object to read. A small one learns its checksum from its single GET's headers."""
+
+    def __init__(self, store: S3Store, entry: Entry) -> None:
+        self.store = store
+        self.key = entry.key
+        self.size = entry.size
+        self._entry = entry
+        self._head: dict[str, Any] | None = None
+
+    async def vouched(self) -> Checksum | None:
+        if self._head is None:
+            self._head = await self.store.head(self.key)
+            self._check_size(self._head)
+        return vouched(self._head)
+
+    def _check_size(self, head: dict[str, Any]) -> None:
+        size = head.get("ContentLength")
+        if size is not None and int(size) != self.size and "ContentRange" not in head:
+            raise SourceChanged(f"{self.key} changed since it was listed",
+                                store=self.store.name, key=self.key)
+
+    async def identity(self) -> Entry:
+        etag = normalize_etag(self._head.get("ETag")) if self._head else self._entry.etag
+        return Entry(self.key, self.size, etag=etag)
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        end = self.size if end is None else end
+        whole = start == 0 and end == self.size
+        if end <= start and not whole:
+            return
+        etag = normalize_etag(self._head.get("ETag")) if self._head else None
+        async with self.store._slots:
+            resp, chunks = await self.store.get_stream(
+                self.key, start, end, etag, ranged=not whole
+            )
+            if self._head is None:
+                self._head = resp
+                self._check_size(resp)
+            async for chunk in chunks:
+                yield chunk

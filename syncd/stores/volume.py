@@ -1,0 +1,389 @@
+"""The volume store: a directory tree on a (network) filesystem, written atomically.
+
+Bytes land in `<root>/.syncd/tmp/` (same filesystem, so the final rename is atomic), are
+fsynced and verified there, and become visible in one `rename()` into place: a crash at any
+moment leaves the old file or the new one, never a partial one. Paths are opened one
+component at a time with O_NOFOLLOW relative to the parent's descriptor, so neither a hostile
+key nor a symlink planted on the volume can make syncd read or write outside the root.
+All filesystem calls run off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import stat
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import aiofiles.os
+
+from syncd.errors import AccessDenied, NoSpace, NotFound, SourceChanged, StoreError, UnsafeKey
+from syncd.keys import RESERVED_DIR, unsafe_reason
+from syncd.listing import Algo, Checksum, Entry, Listing
+from syncd.parts import part_ranges
+from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
+from syncd.verify import OWN_ALGO, Digest, combine
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+class VolumeStore:
+    caps = Capabilities(conditional_writes=False, verifies_checksums=False, atomic_rename=True)
+
+    def __init__(
+        self, root: Path, *, part_size: int, multipart_threshold: int, min_free_bytes: int = 0,
+        concurrency: int = 16,
+    ) -> None:
+        self.root = Path(root)
+        self.name = str(self.root)
+        self.meta_dir = self.root / RESERVED_DIR
+        self.tmp_dir = self.meta_dir / "tmp"
+        self._part_size = part_size
+        self._threshold = multipart_threshold
+        self._min_free = min_free_bytes
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def __aenter__(self) -> VolumeStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        return None
+
+    @contextlib.contextmanager
+    def _translated(self, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise self.os_error(exc, key) from exc
+
+    def os_error(self, exc: OSError, key: str | None = None) -> StoreError:
+        where = str(self.root / key) if key else str(self.root)
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in _SPACE_ERRNOS:
+            return NoSpace(f"volume {self.root} is full while writing {where}", store=self.name,
+                           key=key, hint="free space on the volume or grow it")
+        if exc.errno in _ACCESS_ERRNOS:
+            return AccessDenied(f"cannot write {where}: {reason}", store=self.name, key=key)
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
+            return StoreError(f"{where}: path conflicts with an existing file, directory or "
+                              f"symlink ({reason})", store=self.name, key=key)
+        return StoreError(f"{where}: {reason}", store=self.name, key=key)
+
+    async def check(self, *, writable: bool) -> None:
+        """The root must exist (a missing mount must not silently fill the container disk)."""
+        if not await aiofiles.os.path.isdir(self.root):
+            raise NotFound(f"volume root {self.root} does not exist or is not a directory",
+                           store=self.name, hint="is the volume mounted?")
+        if writable:
+            with self._translated():
+                await asyncio.to_thread(self._prepare_dirs)
+
+    def _prepare_dirs(self) -> None:
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        probe = self.tmp_dir / f".probe-{uuid.uuid4().hex}"
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+
+    async def clean_temporaries(self) -> int:
+        """Remove staging leftovers of an earlier crash; returns how many."""
+        def clean() -> int:
+            removed = 0
+            with contextlib.suppress(FileNotFoundError), os.scandir(self.tmp_dir) as it:
+                for e in it:
+                    if e.is_file(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(e.path)
+                            removed += 1
+            return removed
+        with self._translated():
+            return await asyncio.to_thread(clean)
+
+    # --- listing -----------------------------------------------------------------------------
+
+    async def list(self) -> Listing:
+        with self._translated():
+            return await asyncio.to_thread(self._walk)
+
+    def _walk(self) -> Listing:
+        listing = Listing()
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            try:
+                it = os.scandir(self.root / rel if rel else self.root)
+            except FileNotFoundError:
+                if not rel:
+                    raise
+                continue
+            except PermissionError:
+                listing.complete = False
+                continue
+            with it:
+                for e in it:
+                    key = f"{rel}/{e.name}" if rel else e.name
+                    if not rel and e.name == RESERVED_DIR:
+                        continue
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(key)
+                    elif stat.S_ISREG(st.st_mode):
+                        listing.entries[key] = _entry(key, st)
+                    elif stat.S_ISLNK(st.st_mode):
+                        listing.refused[key] = "symlink (not followed)"
+        return listing
+
+    # --- confined paths ----------------------------------------------------------------------
+
+    def _open_parent(self, key: str, *, create: bool) -> tuple[int, str]:
+        """A descriptor of `key`'s parent directory, reached without following any symlink."""
+        why = unsafe_reason(key)
+        if why is not None:
+            raise UnsafeKey(f"refused key {key!r}: {why}")
+        *dirs, name = key.split("/")
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in dirs:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
+
+    def _open_file(self, key: str) -> int:
+        dfd, name = self._open_parent(key, create=False)
+        try:
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    # --- reading (push source, adopt) --------------------------------------------------------
+
+    async def open(self, entry: Entry) -> VolumeSource:
+        if entry.key in ("",) or unsafe_reason(entry.key):
+            raise UnsafeKey(f"refused key {entry.key!r}")
+        return VolumeSource(self, entry)
+
+    async def checksum(self, entry: Entry, algo: Algo | None = None) -> Checksum | None:
+        algo = algo or OWN_ALGO
+        source = VolumeSource(self, entry)
+        digest = Digest((algo,))
+        async for chunk in source.read():
+            digest.update(chunk)
+        await source.identity()
+        return Checksum(algo, digest.results()[algo])
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def _reserve(self, size: int) -> tuple[int, str]:
+        if self._min_free or size:
+            st = os.statvfs(self.meta_dir if self.meta_dir.exists() else self.root)
+            free = st.f_bavail * st.f_frsize
+            if free < size + self._min_free:
+                raise OSError(errno.ENOSPC, "not enough free space")
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        path = str(self.tmp_dir / f"{uuid.uuid4().hex}.part")
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        try:
+            if size:
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    if exc.errno in _SPACE_ERRNOS:
+                        raise
+                    os.ftruncate(fd, size)  # the filesystem cannot preallocate
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return fd, path
+
+    async def stage(self, source: Source, want: frozenset[Algo]) -> Staged:
+        algos = frozenset({OWN_ALGO, *want})
+        with self._translated(source.key):
+            fd, path = await asyncio.to_thread(self._reserve, source.size)
+        try:
+            with self._translated(source.key):
+                if source.size > self._threshold:
+                    sums = await self._parallel(fd, source, algos)
+                else:
+                    digest = Digest(algos)
+                    await self._fill(fd, source, 0, source.size, digest)
+                    if digest.length != source.size:
+                        raise SourceChanged(f"{source.key}: got {digest.length} bytes, "
+                                            f"expected {source.size}", store=self.name)
+                    sums = digest.results()
+                await asyncio.to_thread(os.fsync, fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        os.close(fd)
+        return Staged(source.key, source.size, sums, source, path)
+
+    async def _parallel(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
+        crcs = frozenset(a for a in algos if a in (Algo.CRC64NVME, Algo.CRC32C, Algo.CRC32))
+        ranges = part_ranges(source.size, self._part_size)
+        digests = [Digest(crcs, start) for start, _ in ranges]
+        async with asyncio.TaskGroup() as tg:
+            for (start, end), digest in zip(ranges, digests, strict=True):
+                tg.create_task(self._fill(fd, source, start, end, digest))
+        sums = combine(digests)
+        rest = algos - crcs
+        if rest:  # MD5/SHA do not combine: read the staged bytes once more
+            sums.update(await asyncio.to_thread(_hash_fd, fd, source.size, rest))
+        return sums
+
+    async def _fill(self, fd: int, source: Source, start: int, end: int, digest: Digest) -> None:
+        offset = start
+        pending: list[bytes] = []
+        pending_len = 0
+        async for chunk in source.read(start, end):
+            digest.update(chunk)
+            pending.append(chunk)
+            pending_len += len(chunk)
+            if pending_len >= CHUNK_BYTES:
+                await asyncio.to_thread(_pwrite_all, fd, b"".join(pending), offset)
+                offset += pending_len
+                pending, pending_len = [], 0
+        if pending:
+            await asyncio.to_thread(_pwrite_all, fd, b"".join(pending), offset)
+            offset += pending_len
+        if offset != end:
+            raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
+                                store=self.name, key=source.key)
+
+    async def publish(self, staged: Staged, fence: Fence) -> Entry:
+        def rename() -> os.stat_result:
+            dfd, name = self._open_parent(staged.key, create=True)
+            try:
+                fence.check()
+                os.rename(staged.handle, name, dst_dir_fd=dfd)
+                os.fsync(dfd)
+                return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            finally:
+                os.close(dfd)
+        with self._translated(staged.key):
+            st = await asyncio.to_thread(rename)
+        staged.handle = None
+        return _entry(staged.key, st)
+
+    async def discard(self, staged: Staged) -> None:
+        if staged.handle:
+            with contextlib.suppress(OSError):
+                await aiofiles.os.remove(staged.handle)
+            staged.handle = None
+
+    async def delete(self, keys: Sequence[str], fence: Fence) -> None:
+        def remove(key: str) -> None:
+            dfd, name = self._open_parent(key, create=False)
+            try:
+                fence.check()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+            parts = key.split("/")[:-1]
+            while parts:  # prune directories the delete emptied, never the root
+                try:
+                    os.rmdir(self.root.joinpath(*parts))
+                except OSError:
+                    break
+                parts.pop()
+        for key in keys:
+            with self._translated(key):
+                await asyncio.to_thread(remove, key)
+
+
+def _entry(key: str, st: os.stat_result) -> Entry:
+    return Entry(key, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _hash_fd(fd: int, size: int, algos: frozenset[Algo]) -> dict[Algo, str]:
+    digest = Digest(algos)
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(CHUNK_BYTES * 4, size - offset), offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.results()
+
+
+class VolumeSource:
+    """A file being uploaded; it must not change between open and publish."""
+
+    def __init__(self, store: VolumeStore, entry: Entry) -> None:
+        self.store = store
+        self.key = entry.key
+        self.size = entry.size
+        self._entry = entry
+        self._own: Checksum | None = None
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        end = self.size if end is None else end
+        store = self.store
+        with store._translated(self.key):
+            fd = await asyncio.to_thread(store._open_file, self.key)
+        try:
+            offset = start
+            while offset < end:
+                with store._translated(self.key):
+                    chunk = await asyncio.to_thread(
+                        os.pread, fd, min(CHUNK_BYTES * 4, end - offset), offset)
+                if not chunk:
+                    raise SourceChanged(f"{store.root / self.key} shrank while it was read",
+                                        store=store.name, key=self.key)
+                offset += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    async def vouched(self) -> Checksum | None:
+        """syncd's own checksum of the file, computed by reading it once (for multipart
+        metadata, which S3 needs before the first part)."""
+        if self._own is None:
+            self._own = await self.store.checksum(self._entry, OWN_ALGO)
+        return self._own
+
+    async def identity(self) -> Entry:
+        def current() -> os.stat_result:
+            fd = self.store._open_file(self.key)
+            try:
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
+        with self.store._translated(self.key):
+            st = await asyncio.to_thread(current)
+        now = _entry(self.key, st)
+        if now.stat_signature() != self._entry.stat_signature():
+            raise SourceChanged(f"{self.store.root / self.key} changed while it was uploaded",
+                                store=self.store.name, key=self.key)
+        return now

@@ -1,0 +1,172 @@
+"""Shared fixtures: real S3-compatible servers (moto, rclone), a throttling proxy, clean env.
+
+Fixture API
+-----------
+``moto_server`` / ``rclone_server``  session-scoped :class:`S3Server`, started lazily; a test
+                                     may have stopped them (use the fixtures below instead).
+``moto_s3`` / ``rclone_s3``          function-scoped, the same servers guaranteed running.
+``s3``                               parametrized over ``["moto", "rclone"]``; running server.
+``bucket``                           fresh, uniquely named, empty bucket on ``s3``.
+``throttle_proxy``                   factory ``(target_port, rate_bytes_per_s=None)`` ->
+                                     :class:`ThrottleProxy`; all closed at teardown.
+``clean_aws_env`` (autouse)          test credentials, no config files, no SYNCD_* vars.
+
+Async tests run on an event loop in debug mode (see :func:`pytest_configure`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tests.servers import (
+    ACCESS_KEY,
+    HOST,
+    REGION,
+    SECRET_KEY,
+    S3Server,
+    ThrottleProxy,
+    empty_and_delete_bucket,
+    env_names_with_prefix,
+    find_free_port,
+    new_moto_server,
+    new_rclone_server,
+)
+
+__all__ = [
+    "ACCESS_KEY",
+    "HOST",
+    "REGION",
+    "SECRET_KEY",
+    "S3Server",
+    "ThrottleProxy",
+    "find_free_port",
+]
+
+SERVER_NAMES = ("moto", "rclone")
+MAX_PROXIES_PER_TEST = 16
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-asyncio (>= 1.1) creates every test/fixture loop with ``debug=asyncio_debug``.
+    # Turn it on unless the command line already decided (``--asyncio-debug``).  Sync tests
+    # are unaffected: no loop is created for them.
+    if getattr(config.option, "asyncio_debug", None) is None:
+        config.option.asyncio_debug = True
+
+
+# ---------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def clean_aws_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every test sees only the test credentials: no profile, no config files, no SYNCD_*."""
+    for name in env_names_with_prefix(("AWS_", "SYNCD_")):
+        monkeypatch.delenv(name)
+    missing = tmp_path_factory.getbasetemp() / "no-such-aws-config"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(missing / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing / "credentials"))
+    # Everything under test is loopback; never route it through a developer's HTTP proxy.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+# ---------------------------------------------------------------------------------------
+# Servers
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = new_moto_server(find_free_port(), tmp_path_factory.mktemp("moto"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def rclone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    workdir: Path = tmp_path_factory.mktemp("rclone")
+    server = new_rclone_server(find_free_port(), workdir / "root", workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_s3(moto_server: S3Server) -> S3Server:
+    moto_server.ensure_running()
+    return moto_server
+
+
+@pytest.fixture
+def rclone_s3(rclone_server: S3Server) -> S3Server:
+    rclone_server.ensure_running()
+    return rclone_server
+
+
+@pytest.fixture(params=SERVER_NAMES, ids=SERVER_NAMES)
+def s3(request: pytest.FixtureRequest) -> S3Server:
+    """The running server for this parametrization (restarted if an earlier test stopped it)."""
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    server.ensure_running()
+    return server
+
+
+def new_bucket_name() -> str:
+    return f"t-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def bucket(s3: S3Server) -> Iterator[str]:
+    """A new, empty bucket on ``s3``; removed (best effort) afterwards if the server is up."""
+    name = new_bucket_name()
+    s3.client().create_bucket(Bucket=name)
+    yield name
+    if s3.running:
+        cleanup = s3.client(connect_timeout=2, read_timeout=10, retries={"total_max_attempts": 1})
+        # Cleanup is not what the test is about; a bucket the test removed, or that a moto
+        # restart wiped, is fine.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            empty_and_delete_bucket(cleanup, name)
+
+
+# ---------------------------------------------------------------------------------------
+# Throttling proxy
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def throttle_proxy() -> Iterator[Callable[..., ThrottleProxy]]:
+    """Factory ``throttle_proxy(target_port, rate_bytes_per_s=None) -> ThrottleProxy``."""
+    proxies: list[ThrottleProxy] = []
+
+    def factory(target_port: int, rate_bytes_per_s: float | None = None) -> ThrottleProxy:
+        if len(proxies) >= MAX_PROXIES_PER_TEST:
+            raise RuntimeError(f"more than {MAX_PROXIES_PER_TEST} proxies in one test")
+        proxy = ThrottleProxy(target_port, rate_bytes_per_s)
+        proxies.append(proxy)
+        return proxy
+
+    try:
+        yield factory
+    finally:
+        for proxy in reversed(proxies):
+            proxy.close()

@@ -1,0 +1,300 @@
+"""Behavioural tests for the shared fixtures in conftest.py / servers.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
+
+from tests.servers import ACCESS_KEY, HOST, REGION, SECRET_KEY, S3Server, ThrottleProxy
+
+KiB = 1024
+ProxyFactory = Callable[..., ThrottleProxy]
+
+# Names of buckets handed out by the ``bucket`` fixture in this module, per server.
+_seen_buckets: dict[str, set[str]] = {}
+
+
+def _payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def _get(client: object, bucket: str, key: str) -> bytes:
+    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    return body
+
+
+# ---- servers and buckets ----------------------------------------------------------------
+
+
+def test_bucket_put_get_roundtrip_returns_same_bytes(s3: S3Server, bucket: str) -> None:
+    client = s3.client()
+    data = _payload(100 * KiB + 7)
+    client.put_object(Bucket=bucket, Key="dir/obj.bin", Body=data, Metadata={"sha": "abc"})
+
+    head = client.head_object(Bucket=bucket, Key="dir/obj.bin")
+    assert head["ContentLength"] == len(data)
+    # rclone capitalises metadata keys; compare case-insensitively.
+    assert {k.lower(): v for k, v in head["Metadata"].items()} == {"sha": "abc"}
+    assert _get(client, bucket, "dir/obj.bin") == data
+    names = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert names == ["dir/obj.bin"]
+
+
+@pytest.mark.parametrize("run", ["first", "second"])
+def test_bucket_fixture_is_empty_and_new_when_earlier_test_wrote(
+    s3: S3Server, bucket: str, run: str
+) -> None:
+    # Both runs write the same key; whichever runs second must still start from nothing.
+    client = s3.client()
+    seen = _seen_buckets.setdefault(s3.name, set())
+    assert bucket not in seen
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert bucket in {b["Name"] for b in client.list_buckets()["Buckets"]}
+    client.put_object(Bucket=bucket, Key="marker", Body=run.encode())
+    seen.add(bucket)
+
+
+def test_server_stop_then_start_answers_on_same_port(s3: S3Server) -> None:
+    port, endpoint = s3.port, s3.endpoint_url
+    assert s3.answers()
+
+    s3.stop()
+    assert not s3.running
+    assert not s3.answers()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((HOST, port), 2):
+        pass
+
+    s3.start()
+    assert s3.running
+    assert (s3.port, s3.endpoint_url) == (port, endpoint)
+    assert s3.answers()
+    s3.client().list_buckets()
+
+
+def test_rclone_restart_keeps_objects_on_disk(rclone_s3: S3Server) -> None:
+    client = rclone_s3.client()
+    name = f"t-keep-{os.getpid()}-{time.monotonic_ns() % 10**8}"
+    client.create_bucket(Bucket=name)
+    data = _payload(10 * KiB)
+    client.put_object(Bucket=name, Key="a/b.bin", Body=data)
+    assert rclone_s3.root is not None
+    assert (rclone_s3.root / name / "a" / "b.bin").read_bytes() == data
+
+    rclone_s3.restart()
+
+    assert _get(rclone_s3.client(), name, "a/b.bin") == data
+
+
+def test_server_stopped_by_test_is_left_stopped_for_next_test(s3: S3Server) -> None:
+    # Companion of the next test: leave the server down on purpose.
+    s3.stop()
+    assert not s3.answers()
+
+
+def test_s3_fixture_restarts_server_stopped_by_previous_test(s3: S3Server) -> None:
+    assert s3.running
+    assert s3.answers()
+
+
+def test_bucket_fixture_creates_bucket_after_server_was_stopped(s3: S3Server, bucket: str) -> None:
+    s3.stop()  # teardown of ``bucket`` must cope with a server that is down
+    s3.start()
+    if s3.name == "rclone":  # on disk: survives
+        s3.client().head_bucket(Bucket=bucket)
+    else:  # moto keeps everything in memory: a restart wipes it
+        with pytest.raises(ClientError):
+            s3.client().head_bucket(Bucket=bucket)
+
+
+# ---- environment and event loop ---------------------------------------------------------
+
+
+def test_clean_aws_env_exposes_only_test_credentials() -> None:
+    assert os.environ["AWS_ACCESS_KEY_ID"] == ACCESS_KEY
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET_KEY
+    assert os.environ["AWS_DEFAULT_REGION"] == REGION
+    assert os.environ["AWS_EC2_METADATA_DISABLED"] == "true"
+    for var in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        assert not Path(os.environ[var]).exists()
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SYNCD_CONFIG", "SYNCD_DATACENTER"):
+        assert var not in os.environ
+    assert not [name for name in os.environ if name.startswith("SYNCD_")]
+
+    creds = boto3.session.Session().get_credentials()
+    assert creds is not None
+    assert (creds.access_key, creds.secret_key, creds.token) == (ACCESS_KEY, SECRET_KEY, None)
+
+
+@pytest.fixture(scope="class")
+def _syncd_and_aws_vars_from_outer_scope() -> Iterator[None]:
+    # Class scope: set up before the function-scoped autouse ``clean_aws_env`` runs.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SYNCD_DATACENTER", "outer")
+        mp.setenv("SYNCD_SOMETHING_ELSE", "outer")
+        mp.setenv("AWS_PROFILE", "outer")
+        mp.setenv("AWS_SESSION_TOKEN", "outer")
+        yield
+
+
+@pytest.mark.usefixtures("_syncd_and_aws_vars_from_outer_scope")
+class TestCleanAwsEnvWithPollutedOuterEnvironment:
+    def test_clean_aws_env_removes_vars_set_before_the_test(self) -> None:
+        for var in ("SYNCD_DATACENTER", "SYNCD_SOMETHING_ELSE", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            assert var not in os.environ
+        assert os.environ["AWS_ACCESS_KEY_ID"] == ACCESS_KEY
+
+
+async def test_event_loop_runs_in_debug_mode_for_async_tests() -> None:
+    assert asyncio.get_running_loop().get_debug()
+
+
+def test_sync_tests_have_no_running_event_loop() -> None:
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+
+
+async def test_async_test_can_use_server_through_thread(s3: S3Server, bucket: str) -> None:
+    client = s3.client()
+    await asyncio.to_thread(client.put_object, Bucket=bucket, Key="k", Body=b"v")
+    assert await asyncio.to_thread(_get, client, bucket, "k") == b"v"
+
+
+# ---- throttle proxy ---------------------------------------------------------------------
+
+
+def test_throttle_proxy_forwards_s3_requests_unthrottled_by_default(
+    s3: S3Server, bucket: str, throttle_proxy: ProxyFactory
+) -> None:
+    proxy = throttle_proxy(s3.port)
+    assert proxy.endpoint_url == f"http://127.0.0.1:{proxy.port}"
+    assert proxy.rate is None
+    via_proxy = s3.client(endpoint_url=proxy.endpoint_url)
+    data = _payload(300 * KiB)
+
+    via_proxy.put_object(Bucket=bucket, Key="big", Body=data)
+
+    assert _get(via_proxy, bucket, "big") == data
+    assert _get(s3.client(), bucket, "big") == data
+    assert proxy.bytes_to_server >= len(data)
+    assert proxy.bytes_to_client >= len(data)
+    assert proxy.connections_accepted >= 1
+
+
+def test_throttle_proxy_limits_download_rate_when_rate_set(
+    moto_s3: S3Server, throttle_proxy: ProxyFactory
+) -> None:
+    direct = moto_s3.client()
+    name = f"t-rate-{time.monotonic_ns() % 10**10}"
+    direct.create_bucket(Bucket=name)
+    data = _payload(256 * KiB)
+    direct.put_object(Bucket=name, Key="blob", Body=data)
+    proxy = throttle_proxy(moto_s3.port, rate_bytes_per_s=512 * KiB)
+    via_proxy = moto_s3.client(endpoint_url=proxy.endpoint_url)
+
+    started = time.monotonic()
+    assert _get(via_proxy, name, "blob") == data
+    throttled = time.monotonic() - started
+
+    proxy.set_rate(None)
+    started = time.monotonic()
+    assert _get(via_proxy, name, "blob") == data
+    unthrottled = time.monotonic() - started
+
+    assert 0.4 <= throttled < 10
+    assert unthrottled < throttled
+
+
+def test_throttle_proxy_pause_holds_request_until_resume(
+    s3: S3Server, bucket: str, throttle_proxy: ProxyFactory
+) -> None:
+    s3.client().put_object(Bucket=bucket, Key="k", Body=b"payload")
+    proxy = throttle_proxy(s3.port)
+    via_proxy = s3.client(endpoint_url=proxy.endpoint_url)
+    via_proxy.list_buckets()  # warm: a pooled connection exists before the pause
+    before = (proxy.bytes_to_server, proxy.bytes_to_client)
+
+    proxy.pause()
+    assert proxy.paused
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_get, via_proxy, bucket, "k")
+        done, _ = wait_futures([pending], timeout=0.5)
+        assert not done
+        assert (proxy.bytes_to_server, proxy.bytes_to_client) == before
+
+        proxy.resume()
+        assert pending.result(timeout=10) == b"payload"
+    assert not proxy.paused
+
+
+def test_throttle_proxy_pause_makes_new_connections_time_out(
+    moto_s3: S3Server, throttle_proxy: ProxyFactory
+) -> None:
+    proxy = throttle_proxy(moto_s3.port)
+    proxy.pause()
+    impatient = moto_s3.client(
+        endpoint_url=proxy.endpoint_url,
+        connect_timeout=1,
+        read_timeout=0.3,
+        retries={"total_max_attempts": 1},
+    )
+
+    with pytest.raises(ReadTimeoutError):  # TCP connect succeeds, no bytes ever come back
+        impatient.list_buckets()
+    assert proxy.connections_accepted == 0
+
+    proxy.resume()
+    impatient.list_buckets()
+    assert proxy.connections_accepted >= 1
+
+
+def test_throttle_proxy_drop_connections_breaks_inflight_download(
+    moto_s3: S3Server, throttle_proxy: ProxyFactory
+) -> None:
+    direct = moto_s3.client()
+    name = f"t-drop-{time.monotonic_ns() % 10**10}"
+    direct.create_bucket(Bucket=name)
+    direct.put_object(Bucket=name, Key="blob", Body=_payload(256 * KiB))
+    proxy = throttle_proxy(moto_s3.port, rate_bytes_per_s=64 * KiB)
+    via_proxy = moto_s3.client(endpoint_url=proxy.endpoint_url, retries={"total_max_attempts": 1})
+
+    response = via_proxy.get_object(Bucket=name, Key="blob")  # headers arrive, body trickles
+    proxy.drop_connections()
+
+    with pytest.raises(BotoCoreError):
+        response["Body"].read()
+
+
+def test_throttle_proxy_close_refuses_new_connections(
+    moto_s3: S3Server, throttle_proxy: ProxyFactory
+) -> None:
+    proxy = throttle_proxy(moto_s3.port)
+    moto_s3.client(endpoint_url=proxy.endpoint_url).list_buckets()
+
+    proxy.close()
+    proxy.close()  # idempotent
+
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((HOST, proxy.port), 2):
+        pass
+    with pytest.raises(RuntimeError):
+        proxy.pause()
+
+
+def test_throttle_proxy_rejects_non_positive_rate(
+    moto_s3: S3Server, throttle_proxy: ProxyFactory
+) -> None:
+    with pytest.raises(ValueError):
+        throttle_proxy(moto_s3.port, rate_bytes_per_s=0)
+    proxy = throttle_proxy(moto_s3.port, rate_bytes_per_s=1000)
+    with pytest.raises(ValueError):
+        proxy.set_rate(-1)
+    assert proxy.rate == 1000
