@@ -22,6 +22,7 @@ class Capabilities:
     conditional_writes: bool = False
     verifies_checksums: bool = False  # the store checks a checksum we send with the bytes
     atomic_rename: bool = False
+    local: bool = False  # reading is cheap: hash the bytes rather than ask for a stored checksum
 
 
 class Fence(Protocol):
@@ -52,7 +53,12 @@ class Source(Protocol):
     def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
 
     async def vouched(self) -> Checksum | None:
-        """The checksum the source vouches for; known once reading has started on S3."""
+        """The checksum the source vouches for, if it has one (an S3 object learns it from its
+        HEAD or, for a single GET, from the response headers once reading has started)."""
+        ...
+
+    async def digest(self, algo: Algo) -> Checksum:
+        """Hash the whole source (one extra read pass); for metadata needed up front."""
         ...
 
     async def identity(self) -> Entry:
@@ -88,8 +94,9 @@ class Store(Protocol):
 
     async def delete(self, keys: Sequence[str], fence: Fence) -> None: ...
 
-    async def checksum(self, entry: Entry) -> Checksum | None:
-        """The checksum this store can vouch for `entry` (hashing it if it must)."""
+    async def checksum(self, entry: Entry, algo: Algo | None = None) -> Checksum | None:
+        """What this store vouches for `entry`: a local store hashes it with `algo`, a remote
+        one returns its stored checksum (whatever the algorithm) or None."""
         ...
 
     async def close(self) -> None: ...

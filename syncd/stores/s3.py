@@ -56,7 +56,7 @@ _RETRY_CODES = {
 class S3Store:
     """A bucket prefix seen as a store; keys are relative to the prefix."""
 
-    caps = Capabilities(conditional_writes=True, verifies_checksums=True, atomic_rename=False)
+    caps = Capabilities(conditional_writes=True, verifies_checksums=True)
 
     def __init__(
         self, s3: S3Config, transfer: TransferConfig, bucket: str, prefix: str
@@ -171,7 +171,7 @@ class S3Store:
             )
         return head
 
-    async def checksum(self, entry: Entry) -> Checksum | None:
+    async def checksum(self, entry: Entry, algo: Algo | None = None) -> Checksum | None:
         return vouched(await self.head(entry.key))
 
     async def open(self, entry: Entry) -> S3Source:
@@ -228,10 +228,7 @@ class S3Store:
         return await self._stage_multipart(source, algos)
 
     async def _stage_multipart(self, source: Source, algos: frozenset[Algo]) -> Staged:
-        promised = await source.vouched()  # the metadata must be set before the first part
-        if promised is None or promised.algo is not OWN_ALGO:
-            raise StoreError(f"{source.key}: no {OWN_ALGO} for a multipart upload",
-                             store=self.name, key=source.key)
+        promised = await source.digest(OWN_ALGO)  # metadata must be set before the 1st part
         meta = {f"{META_PREFIX}{OWN_ALGO}": promised.value}
         key = source.key
         with self._translated(key):
@@ -356,6 +353,10 @@ class S3Source:
         if size is not None and int(size) != self.size and "ContentRange" not in head:
             raise SourceChanged(f"{self.key} changed since it was listed",
                                 store=self.store.name, key=self.key)
+
+    async def digest(self, algo: Algo) -> Checksum:
+        raise StoreError(f"{self.key}: hashing a remote object up front is not supported",
+                         store=self.store.name, key=self.key)
 
     async def identity(self) -> Entry:
         etag = normalize_etag(self._head.get("ETag")) if self._head else self._entry.etag

@@ -34,7 +34,7 @@ _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class VolumeStore:
-    caps = Capabilities(conditional_writes=False, verifies_checksums=False, atomic_rename=True)
+    caps = Capabilities(atomic_rename=True, local=True)
 
     def __init__(
         self, root: Path, *, part_size: int, multipart_threshold: int, min_free_bytes: int = 0,
@@ -222,14 +222,10 @@ class VolumeStore:
         try:
             with self._translated(source.key):
                 if source.size > self._threshold:
-                    sums = await self._parallel(fd, source, algos)
+                    claim = await source.vouched()
+                    sums = await self._parallel(fd, source, algos | _algo(claim))
                 else:
-                    digest = Digest(algos)
-                    await self._fill(fd, source, 0, source.size, digest)
-                    if digest.length != source.size:
-                        raise SourceChanged(f"{source.key}: got {digest.length} bytes, "
-                                            f"expected {source.size}", store=self.name)
-                    sums = digest.results()
+                    sums = await self._single(fd, source, algos)
                 await asyncio.to_thread(os.fsync, fd)
         except BaseException:
             os.close(fd)
@@ -238,6 +234,15 @@ class VolumeStore:
             raise
         os.close(fd)
         return Staged(source.key, source.size, sums, source, path)
+
+    async def _single(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
+        """One stream; the hash set is fixed after the first chunk, when a single GET has
+        told which checksum the object carries."""
+        chunks = source.read()
+        first = await anext(chunks, None)
+        digest = Digest(algos | _algo(await source.vouched()))
+        await self._fill(fd, source, 0, source.size, digest, _prepend(first, chunks))
+        return digest.results()
 
     async def _parallel(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
         crcs = frozenset(a for a in algos if a in (Algo.CRC64NVME, Algo.CRC32C, Algo.CRC32))
@@ -252,11 +257,14 @@ class VolumeStore:
             sums.update(await asyncio.to_thread(_hash_fd, fd, source.size, rest))
         return sums
 
-    async def _fill(self, fd: int, source: Source, start: int, end: int, digest: Digest) -> None:
+    async def _fill(
+        self, fd: int, source: Source, start: int, end: int, digest: Digest,
+        chunks: AsyncIterator[bytes] | None = None,
+    ) -> None:
         offset = start
         pending: list[bytes] = []
         pending_len = 0
-        async for chunk in source.read(start, end):
+        async for chunk in chunks or source.read(start, end):
             digest.update(chunk)
             pending.append(chunk)
             pending_len += len(chunk)
@@ -313,6 +321,17 @@ class VolumeStore:
                 await asyncio.to_thread(remove, key)
 
 
+def _algo(claim: Checksum | None) -> frozenset[Algo]:
+    return frozenset({claim.algo}) if claim else frozenset()
+
+
+async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is not None:
+        yield first
+        async for chunk in rest:
+            yield chunk
+
+
 def _entry(key: str, st: os.stat_result) -> Entry:
     return Entry(key, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
@@ -367,10 +386,14 @@ class VolumeSource:
             os.close(fd)
 
     async def vouched(self) -> Checksum | None:
-        """syncd's own checksum of the file, computed by reading it once (for multipart
-        metadata, which S3 needs before the first part)."""
-        if self._own is None:
-            self._own = await self.store.checksum(self._entry, OWN_ALGO)
+        """A file vouches for nothing but what syncd computed from it (see `digest`)."""
+        return self._own
+
+    async def digest(self, algo: Algo) -> Checksum:
+        if self._own is None or self._own.algo is not algo:
+            own = await self.store.checksum(self._entry, algo)
+            assert own is not None
+            self._own = own
         return self._own
 
     async def identity(self) -> Entry:

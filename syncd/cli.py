@@ -1,0 +1,216 @@
+"""Command line: parse, load config, call the runtime; any SyncdError -> one line + exit code.
+
+Exit codes are `errors.ExitCode` (documented in the README). No traceback reaches the user for
+an expected failure; an unexpected one is reported in one line too, with the log carrying
+the detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from syncd import __version__
+from syncd import config as config_mod
+from syncd.errors import ExitCode, PartialFailure, PlanRefused, SyncdError
+from syncd.ops import logging as logs
+from syncd.ops.progress import Bar
+from syncd.plan import Adopt, Copy, Delete, Plan, Refuse, Skip
+from syncd.runtime import mirror as mirror_mod
+from syncd.transfer import Stats
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Mirror model artifacts between S3-compatible buckets and volumes.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: $SYNCD_CONFIG).",
+                 show_default=False),
+]
+MirrorOpt = Annotated[
+    list[str] | None, typer.Option("--mirror", "-m", help="Only this mirror (repeatable).")
+]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"syncd: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    try:
+        code = asyncio.run(main())
+    except SyncdError as exc:
+        _fail(str(exc), int(exc.exit_code))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:
+        _fail(f"unexpected {type(exc).__name__}: {exc}", int(ExitCode.ERROR))
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"syncd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = (
+        "info"),
+) -> None:
+    logs.setup(log_level)
+
+
+def _mirrors(cfg: config_mod.Config, names: list[str] | None) -> list[config_mod.MirrorConfig]:
+    chosen = [cfg.mirror(n) for n in names] if names else list(cfg.mirrors)
+    dc = cfg.active_datacenter()
+    return [m for m in chosen if dc in m.volumes]
+
+
+def _describe(action: Any) -> str:
+    if isinstance(action, Copy):
+        return f"copy    {action.key}  ({action.reason}, {action.src.size} bytes)"
+    if isinstance(action, Adopt):
+        return f"verify  {action.key}  ({action.reason}: hash, copy only if different)"
+    if isinstance(action, Delete):
+        return f"delete  {action.key}  ({action.reason})"
+    if isinstance(action, Refuse):
+        return f"refuse  {action.key!r}  ({action.reason}: {action.detail})"
+    return f"keep    {action.key}  ({action.reason})"
+
+
+def _print_plan(name: str, plan: Plan) -> None:
+    for action in plan.actions:
+        if not (isinstance(action, Skip) and action.reason == "unchanged"):
+            typer.echo(f"[{name}] {_describe(action)}")
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(plan.counts().items())) or "nothing"
+    typer.echo(f"[{name}] plan: {counts}; {plan.copy_bytes} bytes to copy")
+    if plan.refused_deletes:
+        typer.echo(f"[{name}] deletes held back: {plan.refused_deletes}")
+
+
+def _summary(name: str, stats: Stats) -> str:
+    mb = stats.copied_bytes / 1e6
+    return (f"[{name}] {stats.copied} files, {mb:.1f} MB copied in {stats.elapsed_s:.1f}s "
+            f"({mb / stats.elapsed_s:.1f} MB/s); {stats.verified} verified, "
+            f"{stats.unverified} size-only; {stats.adopted} adopted, {stats.deleted} deleted, "
+            f"{stats.refused} refused, {stats.failed} failed")
+
+
+@app.command()
+def sync(
+    once: Annotated[bool, typer.Option("--once", help="One pass over each mirror, then exit.")],
+    config: ConfigOpt = None,
+    mirror: MirrorOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+    = False,
+) -> None:
+    """Bring every mirror of this datacenter in sync once."""
+    if not once:
+        _fail("sync needs --once (the continuous daemon is `syncd run`)", int(ExitCode.USAGE))
+
+    async def main() -> int:
+        cfg = config_mod.load(config)
+        worst: SyncdError | None = None
+        for m in _mirrors(cfg, mirror):
+            log = logs.get(mirror=m.name, direction=m.direction)
+            if dry_run:
+                async with mirror_mod.opened(cfg, m, write=False) as sides:
+                    plan, _ = await mirror_mod.plan_for(sides, m)
+                _print_plan(m.name, plan)
+                continue
+            bar = Bar(m.name)
+            try:
+                plan, stats = await mirror_mod.cycle(
+                    cfg, m, log=log, on_plan=bar.start_for, on_bytes=bar.advance)
+            finally:
+                bar.stop()
+            typer.echo(_summary(m.name, stats))
+            if stats.failed:
+                worst = worst or PartialFailure(f"{stats.failed} file(s) of mirror {m.name} "
+                                                "failed; see the log lines above")
+            elif plan.refused_deletes:
+                worst = worst or PlanRefused(f"mirror {m.name}: deletes held back: "
+                                             f"{plan.refused_deletes}")
+        if worst is not None:
+            raise worst
+        return 0
+
+    _run(main)
+
+
+@app.command()
+def check(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
+    """Compare volume and bucket; print differences; exit 4 on drift."""
+
+    async def main() -> int:
+        cfg = config_mod.load(config)
+        drift = 0
+        for m in _mirrors(cfg, mirror):
+            async with mirror_mod.opened(cfg, m, write=False) as sides:
+                plan, _ = await mirror_mod.plan_for(sides, m)
+                for action in plan.actions:
+                    if isinstance(action, Adopt) and await _same(sides, action):
+                        continue
+                    if isinstance(action, Skip) and action.reason == "unchanged":
+                        continue
+                    drift += 1
+                    typer.echo(f"[{m.name}] {_drift_line(action)}")
+        typer.echo(f"{drift} difference(s)" if drift else "in sync")
+        return int(ExitCode.DRIFT) if drift else 0
+
+    _run(main)
+
+
+async def _same(sides: mirror_mod.Sides, action: Adopt) -> bool:
+    remote_entry, local_entry = (action.src, action.dst) if sides.pull else (
+        action.dst, action.src)
+    claim = await sides.s3.checksum(remote_entry)
+    return claim is not None and await sides.volume.checksum(local_entry, claim.algo) == claim
+
+
+def _drift_line(action: Any) -> str:
+    if isinstance(action, Copy | Adopt):
+        kind = "missing" if action.reason == "new" else "differs"
+        return f"{kind}  {action.key}"
+    if isinstance(action, Delete | Skip):
+        return f"extra    {action.key}"
+    assert isinstance(action, Refuse)
+    return f"refused  {action.key!r} ({action.detail})"
+
+
+@config_app.command("validate")
+def config_validate(
+    path: Annotated[Path | None, typer.Argument(help="Config file (default: $SYNCD_CONFIG).")]
+    = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Validate a config file; print the effective mirrors of this datacenter."""
+    try:
+        cfg = config_mod.load(path or config)
+        dc = cfg.active_datacenter()
+    except SyncdError as exc:
+        _fail(str(exc), int(exc.exit_code))
+    typer.echo(f"{cfg.source}: ok (datacenter {dc})")
+    for m in cfg.mirrors:
+        root = m.volumes.get(dc)
+        where = root if root else "(no volume in this datacenter: not run here)"
+        typer.echo(f"  {m.name}: {m.direction} s3://{m.bucket}/{m.prefix} <-> {where}")
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:
+        sys.exit(exc.code)

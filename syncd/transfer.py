@@ -1,0 +1,189 @@
+"""Executes a plan's actions between two stores. Decides nothing the planner did not.
+
+Every copy is: open the source, stage (bytes hashed as they stream, nothing visible), verify
+against the checksum the source vouches for, make sure the source did not move, publish under
+the fence, record. A failed verification discards the staged bytes: they are never published.
+Errors that doom every action (unreachable endpoint, full disk, bad credentials) stop the run;
+errors that concern one key are reported on their own line and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.errors import (
+    AccessDenied,
+    IntegrityError,
+    NoSpace,
+    NotFound,
+    SyncdError,
+    Unreachable,
+)
+from syncd.listing import Checksum, Entry, Record, Recorded, fingerprint
+from syncd.plan import Adopt, Copy, Delete, Plan
+from syncd.stores.base import Fence, Source, Store
+from syncd.verify import OWN_ALGO
+
+Log = Any  # a structlog BoundLogger
+
+
+@dataclass(slots=True)
+class Stats:
+    """What a run did; the summary line and the tests read it."""
+
+    copied: int = 0
+    copied_bytes: int = 0
+    streamed_bytes: int = 0  # bytes that crossed the wire, including failed attempts
+    verified: int = 0
+    unverified: int = 0
+    adopted: int = 0
+    deleted: int = 0
+    failed: int = 0
+    refused: int = 0
+    skipped: int = 0
+    started: float = field(default_factory=time.monotonic)
+    errors: list[SyncdError] = field(default_factory=list)
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(time.monotonic() - self.started, 1e-9)
+
+
+class _Counted:
+    """A Source whose reads report their bytes (progress, metrics)."""
+
+    def __init__(self, inner: Source, on_bytes: Callable[[int], None]) -> None:
+        self._inner = inner
+        self._on_bytes = on_bytes
+        self.key = inner.key
+        self.size = inner.size
+
+    async def read(self, start: int = 0, end: int | None = None) -> Any:
+        async for chunk in self._inner.read(start, end):
+            self._on_bytes(len(chunk))
+            yield chunk
+
+    async def vouched(self) -> Checksum | None:
+        return await self._inner.vouched()
+
+    async def digest(self, algo: Any) -> Checksum:
+        return await self._inner.digest(algo)
+
+    async def identity(self) -> Entry:
+        return await self._inner.identity()
+
+
+def _fatal(exc: SyncdError) -> bool:
+    if isinstance(exc, Unreachable | NoSpace):
+        return True
+    return isinstance(exc, AccessDenied | NotFound) and getattr(exc, "key", None) is None
+
+
+class Transfer:
+    def __init__(
+        self, src: Store, dst: Store, record: Record, fence: Fence, *, concurrency: int,
+        log: Log, on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.record = record
+        self.fence = fence
+        self.concurrency = concurrency
+        self.log = log
+        self.stats = Stats()
+        self._on_bytes = on_bytes
+
+    def _bytes(self, n: int) -> None:
+        self.stats.streamed_bytes += n
+        if self._on_bytes is not None:
+            self._on_bytes(n)
+
+    async def run(self, plan: Plan) -> Stats:
+        for refused in plan.refused:
+            self.stats.refused += 1
+            self.log.warning("key_refused", key=refused.key, reason=str(refused.reason),
+                             detail=refused.detail)
+        work: list[Copy | Adopt] = [a for a in plan.actions if isinstance(a, Copy | Adopt)]
+        self.stats.skipped = len(plan.actions) - len(work) - len(plan.deletes) - self.stats.refused
+        pending: Iterator[Copy | Adopt] = iter(work)
+        async with asyncio.TaskGroup() as tg:
+            for i in range(min(self.concurrency, len(work))):
+                tg.create_task(self._worker(pending), name=f"transfer-worker-{i}")
+        if plan.deletes:
+            await self._delete(plan.deletes)
+        return self.stats
+
+    async def _worker(self, pending: Iterator[Copy | Adopt]) -> None:
+        for action in pending:
+            try:
+                if isinstance(action, Adopt) and await self._adopt(action):
+                    continue
+                await self._copy(action.key, action.src, str(action.reason))
+            except SyncdError as exc:
+                if _fatal(exc):
+                    raise
+                self.stats.failed += 1
+                self.stats.errors.append(exc)
+                self.log.error("copy_failed", key=action.key, error=str(exc),
+                               kind=type(exc).__name__)
+
+    async def _adopt(self, action: Adopt) -> bool:
+        """True when the destination already holds the source's bytes (now recorded)."""
+        local, remote = (self.src, self.dst) if self.src.caps.local else (self.dst, self.src)
+        local_entry, remote_entry = (
+            (action.src, action.dst) if self.src.caps.local else (action.dst, action.src))
+        claim = await remote.checksum(remote_entry)
+        if claim is None:
+            return False
+        mine = await local.checksum(local_entry, claim.algo)
+        if mine != claim:
+            return False
+        own = claim if claim.algo is OWN_ALGO else await local.checksum(local_entry)
+        self.record[action.key] = Recorded(
+            fingerprint(action.src), fingerprint(action.dst), str(own), self.fence.generation)
+        self.stats.adopted += 1
+        self.log.info("copy_adopted", key=action.key, reason=str(action.reason))
+        return True
+
+    async def _copy(self, key: str, entry: Entry, reason: str) -> None:
+        source: Source = _Counted(await self.src.open(entry), self._bytes)
+        staged = await self.dst.stage(source, frozenset())
+        try:
+            claim = await source.vouched()
+            if claim is not None and staged.checksums.get(claim.algo) != claim.value:
+                raise IntegrityError(
+                    f"{key}: {claim.algo} of the received bytes does not match the source's "
+                    f"({staged.checksums.get(claim.algo)} != {claim.value}); not published",
+                    store=self.src.name, key=key)
+            if staged.size != entry.size:
+                raise IntegrityError(f"{key}: received {staged.size} bytes, listed {entry.size}",
+                                     store=self.src.name, key=key)
+            ident = await source.identity()
+            published = await self.dst.publish(staged, self.fence)
+        except BaseException:
+            await self.dst.discard(staged)
+            raise
+        verified = claim is not None or self.dst.caps.verifies_checksums
+        self.record[key] = Recorded(
+            fingerprint(ident), fingerprint(published),
+            str(Checksum(OWN_ALGO, staged.checksums[OWN_ALGO])), self.fence.generation)
+        self.stats.copied += 1
+        self.stats.copied_bytes += staged.size
+        if verified:
+            self.stats.verified += 1
+        else:
+            self.stats.unverified += 1
+        self.log.info("copy_published", key=key, bytes=staged.size, reason=reason,
+                      verified=verified, algo=str(claim.algo) if claim else None)
+
+    async def _delete(self, deletes: list[Delete]) -> None:
+        keys = [d.key for d in deletes]
+        await self.dst.delete(keys, self.fence)
+        for key in keys:
+            self.record.pop(key, None)
+            self.log.info("delete_done", key=key)
+        self.stats.deleted += len(keys)
