@@ -138,8 +138,7 @@ def sync(
                 bar.stop()
             typer.echo(_summary(m.name, stats))
             if stats.failed:
-                worst = worst or PartialFailure(f"{stats.failed} file(s) of mirror {m.name} "
-                                                "failed; see the log lines above")
+                worst = worst or _failure(m.name, stats)
             elif plan.refused_deletes:
                 worst = worst or PlanRefused(f"mirror {m.name}: deletes held back: "
                                              f"{plan.refused_deletes}")
@@ -148,6 +147,15 @@ def sync(
         return 0
 
     _run(main)
+
+
+def _failure(name: str, stats: Stats) -> SyncdError:
+    """One line for the run; the exit code of the failure when all failures are alike."""
+    first = stats.errors[0]
+    err = PartialFailure(f"{stats.failed} file(s) of mirror {name} failed, first: {first}")
+    if len({type(e) for e in stats.errors}) == 1:
+        err.exit_code = first.exit_code
+    return err
 
 
 @app.command()
