@@ -131,3 +131,19 @@ class LeaseLost(LeaseError):
 
 class LeaseUnsupported(LeaseError):
     """The store cannot arbitrate a lease safely (e.g. ignores conditional writes)."""
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report for a failed TaskGroup: the first SyncdError leaf, else the first
+    leaf. Sibling tasks cancelled because of it are not the story."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, SyncdError)), leaves[0])

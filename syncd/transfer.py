@@ -22,6 +22,7 @@ from syncd.errors import (
     NotFound,
     SyncdError,
     Unreachable,
+    first_error,
 )
 from syncd.listing import Checksum, Entry, Record, Recorded, fingerprint
 from syncd.plan import Adopt, Copy, Delete, Plan
@@ -110,9 +111,12 @@ class Transfer:
         work: list[Copy | Adopt] = [a for a in plan.actions if isinstance(a, Copy | Adopt)]
         self.stats.skipped = len(plan.actions) - len(work) - len(plan.deletes) - self.stats.refused
         pending: Iterator[Copy | Adopt] = iter(work)
-        async with asyncio.TaskGroup() as tg:
-            for i in range(min(self.concurrency, len(work))):
-                tg.create_task(self._worker(pending), name=f"transfer-worker-{i}")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i in range(min(self.concurrency, len(work))):
+                    tg.create_task(self._worker(pending), name=f"transfer-worker-{i}")
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         if plan.deletes:
             await self._delete(plan.deletes)
         return self.stats

@@ -36,6 +36,7 @@ from syncd.errors import (
     SourceChanged,
     StoreError,
     Unreachable,
+    first_error,
 )
 from syncd.keys import is_directory_marker, relative_key
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
@@ -241,10 +242,13 @@ class S3Store:
             ranges = part_ranges(source.size, int(self._transfer.part_size))
             digests: list[Digest] = [Digest(algos, start) for start, _ in ranges]
             parts: list[dict[str, Any]] = [{} for _ in ranges]
-            async with asyncio.TaskGroup() as tg:
-                for i, (start, end) in enumerate(ranges):
-                    tg.create_task(self._upload_part(source, upload_id, i, start, end,
-                                                     digests[i], parts))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for i, (start, end) in enumerate(ranges):
+                        tg.create_task(self._upload_part(source, upload_id, i, start, end,
+                                                         digests[i], parts))
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
             sums = combine(digests)
             if sums[OWN_ALGO] != promised.value:
                 raise SourceChanged(f"{key} changed while it was uploaded", store=self.name,

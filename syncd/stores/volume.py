@@ -21,7 +21,15 @@ from pathlib import Path
 
 import aiofiles.os
 
-from syncd.errors import AccessDenied, NoSpace, NotFound, SourceChanged, StoreError, UnsafeKey
+from syncd.errors import (
+    AccessDenied,
+    NoSpace,
+    NotFound,
+    SourceChanged,
+    StoreError,
+    UnsafeKey,
+    first_error,
+)
 from syncd.keys import RESERVED_DIR, unsafe_reason
 from syncd.listing import Algo, Checksum, Entry, Listing
 from syncd.parts import part_ranges
@@ -248,9 +256,12 @@ class VolumeStore:
         crcs = frozenset(a for a in algos if a in (Algo.CRC64NVME, Algo.CRC32C, Algo.CRC32))
         ranges = part_ranges(source.size, self._part_size)
         digests = [Digest(crcs, start) for start, _ in ranges]
-        async with asyncio.TaskGroup() as tg:
-            for (start, end), digest in zip(ranges, digests, strict=True):
-                tg.create_task(self._fill(fd, source, start, end, digest))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for (start, end), digest in zip(ranges, digests, strict=True):
+                    tg.create_task(self._fill(fd, source, start, end, digest))
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         sums = combine(digests)
         rest = algos - crcs
         if rest:  # MD5/SHA do not combine: read the staged bytes once more
