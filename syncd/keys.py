@@ -80,15 +80,17 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
             out.append("[^/]")
             i += 1
         elif c == "[":
-            end = pattern.find("]", i + 1)
+            # POSIX: a ']' right after '[' or '[!' is a member, not the end of the class.
+            first = i + 2 if pattern.startswith("[!", i) else i + 1
+            end = pattern.find("]", first + 1)
             if end == -1:
                 out.append(re.escape(c))
                 i += 1
             else:
-                body = pattern[i + 1 : end]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
+                members = "".join(
+                    f"\\{ch}" if ch in "\\[]^" else ch for ch in pattern[first:end])
+                negate = "^/" if first == i + 2 else ""  # never crosses a segment
+                out.append(f"[{negate}{members}]")
                 i = end + 1
         else:
             out.append(re.escape(c))

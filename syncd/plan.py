@@ -168,7 +168,9 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy) -> Plan:
         else:
             plan.actions.append(_compare(entry, theirs, record))
 
-    extras = sorted(k for k in dst.entries if k not in src.entries and wanted(k))
+    # A key the source refused still exists there: it is not "absent", so never deleted.
+    extras = sorted(k for k in dst.entries
+                    if k not in src.entries and k not in src.refused and wanted(k))
     deletes: list[Delete] = []
     for key in extras:
         if unsafe_reason(key) is not None:
@@ -180,7 +182,8 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy) -> Plan:
         else:
             deletes.append(Delete(key, Reason.ABSENT_FROM_SOURCE, dst.entries[key]))
 
-    plan.refused_deletes = _delete_guard(len(deletes), len(dst), policy)
+    mirrored = sum(1 for k in dst.entries if wanted(k))  # the fraction of what this mirror owns
+    plan.refused_deletes = _delete_guard(len(deletes), mirrored, policy)
     if plan.refused_deletes is None:
         plan.actions.extend(deletes)
     else:

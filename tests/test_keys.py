@@ -1,0 +1,357 @@
+"""syncd.keys: which object keys may become paths under a volume root, prefixes and globs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncd.keys import (
+    MAX_PATH_BYTES,
+    MAX_SEGMENT_BYTES,
+    RESERVED_DIR,
+    glob_match,
+    is_directory_marker,
+    normalize_prefix,
+    relative_key,
+    selected,
+    unsafe_reason,
+)
+
+PROPERTY = settings(max_examples=200, deadline=None)
+
+# Characters that make keys interesting: separators, dots, escapes, unicode, controls.
+KEY_CHARS = st.sampled_from(
+    ["a", "b", "/", "/", ".", ".", " ", "\\", "\x00", "\x1f", "\x7f", "é", "日", "\U0001f600",
+     "s", "y", "n", "c", "d"]
+)
+ANY_KEY = st.text(KEY_CHARS, max_size=24) | st.text(max_size=24)
+
+# --- unsafe_reason: refusals --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "fragment"),
+    [
+        ("", "empty"),
+        ("..", "'..'"),
+        ("../etc/passwd", "'..'"),
+        ("a/../../b", "'..'"),
+        ("a/..", "'..'"),
+        (".", "'.'"),
+        ("./a", "'.'"),
+        ("a/./b", "'.'"),
+        ("/etc/passwd", "absolute"),
+        ("/", "absolute"),
+        ("a\\b", "backslash"),
+        ("..\\..\\windows", "backslash"),
+        ("a\x00b", "NUL"),
+        ("a\nb", "control"),
+        ("a\tb", "control"),
+        ("\x1b[31mred", "control"),
+        ("a\x7fb", "control"),
+        ("a//b", "empty path segment"),
+        ("a/", "empty path segment"),
+        ("a/b/", "empty path segment"),
+        (RESERVED_DIR, RESERVED_DIR),
+        (f"{RESERVED_DIR}/state/m.json", RESERVED_DIR),
+        (f"{RESERVED_DIR}/x", "reserved"),
+        ("\ud800", "UTF-8"),
+    ],
+)
+def test_unsafe_reason_refuses_key_with_reason(key: str, fragment: str) -> None:
+    reason = unsafe_reason(key)
+    assert reason is not None
+    assert fragment in reason
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        "a" * (MAX_SEGMENT_BYTES + 1),
+        "é" * 128,  # 256 bytes in UTF-8, only 128 characters
+        "日" * 86,  # 258 bytes in UTF-8
+        "\U0001f600" * 64,  # 256 bytes in UTF-8
+    ],
+)
+def test_unsafe_reason_refuses_segment_over_255_utf8_bytes(segment: str) -> None:
+    for key in (segment, f"dir/{segment}", f"{segment}/file"):
+        reason = unsafe_reason(key)
+        assert reason is not None
+        assert "longer than 255 bytes" in reason
+
+
+@pytest.mark.parametrize("segment", ["a" * MAX_SEGMENT_BYTES, "é" * 127, "日" * 85])
+def test_unsafe_reason_accepts_segment_of_at_most_255_utf8_bytes(segment: str) -> None:
+    assert len(segment.encode("utf-8")) <= MAX_SEGMENT_BYTES
+    assert unsafe_reason(f"dir/{segment}") is None
+
+
+def _path_of_bytes(total: int) -> str:
+    """A key of exactly `total` UTF-8 bytes made of valid 200-byte segments."""
+    segments: list[str] = []
+    remaining = total
+    while remaining > 0:
+        n = min(200, remaining)
+        if remaining - n == 1:  # never leave a 0-length segment after the separator
+            n -= 1
+        segments.append("p" * n)
+        remaining -= n + 1  # segment plus the '/' separator
+    key = "/".join(segments)
+    if len(key) < total:
+        key = key[:-1] + "p" * (total - len(key) + 1)
+    return key
+
+
+def test_unsafe_reason_refuses_path_over_max_bytes() -> None:
+    key = _path_of_bytes(MAX_PATH_BYTES + 1)
+    assert len(key.encode("utf-8")) == MAX_PATH_BYTES + 1
+    reason = unsafe_reason(key)
+    assert reason is not None
+    assert f"longer than {MAX_PATH_BYTES} bytes" in reason
+
+
+def test_unsafe_reason_refuses_path_over_max_bytes_counting_multibyte_chars() -> None:
+    segment = "é" * 100  # 100 characters, 200 bytes
+    key = "/".join([segment] * 20)  # 2019 characters, 4019 bytes
+    assert len(key) < MAX_PATH_BYTES < len(key.encode("utf-8"))
+    assert unsafe_reason(key) is not None
+
+
+def test_unsafe_reason_accepts_path_of_exactly_max_bytes() -> None:
+    key = _path_of_bytes(MAX_PATH_BYTES)
+    assert len(key.encode("utf-8")) == MAX_PATH_BYTES
+    assert unsafe_reason(key) is None
+
+
+# --- unsafe_reason: acceptances -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "model.bin",
+        "models/llama/weights-00001.safetensors",
+        "a b/c d.txt",
+        " leading and trailing space ",
+        "ünïcödé/日本語/файл.json",
+        "emoji/\U0001f600.txt",
+        "...",  # three dots is an ordinary name
+        "..hidden",
+        ".hidden/.config",
+        "a..b/c.",
+        ".syncdx/file",  # only the exact reserved name is reserved
+        "dir/.syncd/file",  # reserved only at the top of the root
+        "SYNCD/x",
+        "-rf",
+        "~/x",
+        "$HOME/x",
+        "a:b*c?d<e>|f",
+    ],
+)
+def test_unsafe_reason_accepts_ordinary_key(key: str) -> None:
+    assert unsafe_reason(key) is None
+
+
+@PROPERTY
+@given(ANY_KEY)
+def test_unsafe_reason_accepted_key_stays_under_root_and_outside_reserved_dir(key: str) -> None:
+    if unsafe_reason(key) is not None:
+        return
+    joined = os.path.join("/root", key)
+    path = os.path.normpath(joined)
+    assert path.startswith("/root/")
+    assert path != f"/root/{RESERVED_DIR}"
+    assert not path.startswith(f"/root/{RESERVED_DIR}/")
+    # Nothing for normpath to collapse: the key is already the path it names.
+    assert path == joined
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from(["a", "b", "..", ".", "", "é"]), min_size=1, max_size=5))
+def test_unsafe_reason_refuses_every_key_with_dot_dot_or_empty_segment(parts: list[str]) -> None:
+    key = "/".join(parts)
+    if any(p in ("", ".", "..") for p in parts):
+        assert unsafe_reason(key) is not None
+    else:
+        assert unsafe_reason(key) is None
+
+
+@PROPERTY
+@given(ANY_KEY)
+def test_unsafe_reason_returns_reason_or_none_for_any_text(key: str) -> None:
+    reason = unsafe_reason(key)
+    assert reason is None or (isinstance(reason, str) and reason)
+
+
+# --- directory markers, prefixes, relative keys -------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "marker"), [("dir/", True), ("a/b/", True), ("a", False),
+                                              ("a/b", False)])
+def test_is_directory_marker_true_only_for_trailing_slash(key: str, marker: bool) -> None:
+    assert is_directory_marker(key) is marker
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("", ""),
+        ("/", ""),
+        ("//", ""),
+        ("models", "models/"),
+        ("models/", "models/"),
+        ("/models", "models/"),
+        ("/models//", "models/"),
+        ("a/b", "a/b/"),
+        ("a/b/", "a/b/"),
+    ],
+)
+def test_normalize_prefix_names_same_folder_with_one_trailing_slash(
+    prefix: str, expected: str
+) -> None:
+    assert normalize_prefix(prefix) == expected
+
+
+@PROPERTY
+@given(st.text(st.sampled_from(["a", "/", "é", " "]), max_size=10))
+def test_normalize_prefix_is_idempotent(prefix: str) -> None:
+    once = normalize_prefix(prefix)
+    assert normalize_prefix(once) == once
+    assert once == "" or (once.endswith("/") and not once.startswith("/"))
+
+
+@pytest.mark.parametrize(
+    ("object_key", "prefix", "expected"),
+    [
+        ("models/a.bin", "models/", "a.bin"),
+        ("models/sub/a.bin", "models/", "sub/a.bin"),
+        ("a.bin", "", "a.bin"),
+        ("other/a.bin", "models/", "other/a.bin"),
+        ("modelsx/a.bin", "models/", "modelsx/a.bin"),
+    ],
+)
+def test_relative_key_strips_normalized_prefix(object_key: str, prefix: str, expected: str) -> None:
+    assert relative_key(object_key, prefix) == expected
+
+
+@PROPERTY
+@given(st.text(max_size=8), st.text(max_size=12))
+def test_relative_key_inverts_prefixing(prefix: str, key: str) -> None:
+    norm = normalize_prefix(prefix)
+    assert relative_key(norm + key, norm) == key
+
+
+# --- globs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "expected"),
+    [
+        # no '/' in the pattern: the basename, at any depth
+        ("*.json", "config.json", True),
+        ("*.json", "a/config.json", True),
+        ("*.json", "a/b/c/config.json", True),
+        ("*.json", "config.json.bak", False),
+        ("*.json", "a.json/weights.bin", False),
+        ("config.json", "x/config.json", True),
+        ("config.json", "x/myconfig.json", False),
+        # '*' stays within a segment when the pattern has a '/'
+        ("a/*.bin", "a/x.bin", True),
+        ("a/*.bin", "a/b/x.bin", False),
+        ("a/*.bin", "b/a/x.bin", False),
+        # '**' crosses directories
+        ("**/*.bin", "x.bin", True),
+        ("**/*.bin", "a/b/x.bin", True),
+        ("a/**/x.bin", "a/x.bin", True),
+        ("a/**/x.bin", "a/b/c/x.bin", True),
+        ("a/**/x.bin", "b/a/x.bin", False),
+        ("dir/**", "dir/x", True),
+        ("dir/**", "dir/a/b/c", True),
+        ("dir/**", "dirx/a", False),
+        ("dir/**", "other/dir/a", False),
+        ("dir/**", "dir", False),
+        # '?' is exactly one character, never '/'
+        ("?.bin", "a.bin", True),
+        ("?.bin", "ab.bin", False),
+        ("?.bin", "é.bin", True),
+        ("a?b", "a/b", False),
+        ("x/a?b", "x/a/b", False),
+        # classes
+        ("[abc].txt", "b.txt", True),
+        ("[abc].txt", "d.txt", False),
+        ("[a-c].txt", "c.txt", True),
+        ("[!a].txt", "b.txt", True),
+        ("[!a].txt", "a.txt", False),
+        ("shard-[0-9][0-9].bin", "m/shard-07.bin", True),
+        ("shard-[0-9][0-9].bin", "m/shard-7.bin", False),
+        # regex metacharacters are literal
+        ("a+b(1).bin", "a+b(1).bin", True),
+        ("a.bin", "axbin", False),
+        ("$x^", "$x^", True),
+        ("[abc", "[abc", True),  # an unclosed '[' is literal
+        # unicode and spaces
+        ("日本/*", "日本/ファイル", True),
+        ("my file *.txt", "d/my file 1.txt", True),
+    ],
+)
+def test_glob_match_matches_relative_key(pattern: str, key: str, expected: bool) -> None:
+    assert glob_match(pattern, key) is expected
+
+
+def test_glob_match_class_without_slash_matches_basename_only() -> None:
+    # BUG (syncd/keys.py, _glob_regex): a [..] class is copied into the regex verbatim, so
+    # '[!x]' becomes '[^x]', which also matches '/'. A pattern without '/' must match the
+    # basename only, but 'a[!x]b' matches the key 'a/b' (whose basename is 'b').
+    assert glob_match("a[!x]b", "a/b") is False
+    assert glob_match("dir/a[!x]b", "dir/a/b") is False
+
+
+@pytest.mark.parametrize("pattern", ["[]", "[!]", "x[]y"])
+def test_glob_match_malformed_class_returns_bool_instead_of_raising(pattern: str) -> None:
+    # BUG (syncd/keys.py, _glob_regex): '[]' and '[!]' become the regex '[]' / '[^]', which
+    # swallow the rest of the pattern and make re.compile raise re.error. Config accepts any
+    # string as a glob, so one typo in `include`/`exclude` crashes every planning cycle.
+    assert glob_match(pattern, "x") in (True, False)
+
+
+@PROPERTY
+@given(st.text(st.sampled_from(["a", "b", "é", " ", "."]), min_size=1, max_size=6),
+       st.lists(st.text(st.sampled_from(["a", "b", "."]), min_size=1, max_size=4), max_size=3))
+def test_glob_match_literal_basename_pattern_matches_at_any_depth(
+    name: str, dirs: list[str]
+) -> None:
+    key = "/".join([*dirs, name])
+    assert glob_match(name, key)
+    assert glob_match(f"**/{name}", key)
+    assert glob_match("**", key)
+
+
+@pytest.mark.parametrize(
+    ("key", "include", "exclude", "expected"),
+    [
+        ("a.bin", (), (), True),
+        ("a.bin", ("*.bin",), (), True),
+        ("a.txt", ("*.bin",), (), False),
+        ("a.txt", ("*.bin", "*.txt"), (), True),
+        ("a.bin", (), ("*.bin",), False),
+        ("a.bin", ("*.bin",), ("*.bin",), False),  # exclude wins
+        ("tmp/a.bin", ("*.bin",), ("tmp/**",), False),
+        ("keep/a.bin", ("*.bin",), ("tmp/**",), True),
+        ("a/b/c.json", ("a/**",), ("*.bin",), True),
+        ("b/c.json", ("a/**",), (), False),
+    ],
+)
+def test_selected_includes_unless_excluded(
+    key: str, include: tuple[str, ...], exclude: tuple[str, ...], expected: bool
+) -> None:
+    assert selected(key, include, exclude) is expected
+
+
+@PROPERTY
+@given(st.text(st.sampled_from(["a", "b", "/", ".", "é"]), min_size=1, max_size=10))
+def test_selected_everything_without_globs_and_nothing_excluded_by_double_star(key: str) -> None:
+    assert selected(key, (), ())
+    assert not selected(key, (), ("**",))
