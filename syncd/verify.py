@@ -166,7 +166,8 @@ def vouched(
         value = head.get(field_name)
         if value and not composite and "-" not in str(value):
             return Checksum(algo, str(value))
-    if head.get("SSECustomerAlgorithm") or head.get("ServerSideEncryption") == "aws:kms":
+    encryption = str(head.get("ServerSideEncryption") or "")
+    if head.get("SSECustomerAlgorithm") or encryption.startswith("aws:kms"):  # incl. :dsse
         return None
     md5 = md5_etag(head.get("ETag"))
     return Checksum(Algo.MD5, md5) if md5 else None

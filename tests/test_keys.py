@@ -292,6 +292,17 @@ def test_relative_key_inverts_prefixing(prefix: str, key: str) -> None:
         ("a.bin", "axbin", False),
         ("$x^", "$x^", True),
         ("[abc", "[abc", True),  # an unclosed '[' is literal
+        ("[]", "[]", True),
+        ("[!]", "[!]", True),
+        # POSIX: ']' right after '[' or '[!' is a member; '\\', '^' and '[' are members
+        ("[]a].txt", "].txt", True),
+        ("[]a].txt", "a.txt", True),
+        ("[]a].txt", "b.txt", False),
+        ("[!]a].txt", "b.txt", True),
+        ("[!]a].txt", "].txt", False),
+        ("[a^].txt", "^.txt", True),
+        ("[a^].txt", "b.txt", False),
+        ("[[a].txt", "[.txt", True),
         # unicode and spaces
         ("日本/*", "日本/ファイル", True),
         ("my file *.txt", "d/my file 1.txt", True),
@@ -302,19 +313,46 @@ def test_glob_match_matches_relative_key(pattern: str, key: str, expected: bool)
 
 
 def test_glob_match_class_without_slash_matches_basename_only() -> None:
-    # BUG (syncd/keys.py, _glob_regex): a [..] class is copied into the regex verbatim, so
-    # '[!x]' becomes '[^x]', which also matches '/'. A pattern without '/' must match the
-    # basename only, but 'a[!x]b' matches the key 'a/b' (whose basename is 'b').
+    # A negated class must not match '/': 'a[!x]b' names a basename, and the basename of
+    # 'a/b' is 'b'.
     assert glob_match("a[!x]b", "a/b") is False
     assert glob_match("dir/a[!x]b", "dir/a/b") is False
 
 
 @pytest.mark.parametrize("pattern", ["[]", "[!]", "x[]y"])
 def test_glob_match_malformed_class_returns_bool_instead_of_raising(pattern: str) -> None:
-    # BUG (syncd/keys.py, _glob_regex): '[]' and '[!]' become the regex '[]' / '[^]', which
-    # swallow the rest of the pattern and make re.compile raise re.error. Config accepts any
-    # string as a glob, so one typo in `include`/`exclude` crashes every planning cycle.
+    # Config accepts any string as a glob, so a typo in `include`/`exclude` must not crash
+    # planning with re.error.
     assert glob_match(pattern, "x") in (True, False)
+
+
+GLOB_CHARS = st.sampled_from(["a", "b", "*", "?", "[", "]", "!", "^", "-", ".", "\\", "é"])
+SEGMENT_CHARS = st.sampled_from(["a", "b", "]", "[", "!", "^", "-", ".", "é"])
+
+
+@PROPERTY
+@given(st.text(GLOB_CHARS, max_size=8), st.text(st.sampled_from(["a", "b", "/", "[", "]", "."])))
+def test_glob_match_returns_bool_for_any_pattern(pattern: str, key: str) -> None:
+    assert glob_match(pattern, key) in (True, False)
+    assert glob_match(f"d/{pattern}", key) in (True, False)
+
+
+GLOB_TOKENS = st.sampled_from(
+    ["a", "b", "*", "?", "[!x]", "[!]]", "[ab]", "[]a]", "[!a-b]", "[", "]", ".", "é"]
+)
+
+
+@PROPERTY
+@given(
+    st.lists(GLOB_TOKENS, min_size=1, max_size=5).map("".join).filter(lambda p: "**" not in p),
+    st.lists(st.text(SEGMENT_CHARS, min_size=1, max_size=3), max_size=3),
+    st.text(SEGMENT_CHARS, min_size=1, max_size=4),
+)
+def test_glob_match_pattern_without_slash_decides_on_the_basename_alone(
+    pattern: str, dirs: list[str], name: str
+) -> None:
+    key = "/".join([*dirs, name])
+    assert glob_match(pattern, key) is glob_match(pattern, name)
 
 
 @PROPERTY

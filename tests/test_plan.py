@@ -211,12 +211,13 @@ def test_compute_copies_and_adopts_only_selected_source_entries(s: Scenario) -> 
     for action in moved:
         assert s.wanted(action.key)
         assert action.src == s.src.entries[action.key]
-    for action in plan.adopts:
-        assert action.dst == s.dst.entries[action.key]
-        assert action.src.size == action.dst.size
-    for action in plan.deletes:
-        assert action.key not in s.src.entries
-        assert s.wanted(action.key)
+    for adopt in plan.adopts:
+        assert adopt.dst == s.dst.entries[adopt.key]
+        assert adopt.src.size == adopt.dst.size
+    for delete in plan.deletes:
+        assert delete.key not in s.src.entries
+        assert delete.key not in s.src.refused
+        assert s.wanted(delete.key)
 
 
 @PROPERTY
@@ -494,10 +495,8 @@ def test_compute_empty_source_is_held_back_by_fraction_guard_with_default_policy
 
 
 def test_compute_empty_source_of_a_filtered_mirror_is_held_back_by_fraction_guard() -> None:
-    # BUG (syncd/plan.py, compute: `_delete_guard(len(deletes), len(dst), policy)`): the
-    # fraction's denominator counts every destination entry, including files the mirror's
-    # include/exclude globs do not select. An empty source listing for a filtered mirror then
-    # deletes 100% of the mirrored files while the guard sees only 10%.
+    # The fraction is of the files this mirror owns: destination files its globs do not select
+    # must not dilute it (100% of the mirrored files here, 10% of the whole destination).
     dst = listing(*(vol(f"w{i}.bin") for i in range(10)),
                   *(vol(f"unrelated{i}.txt") for i in range(90)))
     plan = compute(listing(), dst, {}, Policy(include=("*.bin",), delete=True))
@@ -506,10 +505,8 @@ def test_compute_empty_source_of_a_filtered_mirror_is_held_back_by_fraction_guar
 
 
 def test_compute_does_not_delete_a_key_the_source_listed_but_refused() -> None:
-    # BUG (syncd/plan.py, compute: `extras = ... if k not in src.entries ...`): a key in
-    # `src.refused` (e.g. a volume file replaced by a symlink, which VolumeStore lists as
-    # refused) exists in the source, yet it is treated as absent: the plan both refuses it
-    # and deletes the destination's copy.
+    # A key in `src.refused` (e.g. a volume file replaced by a symlink, which the volume store
+    # lists as refused) still exists in the source: refused, but not "absent", so not deleted.
     src = Listing.of([s3(f"k{i}") for i in range(9)])
     src.refused = {"model.bin": "symlink (not followed)"}
     dst = listing(vol("model.bin"), *(vol(f"k{i}") for i in range(9)))

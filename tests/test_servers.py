@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -28,8 +29,8 @@ def _payload(size: int) -> bytes:
     return os.urandom(size)
 
 
-def _get(client: object, bucket: str, key: str) -> bytes:
-    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+def _get(client: Any, bucket: str, key: str) -> bytes:
+    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     return body
 
 
@@ -106,14 +107,23 @@ def test_s3_fixture_restarts_server_stopped_by_previous_test(s3: S3Server) -> No
     assert s3.answers()
 
 
-def test_bucket_fixture_creates_bucket_after_server_was_stopped(s3: S3Server, bucket: str) -> None:
-    s3.stop()  # teardown of ``bucket`` must cope with a server that is down
-    s3.start()
-    if s3.name == "rclone":  # on disk: survives
+def test_bucket_survives_server_restart_only_on_rclone(s3: S3Server, bucket: str) -> None:
+    s3.restart()  # the ``bucket`` teardown must then cope with a bucket that may be gone
+    if s3.name == "rclone":  # stored on disk
         s3.client().head_bucket(Bucket=bucket)
-    else:  # moto keeps everything in memory: a restart wipes it
+    else:  # moto keeps everything in memory
         with pytest.raises(ClientError):
             s3.client().head_bucket(Bucket=bucket)
+
+
+def test_server_start_refuses_port_taken_by_another_listener(rclone_s3: S3Server) -> None:
+    rclone_s3.stop()
+    with socket.create_server((HOST, rclone_s3.port)):
+        with pytest.raises(RuntimeError, match="in use"):
+            rclone_s3.start()
+        assert not rclone_s3.running
+    rclone_s3.start()
+    assert rclone_s3.answers()
 
 
 # ---- environment and event loop ---------------------------------------------------------
@@ -219,19 +229,22 @@ def test_throttle_proxy_pause_holds_request_until_resume(
 ) -> None:
     s3.client().put_object(Bucket=bucket, Key="k", Body=b"payload")
     proxy = throttle_proxy(s3.port)
-    via_proxy = s3.client(endpoint_url=proxy.endpoint_url)
+    via_proxy = s3.client(
+        endpoint_url=proxy.endpoint_url, read_timeout=10, retries={"total_max_attempts": 1}
+    )
     via_proxy.list_buckets()  # warm: a pooled connection exists before the pause
     before = (proxy.bytes_to_server, proxy.bytes_to_client)
 
     proxy.pause()
     assert proxy.paused
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_get, via_proxy, bucket, "k")
-        done, _ = wait_futures([pending], timeout=0.5)
-        assert not done
-        assert (proxy.bytes_to_server, proxy.bytes_to_client) == before
-
-        proxy.resume()
+        try:
+            pending = pool.submit(_get, via_proxy, bucket, "k")
+            done, _ = wait_futures([pending], timeout=0.5)
+            assert not done
+            assert (proxy.bytes_to_server, proxy.bytes_to_client) == before
+        finally:
+            proxy.resume()
         assert pending.result(timeout=10) == b"payload"
     assert not proxy.paused
 

@@ -1,0 +1,145 @@
+"""syncd.state: the per-mirror record is saved atomically and, being a cache, never fatal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from syncd import state
+from syncd.keys import RESERVED_DIR
+from syncd.listing import Record, Recorded
+
+MIRROR = "models"
+
+RECORD: Record = {
+    "a.bin": Recorded("10:e1", "10:123:7", "crc64nvme:rosUhgp5mIg=", 3),
+    "dir/sub/b.json": Recorded("0:", "0:1:0", None, 0),
+    "ünïcödé/日本語/ファイル.txt": Recorded("5:abc", "5:9:9", "md5:00ff", 1),
+    "emoji \U0001f600/with space.bin": Recorded("1:x", "1:1:1"),
+}
+
+
+def state_dir(root: Path) -> Path:
+    return root / RESERVED_DIR / "state"
+
+
+def test_path_for_lives_in_reserved_state_dir(tmp_path: Path) -> None:
+    assert state.path_for(tmp_path, MIRROR) == state_dir(tmp_path) / f"{MIRROR}.json"
+
+
+async def test_save_then_load_round_trips_record(tmp_path: Path) -> None:
+    await state.save(tmp_path, MIRROR, RECORD)
+    assert await state.load(tmp_path, MIRROR) == RECORD
+
+
+async def test_save_then_load_round_trips_empty_record(tmp_path: Path) -> None:
+    await state.save(tmp_path, MIRROR, {})
+    assert state.path_for(tmp_path, MIRROR).exists()
+    assert await state.load(tmp_path, MIRROR) == {}
+
+
+async def test_save_preserves_unicode_keys_as_utf8(tmp_path: Path) -> None:
+    await state.save(tmp_path, MIRROR, RECORD)
+    raw = state.path_for(tmp_path, MIRROR).read_bytes()
+    assert "ünïcödé/日本語/ファイル.txt".encode() in raw
+    loaded = await state.load(tmp_path, MIRROR)
+    assert set(loaded) == set(RECORD)
+
+
+async def test_save_replaces_previous_record_entirely(tmp_path: Path) -> None:
+    await state.save(tmp_path, MIRROR, RECORD)
+    newer = {"only.bin": Recorded("1:e", "1:2:3", None, 9)}
+    await state.save(tmp_path, MIRROR, newer)
+    assert await state.load(tmp_path, MIRROR) == newer
+
+
+async def test_save_leaves_no_temp_files(tmp_path: Path) -> None:
+    for i in range(3):
+        await state.save(tmp_path, MIRROR, {f"k{i}": Recorded("a", "b")})
+    assert sorted(p.name for p in state_dir(tmp_path).iterdir()) == [f"{MIRROR}.json"]
+
+
+async def test_save_keeps_mirrors_apart(tmp_path: Path) -> None:
+    other = {"x": Recorded("1:e", "1:1:1")}
+    await state.save(tmp_path, MIRROR, RECORD)
+    await state.save(tmp_path, "other", other)
+    assert await state.load(tmp_path, MIRROR) == RECORD
+    assert await state.load(tmp_path, "other") == other
+
+
+async def test_save_snapshots_the_record_it_was_given(tmp_path: Path) -> None:
+    record = dict(RECORD)
+    await state.save(tmp_path, MIRROR, record)
+    record["late"] = Recorded("x", "y")
+    assert await state.load(tmp_path, MIRROR) == RECORD
+
+
+async def test_save_failure_leaves_no_temp_file(tmp_path: Path) -> None:
+    # BUG (syncd/state.py, _write): when os.replace (or the write/fsync) fails, the
+    # `.<name>.<uuid>.tmp` file is never removed, so every failed save leaves one behind in
+    # .syncd/state/. Here the target is a directory, so the rename fails.
+    target = state.path_for(tmp_path, MIRROR)
+    (target / "occupied").mkdir(parents=True)
+    with pytest.raises(OSError):
+        await state.save(tmp_path, MIRROR, RECORD)
+    assert sorted(p.name for p in state_dir(tmp_path).iterdir()) == [f"{MIRROR}.json"]
+
+
+async def test_load_missing_state_is_empty(tmp_path: Path) -> None:
+    assert await state.load(tmp_path, MIRROR) == {}
+    assert not (tmp_path / RESERVED_DIR).exists()  # loading creates nothing
+
+
+def _valid_bytes() -> bytes:
+    return json.dumps(
+        {"version": state.VERSION, "entries": {"a": ["1:e", "1:1:1", None, 0]}}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        _valid_bytes()[: len(_valid_bytes()) // 2],  # truncated mid-write
+        _valid_bytes()[:-1],
+        b"\x00" * 64,
+        b"\xff\xfe garbage",
+        b"null",
+        b"[]",
+        b'"a string"',
+        b"42",
+        b"{}",
+        json.dumps({"version": state.VERSION + 1, "entries": {}}).encode(),
+        json.dumps({"version": 0, "entries": {"a": ["1:e", "1:1:1", None, 0]}}).encode(),
+        json.dumps({"entries": {"a": ["1:e", "1:1:1", None, 0]}}).encode(),
+        json.dumps({"version": state.VERSION}).encode(),
+        json.dumps({"version": state.VERSION, "entries": []}).encode(),
+        json.dumps({"version": state.VERSION, "entries": None}).encode(),
+        json.dumps({"version": state.VERSION, "entries": {"a": None}}).encode(),
+        json.dumps({"version": state.VERSION, "entries": {"a": 5}}).encode(),
+        json.dumps({"version": state.VERSION, "entries": {"a": ["x"]}}).encode(),
+        json.dumps({"version": state.VERSION, "entries": {"a": [1, 2, 3, 4, 5, 6]}}).encode(),
+    ],
+    ids=lambda c: repr(c[:24]),
+)
+async def test_load_unreadable_state_is_empty(tmp_path: Path, content: bytes) -> None:
+    path = state.path_for(tmp_path, MIRROR)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    assert await state.load(tmp_path, MIRROR) == {}
+
+
+async def test_load_state_path_that_is_a_directory_is_empty(tmp_path: Path) -> None:
+    state.path_for(tmp_path, MIRROR).mkdir(parents=True)
+    assert await state.load(tmp_path, MIRROR) == {}
+
+
+async def test_save_over_corrupt_state_recovers(tmp_path: Path) -> None:
+    path = state.path_for(tmp_path, MIRROR)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"{truncated")
+    await state.save(tmp_path, MIRROR, RECORD)
+    assert await state.load(tmp_path, MIRROR) == RECORD
