@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 HOST = "127.0.0.1"
 ACCESS_KEY = "AKIASYNCDTESTKEY0001"
@@ -47,6 +49,17 @@ def find_free_port(host: str = HOST) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_is_bindable(port: int, host: str = HOST) -> bool:
+    """True if a listener could bind ``host:port`` now (TIME_WAIT leftovers do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def venv_binary(name: str) -> Path:
@@ -79,6 +92,28 @@ def s3_client_config(**overrides: Any) -> Config:
     return Config(**settings)
 
 
+_session_lock = threading.Lock()
+_shared_session: boto3.session.Session | None = None
+
+
+def _boto3_session() -> boto3.session.Session:
+    """One hermetic boto3 session for all test clients (creating clients from it is ~50x
+    cheaper than from fresh sessions, which reload the service model every time).
+
+    It ignores the developer's ~/.aws files and AWS_PROFILE; credentials and region are
+    always passed explicitly per client.
+    """
+    global _shared_session
+    if _shared_session is None:
+        core = botocore.session.Session()
+        core.set_config_variable("config_file", os.devnull)
+        core.set_config_variable("credentials_file", os.devnull)
+        # No AWS_PROFILE lookup: a missing named profile would raise ProfileNotFound.
+        core.session_var_map["profile"] = (None, None, None, None)
+        _shared_session = boto3.session.Session(botocore_session=core)
+    return _shared_session
+
+
 def make_s3_client(
     endpoint_url: str,
     *,
@@ -86,17 +121,16 @@ def make_s3_client(
     secret_key: str = SECRET_KEY,
     config: Config | None = None,
 ) -> Any:
-    """A boto3 S3 client (own session, so it is independent of boto3's global default)."""
-    session = boto3.session.Session(
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name=REGION,
-    )
-    return session.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        config=config if config is not None else s3_client_config(),
-    )
+    """A boto3 S3 client with explicit credentials, region and config (thread-safe)."""
+    with _session_lock:  # client creation from a shared session is not thread-safe
+        return _boto3_session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=config if config is not None else s3_client_config(),
+        )
 
 
 def _server_env() -> dict[str, str]:
@@ -162,6 +196,9 @@ class S3Server:
         if self.running:
             self.wait_ready(timeout)
             return
+        if not port_is_bindable(self.port, self.host):
+            # Otherwise the readiness probe could be answered by whoever holds the port now.
+            raise RuntimeError(f"cannot start {self.name}: {self.host}:{self.port} is in use")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"\n=== starting {self.name}: {' '.join(self.command)}\n".encode())
@@ -296,7 +333,10 @@ def empty_and_delete_bucket(client: Any, bucket: str) -> None:
     for page in paginator.paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
             client.delete_object(Bucket=bucket, Key=obj["Key"])
-    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    try:
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    except ClientError:
+        uploads = []  # rclone answers NoSuchUpload when a bucket has no pending uploads
     for upload in uploads:
         client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     client.delete_bucket(Bucket=bucket)
@@ -376,6 +416,7 @@ class ThrottleProxy:
         self._handlers: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._closed = False
+        self._closing = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._run_loop, name=f"throttle-proxy->{target_port}", daemon=True
@@ -474,19 +515,31 @@ class ThrottleProxy:
         return port
 
     async def _shutdown(self) -> None:
+        # Wind handlers down without cancelling them (on 3.11, asyncio.start_server logs a
+        # spurious error for a cancelled handler): abort every transport so pending reads
+        # hit EOF, and wake whatever waits for ``resume()`` so it sees ``_closing``.
+        self._closing = True
         if self._server is not None:
             self._server.close()
         self._abort_all()
+        self._require_flowing().set()
         handlers = list(self._handlers)
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        if handlers:
+            _, stuck = await asyncio.wait(handlers, timeout=_CONTROL_TIMEOUT_S / 2)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
     def _abort_all(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
+
+    async def _wait_flowing(self) -> bool:
+        """Block while paused; False once the proxy is shutting down."""
+        await self._require_flowing().wait()
+        return not self._closing
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -497,7 +550,8 @@ class ThrottleProxy:
         try:
             if len(self._handlers) > self.max_connections:
                 return
-            await self._require_flowing().wait()
+            if not await self._wait_flowing() or client_w.is_closing():
+                return
             try:
                 upstream_r, upstream_w = await asyncio.open_connection(
                     self.target_host, self.target_port
@@ -505,6 +559,8 @@ class ThrottleProxy:
             except OSError:
                 return
             self._writers.add(upstream_w)
+            if self._closing:
+                return
             self.connections_accepted += 1
             both = (client_w, upstream_w)
             await asyncio.gather(
@@ -531,24 +587,24 @@ class ThrottleProxy:
         *,
         to_client: bool,
     ) -> None:
-        flowing = self._require_flowing()
         try:
-            while True:
-                await flowing.wait()
+            while await self._wait_flowing():
                 data = await reader.read(self._limiter.chunk_size() if to_client else _MAX_CHUNK)
                 if not data:
-                    break
+                    if not writer.is_closing() and writer.can_write_eof():
+                        writer.write_eof()
+                    return
                 if to_client:
                     await self._limiter.acquire(len(data))
-                await flowing.wait()
-                writer.write(data)
-                await writer.drain()
+                if not await self._wait_flowing():
+                    return
+                # Count before writing: once the peer has the bytes, the counter shows them.
                 if to_client:
                     self.bytes_to_client += len(data)
                 else:
                     self.bytes_to_server += len(data)
-            if not writer.is_closing() and writer.can_write_eof():
-                writer.write_eof()
+                writer.write(data)
+                await writer.drain()
         except (OSError, RuntimeError):
             # One side failed: tear the pair down so the other pump sees EOF too.
             for w in both:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mirrors import MiB, SYNCD, Run, env, syncd, tree, write_config
+from tests.mirrors import SYNCD, MiB, Run, env, syncd, tree, write_config
 from tests.servers import find_free_port
 
 
