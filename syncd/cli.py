@@ -22,7 +22,7 @@ from syncd.ops import logging as logs
 from syncd.ops.progress import Bar
 from syncd.plan import Adopt, Copy, Delete, Plan, Refuse, Skip
 from syncd.runtime import mirror as mirror_mod
-from syncd.transfer import Stats
+from syncd.transfer import Stats, same_bytes
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mirror model artifacts between S3-compatible buckets and volumes.")
@@ -118,7 +118,7 @@ def sync(
 ) -> None:
     """Bring every mirror of this datacenter in sync once."""
     if not once:
-        _fail("sync needs --once (the continuous daemon is `syncd run`)", int(ExitCode.USAGE))
+        _fail("sync runs one pass: pass --once", int(ExitCode.USAGE))
 
     async def main() -> int:
         cfg = config_mod.load(config)
@@ -169,7 +169,8 @@ def check(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
             async with mirror_mod.opened(cfg, m, write=False) as sides:
                 plan, _ = await mirror_mod.plan_for(sides, m)
                 for action in plan.actions:
-                    if isinstance(action, Adopt) and await _same(sides, action):
+                    if isinstance(action, Adopt) and await same_bytes(
+                            sides.src, action.src, sides.dst, action.dst):
                         continue
                     if isinstance(action, Skip) and action.reason == "unchanged":
                         continue
@@ -179,13 +180,6 @@ def check(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
         return int(ExitCode.DRIFT) if drift else 0
 
     _run(main)
-
-
-async def _same(sides: mirror_mod.Sides, action: Adopt) -> bool:
-    remote_entry, local_entry = (action.src, action.dst) if sides.pull else (
-        action.dst, action.src)
-    claim = await sides.s3.checksum(remote_entry)
-    return claim is not None and await sides.volume.checksum(local_entry, claim.algo) == claim
 
 
 def _drift_line(action: Any) -> str:
@@ -215,6 +209,23 @@ def config_validate(
         root = m.volumes.get(dc)
         where = root if root else "(no volume in this datacenter: not run here)"
         typer.echo(f"  {m.name}: {m.direction} s3://{m.bucket}/{m.prefix} <-> {where}")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its files.")]
+    = Path("demo"),
+    endpoint: Annotated[str | None, typer.Option(
+        "--endpoint", show_default=False,
+        help="Use this S3 endpoint instead of a local server (default: "
+             "$SYNCD_S3__ENDPOINT_URL; credentials from the AWS chain).")] = None,
+    bucket: Annotated[str, typer.Option("--bucket", help="Bucket to seed and sync.")]
+    = "syncd-demo",
+) -> None:
+    """Run the whole job end to end against a local S3-compatible server."""
+    from syncd import demo as demo_mod
+
+    _run(lambda: demo_mod.run(directory, endpoint=endpoint, bucket=bucket, echo=typer.echo))
 
 
 def main() -> None:

@@ -139,6 +139,11 @@ class Config(_Model):
         return Path(root) if root else None
 
 
+def _env_name(mirror: str) -> str:
+    """How a mirror name is spelled in a variable: 'llama-3.1' -> 'llama_3_1'."""
+    return re.sub(r"[^a-z0-9_]", "_", mirror.lower())
+
+
 def _env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -161,7 +166,7 @@ def _overlay(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
             mirrors = data.get("mirrors", [])
             index = next(
                 (i for i, m in enumerate(mirrors)
-                 if isinstance(m, dict) and str(m.get("name", "")).lower() == path[1]),
+                 if isinstance(m, dict) and _env_name(str(m.get("name", ""))) == path[1]),
                 None,
             )
             if index is None:

@@ -84,6 +84,19 @@ def _fatal(exc: SyncdError) -> bool:
     return isinstance(exc, AccessDenied | NotFound) and getattr(exc, "key", None) is None
 
 
+async def same_bytes(a: Store, a_entry: Entry, b: Store, b_entry: Entry) -> Checksum | None:
+    """syncd's own checksum when both sides hold the same bytes, else None.
+
+    The remote side states its checksum (a HEAD); the local side hashes its file with that
+    algorithm. Nothing stated means nothing proven: None, and the caller copies."""
+    (local, local_entry), (remote, remote_entry) = (
+        ((a, a_entry), (b, b_entry)) if a.caps.local else ((b, b_entry), (a, a_entry)))
+    claim = await remote.checksum(remote_entry)
+    if claim is None or await local.checksum(local_entry, claim.algo) != claim:
+        return None
+    return claim if claim.algo is OWN_ALGO else await local.checksum(local_entry, OWN_ALGO)
+
+
 class Transfer:
     def __init__(
         self, src: Store, dst: Store, record: Record, fence: Fence, *, concurrency: int,
@@ -117,7 +130,10 @@ class Transfer:
                     tg.create_task(self._worker(pending), name=f"transfer-worker-{i}")
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        if plan.deletes:
+        if plan.deletes and self.stats.failed:
+            # a failed copy may be the new name of a file a delete would remove: keep both
+            self.log.warning("deletes_held", count=len(plan.deletes), failed=self.stats.failed)
+        elif plan.deletes:
             await self._delete(plan.deletes)
         return self.stats
 
@@ -137,18 +153,11 @@ class Transfer:
 
     async def _adopt(self, action: Adopt) -> bool:
         """True when the destination already holds the source's bytes (now recorded)."""
-        local, remote = (self.src, self.dst) if self.src.caps.local else (self.dst, self.src)
-        local_entry, remote_entry = (
-            (action.src, action.dst) if self.src.caps.local else (action.dst, action.src))
-        claim = await remote.checksum(remote_entry)
-        if claim is None:
+        agreed = await same_bytes(self.src, action.src, self.dst, action.dst)
+        if agreed is None:
             return False
-        mine = await local.checksum(local_entry, claim.algo)
-        if mine != claim:
-            return False
-        own = claim if claim.algo is OWN_ALGO else await local.checksum(local_entry)
         self.record[action.key] = Recorded(
-            fingerprint(action.src), fingerprint(action.dst), str(own), self.fence.generation)
+            fingerprint(action.src), fingerprint(action.dst), str(agreed), self.fence.generation)
         self.stats.adopted += 1
         self.log.info("copy_adopted", key=action.key, reason=str(action.reason))
         return True

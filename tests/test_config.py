@@ -394,3 +394,12 @@ def test_load_invalid_file_names_the_file_and_field(
     with pytest.raises(ConfigError) as info:
         load(path)
     assert f"{path}: mirrors[0].direction" in str(info.value)
+
+
+def test_env_overlay_reaches_mirror_names_with_dashes_and_dots() -> None:
+    text = (
+        '[[mirrors]]\nname = "llama-3.1"\nbucket = "bkt"\ndirection = "pull"\n'
+        'volumes = {a = "/v"}\n'
+    )
+    config = parse(text, env={"SYNCD_MIRRORS__LLAMA_3_1__DELETE": "true"})
+    assert config.mirrors[0].delete is True

@@ -80,7 +80,7 @@ class S3Store:
             max_pool_connections=self._transfer.concurrency + 4,
             connect_timeout=self._s3.connect_timeout_s,
             read_timeout=self._s3.read_timeout_s,
-            retries={"max_attempts": self._s3.max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": self._s3.max_attempts, "mode": "standard"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             tcp_keepalive=True,

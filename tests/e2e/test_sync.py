@@ -212,3 +212,22 @@ def test_sync_multipart_pull_uses_parallel_ranges_and_verifies(s3, bucket, tmp_p
     run = syncd("sync", "--once", "-c", str(cfg))
     assert run.code == 0, run.stderr
     assert (vol / "big.bin").read_bytes() == data
+
+
+def test_sync_holds_deletes_when_a_copy_failed(s3, bucket, tmp_path):
+    """A rename at the source is a copy plus a delete: if the copy fails, keep the old name."""
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key="models/old-name.bin", Body=b"weights")
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    cfg = write_config(tmp_path / "c.toml", s3.endpoint_url, bucket, direction="pull", root=vol,
+                       extra="delete = true\nmax_delete_fraction = 1.0")
+    assert syncd("sync", "--once", "-c", str(cfg)).code == 0
+    client.delete_object(Bucket=bucket, Key="models/old-name.bin")
+    client.put_object(Bucket=bucket, Key="models/new-name.bin", Body=b"weights",
+                      Metadata={"syncd-crc64nvme": "AAAAAAAAAAA="})
+
+    run = syncd("sync", "--once", "-c", str(cfg))
+    assert run.code == 9, run.stderr
+    assert _events(run.stderr, "deletes_held")
+    assert tree(vol) == {"old-name.bin": b"weights"}
