@@ -41,7 +41,7 @@ from syncd.errors import (
 from syncd.keys import is_directory_marker, relative_key
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
 from syncd.parts import part_ranges
-from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
+from syncd.stores.base import Capabilities, Fence, Source, Staged
 from syncd.verify import META_PREFIX, OWN_ALGO, Digest, combine, vouched
 
 _ACCESS_CODES = {
@@ -194,11 +194,13 @@ class S3Store:
         return resp, self._chunks(resp["Body"], key, end - start)
 
     async def _chunks(self, body: Any, key: str, expected: int) -> AsyncIterator[bytes]:
+        """The body's chunks as aiohttp received them: no slicing, no joining copies."""
+        content = body.raw_stream.content  # aiohttp.StreamReader
         seen = 0
         try:
             while True:
                 with self._translated(key):
-                    chunk = await body.read(CHUNK_BYTES)
+                    chunk, _ = await content.readchunk()
                 if not chunk:
                     break
                 seen += len(chunk)

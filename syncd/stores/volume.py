@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiofiles.os
@@ -34,8 +34,9 @@ from syncd.keys import RESERVED_DIR, unsafe_reason
 from syncd.listing import Algo, Checksum, Entry, Listing
 from syncd.parts import part_ranges
 from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
-from syncd.verify import OWN_ALGO, Digest, combine
+from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
+WRITE_BATCH = 4 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -253,42 +254,53 @@ class VolumeStore:
         return digest.results()
 
     async def _parallel(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
-        crcs = frozenset(a for a in algos if a in (Algo.CRC64NVME, Algo.CRC32C, Algo.CRC32))
+        """Ranged parts written at their offsets; CRCs per part, combined. MD5/SHA cannot be
+        combined, so an in-order hasher follows the completed prefix of the file on a worker
+        thread (hashlib releases the GIL) instead of re-reading it all at the end."""
+        crcs = frozenset(a for a in algos if a in CRC_ALGOS)
         ranges = part_ranges(source.size, self._part_size)
         digests = [Digest(crcs, start) for start, _ in ranges]
+        follower = _InOrderHash(fd, ranges, algos - crcs) if algos - crcs else None
         try:
             async with asyncio.TaskGroup() as tg:
-                for (start, end), digest in zip(ranges, digests, strict=True):
-                    tg.create_task(self._fill(fd, source, start, end, digest))
+                if follower is not None:
+                    tg.create_task(follower.run())
+                for i, ((start, end), digest) in enumerate(zip(ranges, digests, strict=True)):
+                    tg.create_task(self._fill(fd, source, start, end, digest,
+                                              on_done=follower.done if follower else None,
+                                              part=i))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         sums = combine(digests)
-        rest = algos - crcs
-        if rest:  # MD5/SHA do not combine: read the staged bytes once more
-            sums.update(await asyncio.to_thread(_hash_fd, fd, source.size, rest))
+        if follower is not None:
+            sums.update(follower.digest.results())
         return sums
 
     async def _fill(
         self, fd: int, source: Source, start: int, end: int, digest: Digest,
-        chunks: AsyncIterator[bytes] | None = None,
+        chunks: AsyncIterator[bytes] | None = None, *,
+        on_done: Callable[[int], None] | None = None, part: int = 0,
     ) -> None:
+        """Stream [start, end) into the file; chunks are batched so one worker-thread call
+        hashes and writes WRITE_BATCH bytes with pwritev (no joining copy)."""
         offset = start
-        pending: list[bytes] = []
-        pending_len = 0
+        batch: list[bytes] = []
+        batch_len = 0
         async for chunk in chunks or source.read(start, end):
-            digest.update(chunk)
-            pending.append(chunk)
-            pending_len += len(chunk)
-            if pending_len >= CHUNK_BYTES:
-                await asyncio.to_thread(_pwrite_all, fd, b"".join(pending), offset)
-                offset += pending_len
-                pending, pending_len = [], 0
-        if pending:
-            await asyncio.to_thread(_pwrite_all, fd, b"".join(pending), offset)
-            offset += pending_len
+            batch.append(chunk)
+            batch_len += len(chunk)
+            if batch_len >= WRITE_BATCH:
+                await asyncio.to_thread(_hash_and_write, fd, batch, offset, digest)
+                offset += batch_len
+                batch, batch_len = [], 0
+        if batch:
+            await asyncio.to_thread(_hash_and_write, fd, batch, offset, digest)
+            offset += batch_len
         if offset != end:
             raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
                                 store=self.name, key=source.key)
+        if on_done is not None:
+            on_done(part)
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
         def rename() -> os.stat_result:
@@ -347,24 +359,56 @@ def _entry(key: str, st: os.stat_result) -> Entry:
     return Entry(key, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _hash_fd(fd: int, size: int, algos: frozenset[Algo]) -> dict[Algo, str]:
-    digest = Digest(algos)
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(CHUNK_BYTES * 4, size - offset), offset)
-        if not chunk:
-            break
+def _hash_and_write(fd: int, batch: list[bytes], offset: int, digest: Digest) -> None:
+    for chunk in batch:
         digest.update(chunk)
-        offset += len(chunk)
-    return digest.results()
+    views = [memoryview(c) for c in batch]
+    while views:
+        n = os.pwritev(fd, views, offset)
+        offset += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+def _hash_range(fd: int, start: int, end: int, digest: Digest) -> None:
+    while start < end:
+        chunk = os.pread(fd, min(WRITE_BATCH, end - start), start)
+        if not chunk:
+            raise OSError(errno.EIO, "staged file shorter than written")
+        digest.update(chunk)
+        start += len(chunk)
+
+
+class _InOrderHash:
+    """Hashes a staged file from the start as its parts complete, whatever their order."""
+
+    def __init__(self, fd: int, ranges: list[tuple[int, int]], algos: frozenset[Algo]) -> None:
+        self.digest = Digest(algos)
+        self._fd = fd
+        self._ranges = ranges
+        self._finished = [False] * len(ranges)
+        self._wake = asyncio.Event()
+
+    def done(self, part: int) -> None:
+        self._finished[part] = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        i, n = 0, len(self._ranges)
+        while i < n:
+            if not self._finished[i]:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            j = i
+            while j < n and self._finished[j]:
+                j += 1
+            await asyncio.to_thread(
+                _hash_range, self._fd, self._ranges[i][0], self._ranges[j - 1][1], self.digest)
+            i = j
 
 
 class VolumeSource:
