@@ -42,6 +42,8 @@ from syncd.keys import is_directory_marker, relative_key
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
 from syncd.parts import part_ranges
 from syncd.stores.base import Capabilities, Fence, Source, Staged
+from syncd.stores.s3_http import S3Http, S3HttpError, head_fields
+from syncd.stores.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
 from syncd.verify import META_PREFIX, OWN_ALGO, Digest, combine, vouched
 
 _ACCESS_CODES = {
@@ -52,6 +54,10 @@ _RETRY_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
     "ServiceUnavailable", "RequestTimeTooSkewed", "500", "502", "503", "504",
 }
+
+
+# Ask for stored checksums; syncd checks them itself (botocore's validation is never on).
+_CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
 
 
 class S3Store:
@@ -70,7 +76,9 @@ class S3Store:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._slots = asyncio.Semaphore(transfer.concurrency)
-        self.requests = 0  # every request sent, for tests and benchmarks
+        self._botocore_requests = 0
+        self._http: S3Http | None = None
+        self._creds: Any = None
 
     async def __aenter__(self) -> S3Store:
         session = AioSession(profile=self._s3.profile) if self._s3.profile else AioSession()
@@ -88,9 +96,17 @@ class S3Store:
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=self._s3.endpoint_url, config=config)
         )
-        events = self._client.meta.events
-        events.register("before-sign.s3.GetObject", _ask_for_checksums)
-        events.register("before-send.s3", self._count)
+        self._client.meta.events.register("before-send.s3", self._count)
+        self._creds = await session.get_credentials()
+        style = self._s3.addressing_style
+        self._http = S3Http(
+            self._client.meta.endpoint_url, self._s3.region,
+            virtual=style == "virtual" or (style == "auto" and self._s3.endpoint_url is None),
+            credentials=self._credentials, connections=self._transfer.concurrency + 4,
+            connect_timeout_s=self._s3.connect_timeout_s, read_timeout_s=self._s3.read_timeout_s,
+            max_attempts=self._s3.max_attempts,
+        )
+        self._stack.push_async_callback(self._http.close)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -100,7 +116,23 @@ class S3Store:
         await self._stack.aclose()
 
     def _count(self, **_: Any) -> None:
-        self.requests += 1
+        self._botocore_requests += 1
+
+    @property
+    def requests(self) -> int:
+        """Every request sent, for tests and benchmarks."""
+        return self._botocore_requests + (self._http.requests if self._http else 0)
+
+    async def _credentials(self) -> Credentials:
+        if self._creds is None:
+            raise NoCredentialsError()
+        frozen = await self._creds.get_frozen_credentials()
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    @property
+    def http(self) -> S3Http:
+        assert self._http is not None, "use the store as an async context manager"
+        return self._http
 
     def object_key(self, key: str) -> str:
         return f"{self.prefix}{key}"
@@ -111,6 +143,8 @@ class S3Store:
             yield
         except ClientError as exc:
             raise self._client_error(exc, key) from exc
+        except S3HttpError as exc:
+            raise self._error(exc.code, exc.status, exc.message, key) from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise AccessDenied(
                 "no usable AWS credentials found", store=self.name,
@@ -126,8 +160,10 @@ class S3Store:
 
     def _client_error(self, exc: ClientError, key: str | None) -> StoreError:
         err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return self._error(str(err.get("Code", "")), status, str(err.get("Message", "")), key)
+
+    def _error(self, code: str, status: int | None, message: str, key: str | None) -> StoreError:
         what = f"s3://{self.bucket}/{self.object_key(key)}" if key else self.name
         if code == "NoSuchBucket":
             return NotFound(f"bucket {self.bucket!r} does not exist", store=self.name)
@@ -143,7 +179,7 @@ class S3Store:
                                       key=key)
         if code in _RETRY_CODES or (isinstance(status, int) and status >= 500):
             return Unreachable(f"{what}: server error {code}", store=self.name, key=key)
-        return StoreError(f"{what}: {code or status}: {err.get('Message', '')}".rstrip(": "),
+        return StoreError(f"{what}: {code or status}: {message}".rstrip(": "),
                           store=self.name, key=key)
 
     async def check(self) -> None:
@@ -167,10 +203,10 @@ class S3Store:
 
     async def head(self, key: str) -> dict[str, Any]:
         with self._translated(key):
-            head: dict[str, Any] = await self._client.head_object(
-                Bucket=self.bucket, Key=self.object_key(key), ChecksumMode="ENABLED"
-            )
-        return head
+            resp = await self.http.send("HEAD", self.bucket, self.object_key(key),
+                                        headers=_CHECKSUM_MODE, payload_hash=EMPTY_SHA256)
+            resp.release()
+        return head_fields(resp.headers)
 
     async def checksum(self, entry: Entry, algo: Algo | None = None) -> Checksum | None:
         return vouched(await self.head(entry.key))
@@ -184,18 +220,21 @@ class S3Store:
     async def get_stream(
         self, key: str, start: int, end: int, etag: str | None, *, ranged: bool
     ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(key)}
+        headers = dict(_CHECKSUM_MODE)
         if etag:
-            kwargs["IfMatch"] = f'"{etag}"'
+            headers["if-match"] = f'"{etag}"'
         if ranged:
-            kwargs["Range"] = f"bytes={start}-{end - 1}"
+            headers["range"] = f"bytes={start}-{end - 1}"
         with self._translated(key):
-            resp = await self._client.get_object(**kwargs)
-        return resp, self._chunks(resp["Body"], key, end - start)
+            resp = await self.http.send("GET", self.bucket, self.object_key(key),
+                                        headers=headers, payload_hash=EMPTY_SHA256)
+        return head_fields(resp.headers), self._chunks(resp, key, end - start)
 
-    async def _chunks(self, body: Any, key: str, expected: int) -> AsyncIterator[bytes]:
+    async def _chunks(
+        self, body: aiohttp.ClientResponse, key: str, expected: int
+    ) -> AsyncIterator[bytes]:
         """The body's chunks as aiohttp received them: no slicing, no joining copies."""
-        content = body.raw_stream.content  # aiohttp.StreamReader
+        content = body.content
         seen = 0
         try:
             while True:
@@ -209,7 +248,7 @@ class S3Store:
                                      store=self.name, key=key)
                 yield chunk
         finally:
-            body.close()
+            body.release()
         if seen != expected:
             raise Unreachable(f"{self.name}{key}: stream ended after {seen} of {expected} bytes",
                               store=self.name, key=key)
@@ -273,11 +312,13 @@ class S3Store:
             digest.update(buf)
             crc = part_digest.results()[Algo.CRC32C]
             with self._translated(source.key):
-                resp = await self._client.upload_part(
-                    Bucket=self.bucket, Key=self.object_key(source.key), UploadId=upload_id,
-                    PartNumber=index + 1, Body=bytes(buf), ChecksumCRC32C=crc,
-                )
-        parts[index] = {"PartNumber": index + 1, "ETag": resp["ETag"], "ChecksumCRC32C": crc}
+                resp = await self.http.send(
+                    "PUT", self.bucket, self.object_key(source.key), body=buf,
+                    query=[("partNumber", str(index + 1)), ("uploadId", upload_id)],
+                    headers={"x-amz-checksum-crc32c": crc}, payload_hash=UNSIGNED_PAYLOAD)
+                resp.release()
+        parts[index] = {"PartNumber": index + 1, "ETag": resp.headers.get("ETag", ""),
+                        "ChecksumCRC32C": crc}
 
     async def _abort(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(Exception):
@@ -288,13 +329,15 @@ class S3Store:
         key = staged.key
         if isinstance(staged.handle, bytes):
             fence.check()
+            headers = {f"x-amz-meta-{k}": v for k, v in staged.metadata.items()}
+            headers["x-amz-checksum-crc32c"] = staged.checksums[Algo.CRC32C]
             with self._translated(key):
-                resp = await self._client.put_object(
-                    Bucket=self.bucket, Key=self.object_key(key), Body=staged.handle,
-                    Metadata=staged.metadata, ChecksumCRC32C=staged.checksums[Algo.CRC32C],
-                )
+                resp = await self.http.send("PUT", self.bucket, self.object_key(key),
+                                            body=staged.handle, headers=headers,
+                                            payload_hash=UNSIGNED_PAYLOAD)
+                resp.release()
             staged.handle = None
-            return Entry(key, staged.size, etag=normalize_etag(resp.get("ETag")),
+            return Entry(key, staged.size, etag=normalize_etag(resp.headers.get("ETag")),
                          checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
         upload_id, parts = staged.handle
         fence.check()
@@ -330,12 +373,6 @@ class S3Store:
                     f"could not delete {len(errors)} object(s), first "
                     f"{first.get('Key')}: {first.get('Code')}", store=self.name,
                 )
-
-
-def _ask_for_checksums(request: Any, **_: Any) -> None:
-    """Ask for stored checksums on GET without turning on botocore's response validation,
-    which fails on servers that answer ranged GETs with the whole object's checksum."""
-    request.headers["x-amz-checksum-mode"] = "ENABLED"
 
 
 class S3Source:
