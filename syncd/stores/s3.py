@@ -28,6 +28,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from syncd.budget import ByteBudget
 from syncd.config import S3Config, TransferConfig
 from syncd.errors import (
     AccessDenied,
@@ -76,6 +77,7 @@ class S3Store:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._slots = asyncio.Semaphore(transfer.concurrency)
+        self.budget = ByteBudget(int(transfer.upload_buffer))
         self._botocore_requests = 0
         self._http: S3Http | None = None
         self._creds: Any = None
@@ -259,14 +261,16 @@ class S3Store:
         """Single PUT: bytes held in memory until publish. Large: parts of an uncompleted MPU."""
         algos = frozenset({OWN_ALGO, Algo.CRC32C, *want})
         if source.size <= self._transfer.multipart_threshold:
-            digest = Digest(algos)
-            buf = bytearray()
-            async for chunk in source.read():
-                digest.update(chunk)
-                buf += chunk
+            await self.budget.take(source.size)  # held until publish or discard
+            try:
+                digest = Digest(algos)
+                buf = await _read_exactly(source, 0, source.size, digest)
+            except BaseException:
+                await self.budget.give(source.size)
+                raise
             sums = digest.results()
             meta = {f"{META_PREFIX}{OWN_ALGO}": sums[OWN_ALGO]}
-            return Staged(source.key, len(buf), sums, source, bytes(buf), meta)
+            return Staged(source.key, source.size, sums, source, buf, meta)
         return await self._stage_multipart(source, algos)
 
     async def _stage_multipart(self, source: Source, algos: frozenset[Algo]) -> Staged:
@@ -303,20 +307,21 @@ class S3Store:
         self, source: Source, upload_id: str, index: int, start: int, end: int,
         digest: Digest, parts: MutableSequence[dict[str, Any]],
     ) -> None:
-        async with self._slots:
-            buf = bytearray()
-            async for chunk in source.read(start, end):
-                buf += chunk
-            part_digest = Digest((Algo.CRC32C,))
-            part_digest.update(buf)
-            digest.update(buf)
-            crc = part_digest.results()[Algo.CRC32C]
-            with self._translated(source.key):
-                resp = await self.http.send(
-                    "PUT", self.bucket, self.object_key(source.key), body=buf,
-                    query=[("partNumber", str(index + 1)), ("uploadId", upload_id)],
-                    headers={"x-amz-checksum-crc32c": crc}, payload_hash=UNSIGNED_PAYLOAD)
-                resp.release()
+        await self.budget.take(end - start)
+        try:
+            async with self._slots:
+                buf = await _read_exactly(source, start, end, digest)
+                part_digest = Digest((Algo.CRC32C,))
+                part_digest.update(buf)
+                crc = part_digest.results()[Algo.CRC32C]
+                with self._translated(source.key):
+                    resp = await self.http.send(
+                        "PUT", self.bucket, self.object_key(source.key), body=buf,
+                        query=[("partNumber", str(index + 1)), ("uploadId", upload_id)],
+                        headers={"x-amz-checksum-crc32c": crc}, payload_hash=UNSIGNED_PAYLOAD)
+                    resp.release()
+        finally:
+            await self.budget.give(end - start)
         parts[index] = {"PartNumber": index + 1, "ETag": resp.headers.get("ETag", ""),
                         "ChecksumCRC32C": crc}
 
@@ -327,7 +332,7 @@ class S3Store:
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
         key = staged.key
-        if isinstance(staged.handle, bytes):
+        if not isinstance(staged.handle, tuple):  # one PUT of the bytes held in memory
             fence.check()
             headers = {f"x-amz-meta-{k}": v for k, v in staged.metadata.items()}
             headers["x-amz-checksum-crc32c"] = staged.checksums[Algo.CRC32C]
@@ -337,6 +342,7 @@ class S3Store:
                                             payload_hash=UNSIGNED_PAYLOAD)
                 resp.release()
             staged.handle = None
+            await self.budget.give(staged.size)
             return Entry(key, staged.size, etag=normalize_etag(resp.headers.get("ETag")),
                          checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
         upload_id, parts = staged.handle
@@ -354,6 +360,8 @@ class S3Store:
     async def discard(self, staged: Staged) -> None:
         if isinstance(staged.handle, tuple):
             await self._abort(staged.key, staged.handle[0])
+        elif staged.handle is not None:
+            await self.budget.give(staged.size)
         staged.handle = None
 
     async def delete(self, keys: Sequence[str], fence: Fence) -> None:
@@ -373,6 +381,22 @@ class S3Store:
                     f"could not delete {len(errors)} object(s), first "
                     f"{first.get('Key')}: {first.get('Code')}", store=self.name,
                 )
+
+
+async def _read_exactly(source: Source, start: int, end: int, digest: Digest) -> bytearray:
+    """[start, end) of `source` into one preallocated buffer (one copy per chunk), hashed."""
+    buf = bytearray(end - start)
+    view = memoryview(buf)
+    at = 0
+    async for chunk in source.read(start, end):
+        if at + len(chunk) > len(buf):
+            raise SourceChanged(f"{source.key} grew while it was read", key=source.key)
+        view[at:at + len(chunk)] = chunk
+        digest.update(chunk)
+        at += len(chunk)
+    if at != len(buf):
+        raise SourceChanged(f"{source.key} shrank while it was read", key=source.key)
+    return buf
 
 
 class S3Source:

@@ -68,7 +68,7 @@ class S3Http:
             timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout_s,
                                           sock_read=read_timeout_s),
             auto_decompress=False,
-            read_bufsize=1 << 20,  # fewer, larger chunks for the hashing/writing loop
+            read_bufsize=256 << 10,  # larger chunks for the hashing loop, bounded per connection
             skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),
         )
         self.requests = 0

@@ -36,7 +36,7 @@ from syncd.parts import part_ranges
 from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
-WRITE_BATCH = 4 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
+WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
