@@ -13,6 +13,7 @@ from functools import lru_cache
 RESERVED_DIR = ".syncd"
 MAX_SEGMENT_BYTES = 255  # NAME_MAX on Linux filesystems
 MAX_PATH_BYTES = 4000  # under PATH_MAX (4096), leaving room for the root
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -31,7 +32,7 @@ def unsafe_reason(key: str) -> str | None:
         return "contains a backslash"
     if key.startswith("/"):
         return "absolute path"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+    if _CONTROL.search(key):
         return "contains a control character"
     try:
         encoded = key.encode("utf-8")

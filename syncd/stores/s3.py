@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator, MutableSequence, Sequence
 from typing import Any
 
 import aiohttp
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -81,28 +80,13 @@ class S3Store:
         self._botocore_requests = 0
         self._http: S3Http | None = None
         self._creds: Any = None
+        self._boto_session: Any = None
 
     async def __aenter__(self) -> S3Store:
-        session = AioSession(profile=self._s3.profile) if self._s3.profile else AioSession()
-        config = AioConfig(
-            s3={"addressing_style": self._s3.addressing_style},
-            region_name=self._s3.region,
-            max_pool_connections=self._transfer.concurrency + 4,
-            connect_timeout=self._s3.connect_timeout_s,
-            read_timeout=self._s3.read_timeout_s,
-            retries={"total_max_attempts": self._s3.max_attempts, "mode": "standard"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            tcp_keepalive=True,
-        )
-        self._client = await self._stack.enter_async_context(
-            session.create_client("s3", endpoint_url=self._s3.endpoint_url, config=config)
-        )
-        self._client.meta.events.register("before-send.s3", self._count)
-        self._creds = await session.get_credentials()
         style = self._s3.addressing_style
         self._http = S3Http(
-            self._client.meta.endpoint_url, self._s3.region,
+            self._s3.endpoint_url or f"https://s3.{self._s3.region}.amazonaws.com",
+            self._s3.region,
             virtual=style == "virtual" or (style == "auto" and self._s3.endpoint_url is None),
             credentials=self._credentials, connections=self._transfer.concurrency + 4,
             connect_timeout_s=self._s3.connect_timeout_s, read_timeout_s=self._s3.read_timeout_s,
@@ -110,6 +94,38 @@ class S3Store:
         )
         self._stack.push_async_callback(self._http.close)
         return self
+
+    def _session(self) -> Any:
+        """botocore's session, imported on first need: it costs ~0.2 s of start-up, which a
+        no-op sync with credentials in the environment never pays."""
+        if self._boto_session is None:
+            from aiobotocore.session import AioSession
+
+            self._boto_session = (
+                AioSession(profile=self._s3.profile) if self._s3.profile else AioSession())
+        return self._boto_session
+
+    async def _control(self) -> Any:
+        """The botocore client for the control plane (multipart create/complete, batch
+        delete), created on first use."""
+        if self._client is None:
+            from aiobotocore.config import AioConfig
+
+            config = AioConfig(
+                s3={"addressing_style": self._s3.addressing_style},
+                region_name=self._s3.region,
+                max_pool_connections=4,
+                connect_timeout=self._s3.connect_timeout_s,
+                read_timeout=self._s3.read_timeout_s,
+                retries={"total_max_attempts": self._s3.max_attempts, "mode": "standard"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            client = await self._stack.enter_async_context(self._session().create_client(
+                "s3", endpoint_url=self._s3.endpoint_url, config=config))
+            client.meta.events.register("before-send.s3", self._count)
+            self._client = client
+        return self._client
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -126,8 +142,17 @@ class S3Store:
         return self._botocore_requests + (self._http.requests if self._http else 0)
 
     async def _credentials(self) -> Credentials:
+        """Environment credentials directly (the sidecar case); else botocore's whole chain
+        (profiles, SSO, web identity, instance roles), refreshed as it decides."""
+        env = os.environ
+        if not self._s3.profile and env.get("AWS_ACCESS_KEY_ID") and env.get(
+                "AWS_SECRET_ACCESS_KEY"):
+            return Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                               env.get("AWS_SESSION_TOKEN") or None)
         if self._creds is None:
-            raise NoCredentialsError()
+            self._creds = await self._session().get_credentials()
+            if self._creds is None:
+                raise NoCredentialsError()
         frozen = await self._creds.get_frozen_credentials()
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
@@ -186,22 +211,26 @@ class S3Store:
 
     async def check(self) -> None:
         """Fail fast with one clear error: endpoint, credentials, bucket."""
-        with self._translated():
-            await self._client.head_bucket(Bucket=self.bucket)
+        try:
+            with self._translated():
+                resp = await self.http.send("HEAD", self.bucket, "", payload_hash=EMPTY_SHA256,
+                                            ok=(200,))
+                resp.release()
+        except NotFound:
+            raise NotFound(f"bucket {self.bucket!r} does not exist", store=self.name) from None
 
     async def list(self) -> Listing:
         listing = Listing()
-        paginator = self._client.get_paginator("list_objects_v2")
+        token: str | None = None
         with self._translated():
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for obj in page.get("Contents", ()):
-                    key = relative_key(obj["Key"], self.prefix)
-                    if not key or is_directory_marker(key):
-                        continue
-                    listing.entries[key] = Entry(
-                        key, int(obj["Size"]), etag=normalize_etag(obj.get("ETag"))
-                    )
-        return listing
+            while True:
+                page, token = await self.http.list_page(self.bucket, self.prefix, token)
+                for object_key, size, etag in page:
+                    key = relative_key(object_key, self.prefix)
+                    if key and not is_directory_marker(key):
+                        listing.entries[key] = Entry(key, size, etag=normalize_etag(etag))
+                if not token:
+                    return listing
 
     async def head(self, key: str) -> dict[str, Any]:
         with self._translated(key):
@@ -278,7 +307,7 @@ class S3Store:
         meta = {f"{META_PREFIX}{OWN_ALGO}": promised.value}
         key = source.key
         with self._translated(key):
-            created = await self._client.create_multipart_upload(
+            created = await (await self._control()).create_multipart_upload(
                 Bucket=self.bucket, Key=self.object_key(key), Metadata=meta,
                 ChecksumAlgorithm="CRC32C",
             )
@@ -327,7 +356,7 @@ class S3Store:
 
     async def _abort(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.shield(self._client.abort_multipart_upload(
+            await asyncio.shield((await self._control()).abort_multipart_upload(
                 Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id))
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
@@ -348,7 +377,7 @@ class S3Store:
         upload_id, parts = staged.handle
         fence.check()
         with self._translated(key):
-            await self._client.complete_multipart_upload(
+            await (await self._control()).complete_multipart_upload(
                 Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
@@ -369,7 +398,7 @@ class S3Store:
             batch = keys[i : i + 1000]
             fence.check()
             with self._translated():
-                resp = await self._client.delete_objects(
+                resp = await (await self._control()).delete_objects(
                     Bucket=self.bucket,
                     Delete={"Objects": [{"Key": self.object_key(k)} for k in batch],
                             "Quiet": True},

@@ -14,13 +14,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import aiohttp
 from yarl import URL
 
 from syncd.backoff import next_delay
-from syncd.stores.sigv4 import Credentials, Signer, canonical_query, encode_path
+from syncd.stores.sigv4 import EMPTY_SHA256, Credentials, Signer, canonical_query, encode_path
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 _RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
@@ -77,9 +77,27 @@ class S3Http:
         await self._session.close()
 
     def _target(self, bucket: str, key: str) -> tuple[str, str]:
+        """Host and encoded path; an empty key addresses the bucket itself."""
         if self._virtual:
             return f"{bucket}.{self._netloc}", encode_path(f"{self._base_path}/{key}")
-        return self._netloc, encode_path(f"{self._base_path}/{bucket}/{key}")
+        path = f"{self._base_path}/{bucket}/{key}" if key else f"{self._base_path}/{bucket}"
+        return self._netloc, encode_path(path)
+
+    async def list_page(
+        self, bucket: str, prefix: str, token: str | None
+    ) -> tuple[list[tuple[str, int, str | None]], str | None]:
+        """One ListObjectsV2 page: (key, size, etag) triples and the next token, if any."""
+        query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url"),
+                 ("max-keys", "1000")]
+        if token:
+            query.append(("continuation-token", token))
+        resp = await self.send("GET", bucket, "", query=query, payload_hash=EMPTY_SHA256,
+                               ok=(200,))
+        try:
+            body = await resp.read()
+        finally:
+            resp.release()
+        return parse_listing(body)
 
     async def send(
         self, method: str, bucket: str, key: str, *, query: Iterable[tuple[str, str]] = (),
@@ -114,6 +132,25 @@ class S3Http:
                     raise error
             await asyncio.sleep(next_delay(attempt, base=0.1, cap=5.0, rand=random.random()))
             attempt += 1
+
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+def parse_listing(body: bytes) -> tuple[list[tuple[str, int, str | None]], str | None]:
+    """ListObjectsV2 XML -> entries and continuation token. Keys arrive URL-encoded
+    (`encoding-type=url`), so keys with characters XML cannot carry survive the trip."""
+    root = ET.fromstring(body)
+    ns = _NS if root.tag.startswith(_NS) else ""
+    encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
+    entries = []
+    for item in root.iter(f"{ns}Contents"):
+        key = item.findtext(f"{ns}Key") or ""
+        entries.append((unquote_plus(key) if encoded else key,
+                        int(item.findtext(f"{ns}Size") or 0), item.findtext(f"{ns}ETag")))
+    truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
+    token = root.findtext(f"{ns}NextContinuationToken") if truncated else None
+    return entries, token
 
 
 def head_fields(headers: Mapping[str, str]) -> dict[str, Any]:
