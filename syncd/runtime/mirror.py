@@ -17,7 +17,7 @@ from syncd import state
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError
 from syncd.listing import Listing, Record
-from syncd.plan import Adopt, Plan, Policy, compute
+from syncd.plan import Plan, Policy, compute
 from syncd.stores.base import Fence, OpenFence, Store
 from syncd.stores.s3 import S3Store
 from syncd.stores.volume import VolumeStore
@@ -95,10 +95,13 @@ async def cycle(
         transfer = Transfer(sides.src, sides.dst, record, fence or OpenFence(),
                             concurrency=config.transfer.concurrency, log=log,
                             on_bytes=on_bytes)
+        before = dict(record)
         try:
             stats = await transfer.run(plan)
         finally:
-            live = {a.key for a in plan.actions if not isinstance(a, Adopt)} | set(record)
-            await state.save(sides.root, mirror.name,
-                             {k: v for k, v in record.items() if k in live})
+            await sides.dst.flush()  # renames durable before the record says they happened
+            listed = {a.key for a in plan.actions}
+            kept = {k: v for k, v in record.items() if k in listed}
+            if kept != before:  # a no-op pass writes nothing
+                await state.save(sides.root, mirror.name, kept)
         return plan, stats

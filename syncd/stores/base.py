@@ -92,6 +92,10 @@ class Store(Protocol):
 
     async def discard(self, staged: Staged) -> None: ...
 
+    async def flush(self) -> None:
+        """Make everything published so far durable (a store may batch that work)."""
+        ...
+
     async def delete(self, keys: Sequence[str], fence: Fence) -> None: ...
 
     async def checksum(self, entry: Entry, algo: Algo | None = None) -> Checksum | None:

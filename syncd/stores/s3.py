@@ -386,6 +386,9 @@ class S3Store:
         return Entry(key, staged.size, etag=normalize_etag(head.get("ETag")),
                      checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
 
+    async def flush(self) -> None:
+        return None  # a completed PUT is durable
+
     async def discard(self, staged: Staged) -> None:
         if isinstance(staged.handle, tuple):
             await self._abort(staged.key, staged.handle[0])

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
 WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
+SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -57,6 +59,8 @@ class VolumeStore:
         self._threshold = multipart_threshold
         self._min_free = min_free_bytes
         self._slots = asyncio.Semaphore(concurrency)
+        self._free, self._free_at = 0, -1.0
+        self._unflushed: set[str] = set()
 
     async def __aenter__(self) -> VolumeStore:
         return self
@@ -201,15 +205,29 @@ class VolumeStore:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def _reserve(self, size: int) -> tuple[int, str]:
-        if self._min_free or size:
-            st = os.statvfs(self.meta_dir if self.meta_dir.exists() else self.root)
-            free = st.f_bavail * st.f_frsize
-            if free < size + self._min_free:
-                raise OSError(errno.ENOSPC, "not enough free space")
-        os.makedirs(self.tmp_dir, exist_ok=True)
+    def _check_space(self, size: int) -> None:
+        """Refuse to start a write that would leave less than `min_free_bytes`. Small writes
+        reuse a reading under half a second old; ENOSPC from the write itself still counts."""
+        now = time.monotonic()
+        if size >= SMALL_BYTES or now - self._free_at > 0.5:
+            st = os.statvfs(self.tmp_dir)
+            self._free, self._free_at = st.f_bavail * st.f_frsize, now
+        if self._free < size + self._min_free:
+            raise OSError(errno.ENOSPC, "not enough free space")
+        self._free -= size
+
+    def _create_temp(self) -> tuple[int, str]:
         path = str(self.tmp_dir / f"{uuid.uuid4().hex}.part")
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o644), path
+        except FileNotFoundError:  # someone removed .syncd/tmp under us
+            os.makedirs(self.tmp_dir, exist_ok=True)
+            return os.open(path, flags, 0o644), path
+
+    def _reserve(self, size: int) -> tuple[int, str]:
+        self._check_space(size)
+        fd, path = self._create_temp()
         try:
             if size:
                 try:
@@ -224,8 +242,27 @@ class VolumeStore:
             raise
         return fd, path
 
+    def _write_small(self, chunks: Sequence[bytes], size: int, digest: Digest) -> str:
+        """Hash, create, write, fsync and close in one worker call: a small file costs one
+        hand-off to a thread instead of four."""
+        self._check_space(size)
+        fd, path = self._create_temp()
+        try:
+            _hash_and_write(fd, chunks, 0, digest)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        return path
+
     async def stage(self, source: Source, want: frozenset[Algo]) -> Staged:
         algos = frozenset({OWN_ALGO, *want})
+        if source.size <= SMALL_BYTES:
+            with self._translated(source.key):
+                sums, path = await self._small(source, algos)
+            return Staged(source.key, source.size, sums, source, path)
         with self._translated(source.key):
             fd, path = await asyncio.to_thread(self._reserve, source.size)
         try:
@@ -243,6 +280,19 @@ class VolumeStore:
             raise
         os.close(fd)
         return Staged(source.key, source.size, sums, source, path)
+
+    async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[dict[Algo, str], str]:
+        chunks: list[bytes] = []
+        got = 0
+        async for chunk in source.read():
+            chunks.append(chunk)
+            got += len(chunk)
+        if got != source.size:
+            raise SourceChanged(f"{source.key}: got {got} bytes, expected {source.size}",
+                                store=self.name, key=source.key)
+        digest = Digest(algos | _algo(await source.vouched()))
+        path = await asyncio.to_thread(self._write_small, chunks, got, digest)
+        return digest.results(), path
 
     async def _single(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
         """One stream; the hash set is fixed after the first chunk, when a single GET has
@@ -308,7 +358,7 @@ class VolumeStore:
             try:
                 fence.check()
                 os.rename(staged.handle, name, dst_dir_fd=dfd)
-                os.fsync(dfd)
+                self._unflushed.add(staged.key.rpartition("/")[0])
                 return os.stat(name, dir_fd=dfd, follow_symlinks=False)
             finally:
                 os.close(dfd)
@@ -316,6 +366,24 @@ class VolumeStore:
             st = await asyncio.to_thread(rename)
         staged.handle = None
         return _entry(staged.key, st)
+
+    async def flush(self) -> None:
+        """Make the renames of this pass durable: one fsync per directory they touched, not
+        one per file. Until then a crash can lose a rename (the old file stays), never leave
+        a partial file: each file was fsynced before it was renamed into place."""
+        dirs, self._unflushed = self._unflushed, set()
+
+        def sync_dirs() -> None:
+            for rel in sorted(dirs):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    fd = os.open(self.root / rel if rel else self.root, _DIR_FLAGS)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        if dirs:
+            with self._translated():
+                await asyncio.to_thread(sync_dirs)
 
     async def discard(self, staged: Staged) -> None:
         if staged.handle:
@@ -359,7 +427,7 @@ def _entry(key: str, st: os.stat_result) -> Entry:
     return Entry(key, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
 
-def _hash_and_write(fd: int, batch: list[bytes], offset: int, digest: Digest) -> None:
+def _hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest) -> None:
     for chunk in batch:
         digest.update(chunk)
     views = [memoryview(c) for c in batch]
