@@ -6,6 +6,7 @@ name suggests a secret is masked, whatever the event: a credential must never re
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -17,10 +18,15 @@ import structlog
 _SECRET_WORDS = ("secret", "password", "token", "credential", "authorization", "access_key")
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret(name: str) -> bool:
+    lower = name.lower()
+    return any(word in lower for word in _SECRET_WORDS)
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for name in list(event):
-        if any(word in name.lower() for word in _SECRET_WORDS):
-            event[name] = "***"
+    for name in [n for n in event if _secret(n)]:
+        event[name] = "***"
     return event
 
 
@@ -41,8 +47,8 @@ def setup(level: str = "info", *, fmt: str | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
     )
 
 

@@ -431,6 +431,9 @@ async def _read_exactly(source: Source, start: int, end: int, digest: Digest) ->
     return buf
 
 
+_UNSET = object()
+
+
 class S3Source:
     """One object to read. A small one learns its checksum from its single GET's headers."""
 
@@ -440,12 +443,15 @@ class S3Source:
         self.size = entry.size
         self._entry = entry
         self._head: dict[str, Any] | None = None
+        self._claim: object = _UNSET
 
     async def vouched(self) -> Checksum | None:
         if self._head is None:
             self._head = await self.store.head(self.key)
             self._check_size(self._head)
-        return vouched(self._head)
+        if self._claim is _UNSET:
+            self._claim = vouched(self._head)
+        return self._claim  # type: ignore[return-value]
 
     def _check_size(self, head: dict[str, Any]) -> None:
         size = head.get("ContentLength")

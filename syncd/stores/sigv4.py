@@ -65,7 +65,8 @@ class Signer:
 
         `path` must already be encoded (`encode_path`); `now` must be UTC.
         """
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        amz_date = (f"{now.year:04d}{now.month:02d}{now.day:02d}T"
+                    f"{now.hour:02d}{now.minute:02d}{now.second:02d}Z")
         day = amz_date[:8]
         out = {k.lower(): str(v) for k, v in headers.items()}
         out["host"] = host
