@@ -1,0 +1,298 @@
+# ruff: noqa: T201
+"""The results: a markdown table (stdout, optionally a file) and a JSON file of every run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.records import SECONDS, RunRecord
+from bench.tools import PEERS
+
+MB = 1_000_000
+GiB = 1 << 30
+
+
+# --- the machine --------------------------------------------------------------------------
+
+
+def _first_match(path: str, key: str) -> str | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def machine_info(versions: dict[str, str], load_at_start: list[float] | None) -> dict[str, Any]:
+    mem = _first_match("/proc/meminfo", "MemTotal")
+    mem_gib = round(int(mem.split()[0]) / (1 << 20), 1) if mem else None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 0
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "hostname": platform.node(),
+        "nproc": usable,
+        "memory_gib": mem_gib,
+        "cpu_model": _first_match("/proc/cpuinfo", "model name") or platform.processor(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "loadavg_start": load_at_start,
+        "loadavg_end": loadavg(),
+    }
+
+
+# --- aggregation ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Row:
+    row: str
+    direction: str
+    tool: str
+    kind: str
+    records: list[RunRecord] = field(default_factory=list)
+    ratio: float | None = None
+    best_peer: str | None = None
+
+    @property
+    def ok_records(self) -> list[RunRecord]:
+        return [r for r in self.records if r.ok and r.wall_s]
+
+    @property
+    def failed(self) -> int:
+        return sum(not r.ok for r in self.records)
+
+    def values(self) -> list[float]:
+        """MB/s for transfer rows, seconds for seconds rows: the row's metric per ok run."""
+        out = []
+        for r in self.ok_records:
+            assert r.wall_s is not None
+            out.append(r.wall_s if self.kind == SECONDS else r.bytes / MB / r.wall_s)
+        return out
+
+    @property
+    def median(self) -> float | None:
+        vals = self.values()
+        return statistics.median(vals) if vals else None
+
+    def med(self, attr: str) -> float | None:
+        vals = [getattr(r, attr) for r in self.ok_records if getattr(r, attr) is not None]
+        return statistics.median(vals) if vals else None
+
+    @property
+    def clean(self) -> bool:
+        return bool(self.records) and self.failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        vals = self.values()
+        return {
+            "row": self.row, "direction": self.direction, "tool": self.tool,
+            "unit": "s" if self.kind == SECONDS else "MB/s",
+            "median": self.median, "min": min(vals) if vals else None,
+            "max": max(vals) if vals else None, "runs": len(self.records),
+            "failed": self.failed, "ratio_vs_best_peer": self.ratio,
+            "best_peer": self.best_peer, "median_wall_s": self.med("wall_s"),
+            "max_rss_mib": _max_rss(self.ok_records),
+            "median_client_cpu_s": self.med("cpu_s"),
+            "median_server_cpu_s": self.med("server_cpu_s"),
+            "requests": _requests(self.records),
+            "median_moved_bytes": self.med("moved_bytes"),
+        }
+
+
+def _max_rss(records: Iterable[RunRecord]) -> float | None:
+    vals = [r.maxrss_kib for r in records if r.maxrss_kib is not None]
+    return round(max(vals) / 1024, 1) if vals else None
+
+
+def _requests(records: Iterable[RunRecord]) -> int | None:
+    for r in records:
+        if r.requests is not None:
+            return r.requests
+    return None
+
+
+def build_rows(order: Sequence[tuple[str, str, str]], records: Sequence[RunRecord]) -> list[Row]:
+    """One row per (row, direction, tool) in ``order``, with its timed runs."""
+    rows = {key: Row(key[0], key[1], key[2], "") for key in order}
+    for rec in records:
+        key = (rec.row, rec.direction, rec.tool)
+        if rec.phase == "timed" and key in rows:
+            rows[key].records.append(rec)
+            rows[key].kind = rec.kind
+    by_case: dict[tuple[str, str], list[Row]] = {}
+    for row in rows.values():
+        by_case.setdefault((row.row, row.direction), []).append(row)
+    for group in by_case.values():
+        _ratio(group)
+    return list(rows.values())
+
+
+def _ratio(group: list[Row]) -> None:
+    """syncd / best peer: >= 1.0 means syncd wins (MB/s: syncd/peer; seconds: peer/syncd)."""
+    syncd = next((r for r in group if r.tool == "syncd"), None)
+    peers = [r for r in group if r.tool in PEERS and r.clean and r.median]
+    if syncd is None or not peers or not syncd.clean or not syncd.median:
+        return
+    if syncd.kind == SECONDS:
+        best = min(peers, key=lambda r: r.median or 0.0)
+        syncd.ratio = (best.median or 0.0) / syncd.median
+    else:
+        best = max(peers, key=lambda r: r.median or 0.0)
+        syncd.ratio = syncd.median / (best.median or 1.0)
+    syncd.best_peer = best.tool
+
+
+# --- markdown -----------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _metric(row: Row, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f} s" if row.kind == SECONDS else f"{value:.1f} MB/s"
+
+
+def _files_per_s(row: Row) -> str:
+    """For transfer rows of many small files, files/s says more than MB/s."""
+    recs = row.ok_records
+    if row.kind == SECONDS or not recs or recs[0].files < 1000:
+        return ""
+    rate = statistics.median(r.files / r.wall_s for r in recs if r.wall_s)
+    return f" ({rate:.0f} files/s)"
+
+
+HEADER = ("| workload | dir | tool | median | min-max | vs best peer | wall s | max RSS MB "
+          "| client CPU s | CPU s/GiB | server CPU s | requests | moved MB | check |")
+RULE = "|" + "---|" * 14
+
+
+def row_line(row: Row) -> str:
+    vals = row.values()
+    span = (f"{_metric(row, min(vals))} - {_metric(row, max(vals))}" if len(vals) > 1
+            else "-")
+    if row.tool == "syncd":
+        ratio = (f"**{row.ratio:.2f}x** ({row.best_peer})" if row.ratio is not None
+                 else ("FAILED" if row.failed else "-"))
+    else:
+        ratio = ""
+    cpu = row.med("cpu_s")
+    per_gib = None
+    if row.kind != SECONDS and cpu is not None and row.records:
+        per_gib = cpu / (row.records[0].bytes / GiB)
+    moved = row.med("moved_bytes")
+    if not row.records:
+        check = "not run"
+    elif row.failed:
+        check = f"**FAILED** {row.failed}/{len(row.records)}"
+    else:
+        level = (row.records[0].check or {}).get("level", "bytes")
+        check = f"ok {len(row.records)}/{len(row.records)}" + (" (sizes)" if level == "sizes"
+                                                                 else "")
+    tool = "limit (curl)" if row.tool == "limit" else row.tool
+    median = _metric(row, row.median) + _files_per_s(row) if row.median is not None else (
+        "FAILED" if row.failed else "-")
+    reqs = _requests(row.records)
+    return (f"| {row.row} | {row.direction} | {tool} | {median} | {span} | {ratio} | "
+            f"{_num(row.med('wall_s'), 2)} | {_num(_max_rss(row.ok_records))} | "
+            f"{_num(cpu, 2)} | {_num(per_gib, 2)} | {_num(row.med('server_cpu_s'), 2)} | "
+            f"{'-' if reqs is None else reqs} | {_num(None if moved is None else moved / MB)}"
+            f" | {check} |")
+
+
+def markdown(meta: dict[str, Any], rows: Sequence[Row], records: Sequence[RunRecord],
+             notes: Sequence[str]) -> str:
+    m = meta["machine"]
+    s = meta["settings"]
+    lines = [
+        f"# syncd benchmark ({s['mode']}, {s['runs']} run{'s' if s['runs'] != 1 else ''})",
+        "",
+        f"- date: {m['date']}",
+        f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB RAM, "
+        f"Linux {m['kernel']}, Python {m['python']}; load average "
+        f"{_load(m['loadavg_start'])} at start, {_load(m['loadavg_end'])} at the end",
+        f"- endpoint: {s['endpoint']}",
+    ]
+    for name, version in m["versions"].items():
+        lines.append(f"- {name}: {version}")
+    lines += [f"- data: {s['data']}", "", HEADER, RULE]
+    lines += [row_line(r) for r in rows]
+    lines += ["", "Columns: median/min-max are MB/s (workload bytes / wall time) or seconds "
+              "(no-op and W5 re-syncs); *vs best peer* is syncd over the best clean s5cmd/"
+              "rclone variant (>= 1.0: syncd wins); *max RSS* of the client process; *CPU* "
+              "is user+system of the client; *server CPU* and *moved MB* (bytes the server "
+              "wrote: sent on a pull, stored on a push) come from the server's /proc "
+              "counters; *requests* were counted by a proxy on a repeat of the no-op "
+              "(first run)."]
+    summaries = [r for r in records if r.tool == "syncd" and r.phase == "timed"
+                 and r.workload == "W5" and r.syncd_summary]
+    if summaries:
+        lines += ["", "syncd on W5 (its own summary line):"]
+        for r in summaries:
+            sm = r.syncd_summary or {}
+            lines.append(f"- run {r.run + 1}: {int(sm.get('files', 0))} files, "
+                         f"{sm.get('mb', 0):.1f} MB copied")
+    failed = [r for r in records if not r.ok]
+    if failed:
+        lines += ["", "## Failures", ""]
+        for r in failed[:40]:
+            lines.append(f"- run {r.run + 1} {r.row} {r.direction} {r.tool} ({r.phase}): "
+                         f"{(r.error or '')[:400]}")
+        if len(failed) > 40:
+            lines.append(f"- ... and {len(failed) - 40} more (see the JSON)")
+    if notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _load(values: list[float] | None) -> str:
+    return "/".join(f"{v:.2f}" for v in values) if values else "?"
+
+
+def emit(text: str, path: Path | None) -> None:
+    print(text, end="")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row],
+               records: Sequence[RunRecord], notes: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "version": 1,
+        **meta,
+        "rows": [r.to_json() for r in rows],
+        "runs": [r.to_json() for r in records],
+        "failures": sum(not r.ok for r in records),
+        "notes": list(notes),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(body, indent=1, default=str))
+    os.replace(tmp, path)
