@@ -59,7 +59,7 @@ class TransferConfig(_Model):
     concurrency: int = Field(16, ge=1, le=512)
     part_size: ByteSize = Field(ByteSize(8 * MiB), ge=5 * MiB, le=5 * 1024 * MiB)
     multipart_threshold: ByteSize = Field(ByteSize(8 * MiB), ge=5 * MiB)
-    upload_buffer: ByteSize = Field(ByteSize(48 * MiB), ge=5 * MiB)
+    upload_buffer: ByteSize = Field(ByteSize(40 * MiB), ge=5 * MiB)
     min_free_bytes: ByteSize = Field(ByteSize(64 * MiB), ge=0)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
@@ -33,6 +33,15 @@ class S3HttpError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+_SLICE = 1 << 20
+
+
+async def _slices(view: memoryview) -> AsyncIterator[memoryview]:
+    """The body in 1 MiB views; aiohttp awaits the socket between them (backpressure)."""
+    for start in range(0, len(view), _SLICE):
+        yield view[start:start + _SLICE]
 
 
 def _error_of(status: int, body: bytes) -> S3HttpError:
@@ -117,8 +126,12 @@ class S3Http:
                                        creds, datetime.now(UTC))
             del signed["host"]  # aiohttp sets it from the URL
             self.requests += 1
+            data: Any = body
+            if len(body) > _SLICE:  # bounded sends: no payload copy, no big transport buffer
+                signed["content-length"] = str(len(body))
+                data = _slices(memoryview(body))
             try:
-                resp = await self._session.request(method, url, headers=signed, data=body)
+                resp = await self._session.request(method, url, headers=signed, data=data)
             except (aiohttp.ClientConnectionError, TimeoutError):
                 if attempt + 1 >= self._max_attempts:
                     raise

@@ -35,6 +35,7 @@ from syncd.keys import RESERVED_DIR, unsafe_reason
 from syncd.listing import Algo, Checksum, Entry, Listing
 from syncd.parts import part_ranges
 from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
+from syncd.stores.writeback import start_writeback
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
 WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
@@ -430,6 +431,7 @@ def _entry(key: str, st: os.stat_result) -> Entry:
 def _hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest) -> None:
     for chunk in batch:
         digest.update(chunk)
+    start = offset
     views = [memoryview(c) for c in batch]
     while views:
         n = os.pwritev(fd, views, offset)
@@ -439,6 +441,7 @@ def _hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest
             views.pop(0)
         if views and n:
             views[0] = views[0][n:]
+    start_writeback(fd, start, offset - start)
 
 
 def _hash_range(fd: int, start: int, end: int, digest: Digest) -> None:
@@ -499,7 +502,7 @@ class VolumeSource:
             while offset < end:
                 with store._translated(self.key):
                     chunk = await asyncio.to_thread(
-                        os.pread, fd, min(CHUNK_BYTES * 4, end - offset), offset)
+                        os.pread, fd, min(CHUNK_BYTES, end - offset), offset)
                 if not chunk:
                     raise SourceChanged(f"{store.root / self.key} shrank while it was read",
                                         store=store.name, key=self.key)
