@@ -113,7 +113,7 @@ def test_parse_minimal_config_fills_defaults() -> None:
     assert config.s3.endpoint_url is None
     assert config.s3.region == "us-east-1"
     assert config.transfer.concurrency == 16
-    assert config.transfer.part_size == 16 * MiB
+    assert config.transfer.part_size == 8 * MiB
     assert config.mirrors[0].prefix == ""
 
 
