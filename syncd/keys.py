@@ -61,6 +61,14 @@ def relative_key(object_key: str, prefix: str) -> str:
     return object_key[len(prefix):] if prefix and object_key.startswith(prefix) else object_key
 
 
+def _valid_class(text: str) -> bool:
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return True
+
+
 @lru_cache(maxsize=256)
 def _glob_regex(pattern: str) -> re.Pattern[str]:
     """Glob -> regex: '**' crosses '/', '*' and '?' stay within a segment, [..] a class."""
@@ -84,13 +92,13 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
             # POSIX: a ']' right after '[' or '[!' is a member, not the end of the class.
             first = i + 2 if pattern.startswith("[!", i) else i + 1
             end = pattern.find("]", first + 1)
-            if end == -1:
-                out.append(re.escape(c))
+            members = "".join(
+                f"\\{ch}" if ch in "\\[]^" else ch for ch in pattern[first:end])
+            negate = "^/" if first == i + 2 else ""  # never crosses a segment
+            if end == -1 or not _valid_class(f"[{negate}{members}]"):
+                out.append(re.escape(c))  # not a class (unclosed, or a range like [z-a])
                 i += 1
             else:
-                members = "".join(
-                    f"\\{ch}" if ch in "\\[]^" else ch for ch in pattern[first:end])
-                negate = "^/" if first == i + 2 else ""  # never crosses a segment
                 out.append(f"[{negate}{members}]")
                 i = end + 1
         else:

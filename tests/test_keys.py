@@ -393,3 +393,8 @@ def test_selected_includes_unless_excluded(
 def test_selected_everything_without_globs_and_nothing_excluded_by_double_star(key: str) -> None:
     assert selected(key, (), ())
     assert not selected(key, (), ("**",))
+
+
+def test_glob_match_treats_reversed_range_as_literal_text():
+    assert glob_match("[z-a].txt", "[z-a].txt") is True
+    assert glob_match("[z-a].txt", "b.txt") is False

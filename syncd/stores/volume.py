@@ -35,10 +35,9 @@ from syncd.keys import RESERVED_DIR, unsafe_reason
 from syncd.listing import Algo, Checksum, Entry, Listing
 from syncd.parts import part_ranges
 from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
-from syncd.stores.writeback import start_writeback
+from syncd.stores.staging import WRITE_BATCH, InOrderHash, hash_and_write
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
-WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
 SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -249,7 +248,7 @@ class VolumeStore:
         self._check_space(size)
         fd, path = self._create_temp()
         try:
-            _hash_and_write(fd, chunks, 0, digest)
+            hash_and_write(fd, chunks, 0, digest)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -311,7 +310,7 @@ class VolumeStore:
         crcs = frozenset(a for a in algos if a in CRC_ALGOS)
         ranges = part_ranges(source.size, self._part_size)
         digests = [Digest(crcs, start) for start, _ in ranges]
-        follower = _InOrderHash(fd, ranges, algos - crcs) if algos - crcs else None
+        follower = InOrderHash(fd, ranges, algos - crcs) if algos - crcs else None
         try:
             async with asyncio.TaskGroup() as tg:
                 if follower is not None:
@@ -341,11 +340,11 @@ class VolumeStore:
             batch.append(chunk)
             batch_len += len(chunk)
             if batch_len >= WRITE_BATCH:
-                await asyncio.to_thread(_hash_and_write, fd, batch, offset, digest)
+                await asyncio.to_thread(hash_and_write, fd, batch, offset, digest)
                 offset += batch_len
                 batch, batch_len = [], 0
         if batch:
-            await asyncio.to_thread(_hash_and_write, fd, batch, offset, digest)
+            await asyncio.to_thread(hash_and_write, fd, batch, offset, digest)
             offset += batch_len
         if offset != end:
             raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
@@ -426,60 +425,6 @@ async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIter
 
 def _entry(key: str, st: os.stat_result) -> Entry:
     return Entry(key, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
-
-
-def _hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest) -> None:
-    for chunk in batch:
-        digest.update(chunk)
-    start = offset
-    views = [memoryview(c) for c in batch]
-    while views:
-        n = os.pwritev(fd, views, offset)
-        offset += n
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
-    start_writeback(fd, start, offset - start)
-
-
-def _hash_range(fd: int, start: int, end: int, digest: Digest) -> None:
-    while start < end:
-        chunk = os.pread(fd, min(WRITE_BATCH, end - start), start)
-        if not chunk:
-            raise OSError(errno.EIO, "staged file shorter than written")
-        digest.update(chunk)
-        start += len(chunk)
-
-
-class _InOrderHash:
-    """Hashes a staged file from the start as its parts complete, whatever their order."""
-
-    def __init__(self, fd: int, ranges: list[tuple[int, int]], algos: frozenset[Algo]) -> None:
-        self.digest = Digest(algos)
-        self._fd = fd
-        self._ranges = ranges
-        self._finished = [False] * len(ranges)
-        self._wake = asyncio.Event()
-
-    def done(self, part: int) -> None:
-        self._finished[part] = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        i, n = 0, len(self._ranges)
-        while i < n:
-            if not self._finished[i]:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            j = i
-            while j < n and self._finished[j]:
-                j += 1
-            await asyncio.to_thread(
-                _hash_range, self._fd, self._ranges[i][0], self._ranges[j - 1][1], self.digest)
-            i = j
 
 
 class VolumeSource:
