@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -403,3 +404,21 @@ def test_env_overlay_reaches_mirror_names_with_dashes_and_dots() -> None:
     )
     config = parse(text, env={"SYNCD_MIRRORS__LLAMA_3_1__DELETE": "true"})
     assert config.mirrors[0].delete is True
+
+
+def test_example_config_is_valid_and_documents_every_field() -> None:
+    """config/syncd.example.toml is the field reference: it must parse and name every field."""
+    from pathlib import Path
+
+    from syncd.config import Config, MirrorConfig, S3Config, TransferConfig
+
+    path = Path(__file__).resolve().parents[1] / "config" / "syncd.example.toml"
+    text = path.read_text(encoding="utf-8")
+    config = parse(text, source=str(path), env={})
+    assert config.mirrors
+    for model in (Config, S3Config, TransferConfig, MirrorConfig):
+        for name, field in model.model_fields.items():
+            if field.exclude:
+                continue
+            assert re.search(rf"^#?\s*{name}\s*=|^\[{name}\]|^\[\[{name}\]\]", text, re.M), (
+                f"{model.__name__}.{name} is not documented in {path.name}")
