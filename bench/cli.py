@@ -36,9 +36,9 @@ from bench.server import (
 from bench.tools import ALL_TOOLS, S3Loc, Target, Tool, make_tools
 from bench.workloads import GiB, KiB, Materialized, MiB, materialize
 
-ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
-ROLES = {"W1": ("w1",), "W2": ("w2",), "W3": ("w3",), "W4": ("w4",), "W5": ("w3", "w5shard"),
-         "W6": ("w6a", "w6b")}
+ALL_WORKLOADS = ("W1", "W1c", "W2", "W3", "W4", "W5", "W6")
+ROLES = {"W1": ("w1",), "W1c": ("w1",), "W2": ("w2",), "W3": ("w3",), "W4": ("w4",),
+         "W5": ("w3", "w5shard"), "W6": ("w6a", "w6b")}
 OUT = Path(__file__).resolve().parent / "out"  # bench/out/, git-ignored
 DEFAULT_WORKDIR = OUT / "work"
 DEFAULT_JSON = OUT / "results.json"
@@ -113,6 +113,8 @@ def describe(sizes: workloads.Sizes, chosen: Sequence[str]) -> str:
     a, b = sizes.w6_counts
     parts = {
         "W1": f"W1 1 x {_size(sizes.w1_bytes)}",
+        "W1c": "W1c the W1 file uploaded through the S3 API with a full-object CRC64NVME "
+               "(pull only)",
         "W2": f"W2 {sizes.w2_count} x {_size(sizes.w2_size)}",
         "W3": f"W3 {workloads.W3_SHARDS} x {_size(sizes.w3_shard)} + {sizes.w3_json} JSON "
               f"(1-20 KiB)",

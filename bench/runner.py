@@ -9,6 +9,7 @@ the timed run itself always talks to the server directly, so the proxy never slo
 
 from __future__ import annotations
 
+import base64
 import math
 import shutil
 import sys
@@ -38,6 +39,9 @@ def timeout_for(nbytes: int, files: int) -> float:
 def say(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+SEEDED_WORKLOADS = frozenset({"W1c"})  # sources uploaded with a full-object CRC64NVME
 
 
 @dataclass(eq=False)
@@ -70,6 +74,28 @@ class Bench:
 
     def src_loc(self, role: str) -> S3Loc:
         return S3Loc(self.bucket, f"src/{self.mats[role].dataset.key}")
+
+    def seeded_loc(self, role: str) -> S3Loc:
+        """The role's files uploaded once through the S3 API with a full-object CRC64NVME,
+        as AWS SDKs do by default: what a bucket on AWS S3 holds, unlike files laid on the
+        server's disk, which vouch only for an MD5 ETag."""
+        loc = S3Loc(self.bucket, f"seeded/{self.mats[role].dataset.key}")
+        if not any(True for _ in iter_objects(self.client, loc.bucket, loc.slash)):
+            from awscrt import checksums
+
+            for rel, path in self.mats[role].paths():
+                crc = 0
+                with path.open("rb") as fh:
+                    while block := fh.read(8 << 20):
+                        crc = checksums.crc64nvme(block, crc)
+                value = base64.b64encode(crc.to_bytes(8, "big")).decode()
+                with path.open("rb") as fh:
+                    self.client.put_object(Bucket=loc.bucket, Key=loc.slash + rel, Body=fh,
+                                           ChecksumCRC64NVME=value)
+        return loc
+
+    def source_loc(self, workload: str, role: str) -> S3Loc:
+        return self.seeded_loc(role) if workload in SEEDED_WORKLOADS else self.src_loc(role)
 
     def w5_loc(self, run: int) -> S3Loc:
         return S3Loc(self.bucket, f"w5/{self.session}/r{run + 1}")

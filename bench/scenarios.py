@@ -145,8 +145,9 @@ class Side:
 
 def _copy(b: Bench, sc: Scenario, run: int) -> None:
     mat = b.mats[sc.role]
+    src = b.source_loc(sc.workload, sc.role)
     if sc.direction == "pull":
-        b.warm(b.src_loc(sc.role))
+        b.warm(src)
     for tool in b.tools:
         if not tool.available:
             continue
@@ -154,7 +155,7 @@ def _copy(b: Bench, sc: Scenario, run: int) -> None:
             if sc.direction == "pull" and sc.workload in LIMIT_WORKLOADS:
                 _limit(b, sc, run, tool, mat)
             continue
-        side = Side.fresh(b, sc, tool, run)
+        side = Side.fresh(b, sc, tool, run, src=src)
         rec = _record(sc, run, sc.label, tool, "timed", TRANSFER, mat)
         try:
             side.run_timed(rec, resync=False, expected=mat.manifest)
@@ -265,6 +266,8 @@ def plan(workloads: list[str], directions: list[str], labels: Callable[[str], st
         for direction in directions:
             if wl in ("W1", "W2", "W3"):
                 out.append(Scenario(wl, wl, wl.lower(), direction, "copy"))
+            elif wl == "W1c" and direction == "pull":
+                out.append(Scenario(wl, wl, "w1", direction, "copy"))
             elif wl == "W4" and (direction == "pull" or small_push):
                 out.append(Scenario(wl, wl, "w4", direction, "noop"))
             elif wl == "W5" and direction == "pull":

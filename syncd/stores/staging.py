@@ -1,8 +1,7 @@
 """Writing a staging file: hash-and-write batches, and in-order hashing behind parallel parts.
 
 These run on worker threads (one hand-off per batch, not per chunk). pwritev writes the
-chunks as aiohttp delivered them, without joining them into one buffer first; writeback of
-each batch starts at once (see writeback.py), so the fsync before publishing finds little left.
+chunks as aiohttp delivered them, without joining them into one buffer first.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from collections.abc import Sequence
 
 from syncd.listing import Algo
 from syncd.stores.base import CHUNK_BYTES
-from syncd.stores.writeback import start_writeback
 from syncd.verify import Digest
 
 WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
@@ -23,7 +21,6 @@ WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
 def hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest) -> None:
     for chunk in batch:
         digest.update(chunk)
-    start = offset
     views = [memoryview(c) for c in batch]
     while views:
         n = os.pwritev(fd, views, offset)
@@ -33,7 +30,6 @@ def hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest)
             views.pop(0)
         if views and n:
             views[0] = views[0][n:]
-    start_writeback(fd, start, offset - start)
 
 
 def hash_range(fd: int, start: int, end: int, digest: Digest) -> None:
