@@ -23,7 +23,7 @@ import shutil
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -322,7 +322,7 @@ class _Bytes:
         self.size = len(data)
         self._data = data
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         yield self._data[start:end]
 
     async def vouched(self) -> None:

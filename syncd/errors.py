@@ -88,6 +88,13 @@ class PreconditionFailed(StoreError):
     """The store rejected a conditional write: someone else changed the object first."""
 
 
+class Interrupted(StoreError):
+    """A transfer's byte stream broke part-way (reset, timeout): that object fails and is
+    retried later; the endpoint itself answered, so the rest of the pass goes on."""
+
+    retryable = True
+
+
 class SourceChanged(StoreError):
     """The source changed while it was read; nothing was published, try again later."""
 

@@ -10,6 +10,7 @@ errors that concern one key are reported on their own line and the rest goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,9 +65,10 @@ class _Counted:
         self.size = inner.size
 
     async def read(self, start: int = 0, end: int | None = None) -> Any:
-        async for chunk in self._inner.read(start, end):
-            self._on_bytes(len(chunk))
-            yield chunk
+        async with contextlib.aclosing(self._inner.read(start, end)) as chunks:
+            async for chunk in chunks:
+                self._on_bytes(len(chunk))
+                yield chunk
 
     async def vouched(self) -> Checksum | None:
         return await self._inner.vouched()
@@ -147,6 +149,8 @@ class Transfer:
                 if _fatal(exc):
                     raise
                 self.stats.failed += 1
+                # kept for the summary only: drop the frames, which would keep streams alive
+                exc.__traceback__ = exc.__context__ = exc.__cause__ = None
                 self.stats.errors.append(exc)
                 self.log.error("copy_failed", key=action.key, error=str(exc),
                                kind=type(exc).__name__)

@@ -8,7 +8,7 @@ calls `fence.check()` right before it, so a writer that lost its lease publishes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,7 +50,7 @@ class Source(Protocol):
     key: str
     size: int
 
-    def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
+    def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]: ...
 
     async def vouched(self) -> Checksum | None:
         """The checksum the source vouches for, if it has one (an S3 object learns it from its

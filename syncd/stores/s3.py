@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator, MutableSequence, Sequence
+from collections.abc import AsyncGenerator, Iterator, MutableSequence, Sequence
 from typing import Any
 
 import aiohttp
@@ -31,6 +31,7 @@ from syncd.budget import ByteBudget
 from syncd.config import S3Config, TransferConfig
 from syncd.errors import (
     AccessDenied,
+    Interrupted,
     NotFound,
     PreconditionFailed,
     SourceChanged,
@@ -222,9 +223,14 @@ class S3Store:
     async def list(self) -> Listing:
         listing = Listing()
         token: str | None = None
+        seen: set[str] = set()
         with self._translated():
             while True:
                 page, token = await self.http.list_page(self.bucket, self.prefix, token)
+                if token in seen:  # a server looping on one page must not look complete
+                    raise S3HttpError(200, "IncompleteListing", "continuation token repeated")
+                if token:
+                    seen.add(token)
                 for object_key, size, etag in page:
                     key = relative_key(object_key, self.prefix)
                     if key and not is_directory_marker(key):
@@ -250,7 +256,7 @@ class S3Store:
 
     async def get_stream(
         self, key: str, start: int, end: int, etag: str | None, *, ranged: bool
-    ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+    ) -> tuple[dict[str, Any], aiohttp.ClientResponse]:
         headers = dict(_CHECKSUM_MODE)
         if etag:
             headers["if-match"] = f'"{etag}"'
@@ -259,29 +265,30 @@ class S3Store:
         with self._translated(key):
             resp = await self.http.send("GET", self.bucket, self.object_key(key),
                                         headers=headers, payload_hash=EMPTY_SHA256)
-        return head_fields(resp.headers), self._chunks(resp, key, end - start)
+        return head_fields(resp.headers), resp
 
     async def _chunks(
         self, body: aiohttp.ClientResponse, key: str, expected: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The body's chunks as aiohttp received them: no slicing, no joining copies."""
         content = body.content
         seen = 0
-        try:
-            while True:
-                with self._translated(key):
-                    chunk, _ = await content.readchunk()
-                if not chunk:
-                    break
-                seen += len(chunk)
-                if seen > expected:
-                    raise StoreError(f"{self.name}{key}: server sent more bytes than asked",
-                                     store=self.name, key=key)
-                yield chunk
-        finally:
-            body.release()
+        while True:
+            try:
+                chunk, _ = await content.readchunk()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise Interrupted(f"{self.name}{key}: stream broke after {seen} of {expected} "
+                                  f"bytes ({type(exc).__name__})", store=self.name,
+                                  key=key) from exc
+            if not chunk:
+                break
+            seen += len(chunk)
+            if seen > expected:
+                raise StoreError(f"{self.name}{key}: server sent more bytes than asked",
+                                 store=self.name, key=key)
+            yield chunk
         if seen != expected:
-            raise Unreachable(f"{self.name}{key}: stream ended after {seen} of {expected} bytes",
+            raise Interrupted(f"{self.name}{key}: stream ended after {seen} of {expected} bytes",
                               store=self.name, key=key)
 
     # --- writing -----------------------------------------------------------------------------
@@ -467,18 +474,23 @@ class S3Source:
         etag = normalize_etag(self._head.get("ETag")) if self._head else self._entry.etag
         return Entry(self.key, self.size, etag=etag)
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         end = self.size if end is None else end
         whole = start == 0 and end == self.size
         if end <= start and not whole:
             return
         etag = normalize_etag(self._head.get("ETag")) if self._head else None
         async with self.store._slots:
-            resp, chunks = await self.store.get_stream(
+            fields, resp = await self.store.get_stream(
                 self.key, start, end, etag, ranged=not whole
             )
-            if self._head is None:
-                self._head = resp
-                self._check_size(resp)
-            async for chunk in chunks:
-                yield chunk
+            try:  # the response goes back to the pool on every path, started or not
+                if self._head is None:
+                    self._head = fields
+                    self._check_size(fields)
+                async with contextlib.aclosing(
+                        self.store._chunks(resp, self.key, end - start)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            finally:
+                resp.release()

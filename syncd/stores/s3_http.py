@@ -173,6 +173,9 @@ def parse_listing(body: bytes) -> tuple[list[tuple[str, int, str | None]], str |
         entries.append((unquote_plus(key) if encoded else key, size, etag))
     truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
     token = root.findtext(f"{ns}NextContinuationToken") if truncated else None
+    if truncated and not token:  # e.g. a server that ignored list-type=2: never guess
+        raise S3HttpError(200, "IncompleteListing",
+                          "listing truncated without a continuation token")
     return entries, token
 
 

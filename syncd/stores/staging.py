@@ -16,6 +16,7 @@ from syncd.stores.base import CHUNK_BYTES
 from syncd.verify import Digest
 
 WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
+IOV_MAX = 1024  # Linux's limit on buffers per pwritev; tiny chunks can exceed it
 
 
 def hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest) -> None:
@@ -23,7 +24,7 @@ def hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest)
         digest.update(chunk)
     views = [memoryview(c) for c in batch]
     while views:
-        n = os.pwritev(fd, views, offset)
+        n = os.pwritev(fd, views[:IOV_MAX], offset)  # EINVAL past IOV_MAX buffers
         offset += n
         while views and n >= len(views[0]):
             n -= len(views[0])

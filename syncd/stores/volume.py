@@ -17,7 +17,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiofiles.os
@@ -101,7 +101,15 @@ class VolumeStore:
                 await asyncio.to_thread(self._prepare_dirs)
 
     def _prepare_dirs(self) -> None:
-        os.makedirs(self.tmp_dir, exist_ok=True)
+        """syncd's own directories must be real directories: a symlink planted at `.syncd`
+        would otherwise send temp files, state writes and leftover cleanup elsewhere."""
+        for path in (self.meta_dir, self.tmp_dir, self.meta_dir / "state"):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o755)
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise StoreError(f"{path} is not a directory (a symlink?); refusing to use it",
+                                 store=self.name,
+                                 hint="remove it; syncd recreates its own directories")
         probe = self.tmp_dir / f".probe-{uuid.uuid4().hex}"
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
@@ -110,6 +118,9 @@ class VolumeStore:
     async def clean_temporaries(self) -> int:
         """Remove staging leftovers of an earlier crash; returns how many."""
         def clean() -> int:
+            if self.tmp_dir.is_symlink():
+                raise StoreError(f"{self.tmp_dir} is a symlink; refusing to clean it",
+                                 store=self.name)
             removed = 0
             with contextlib.suppress(FileNotFoundError), os.scandir(self.tmp_dir) as it:
                 for e in it:
@@ -166,12 +177,15 @@ class VolumeStore:
         if why is not None:
             raise UnsafeKey(f"refused key {key!r}: {why}")
         *dirs, name = key.split("/")
-        fd = os.open(self.root, _DIR_FLAGS)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # root: configured
         try:
-            for part in dirs:
+            for i, part in enumerate(dirs):
                 if create:
-                    with contextlib.suppress(FileExistsError):
+                    try:
                         os.mkdir(part, 0o755, dir_fd=fd)
+                        self._unflushed.add("/".join(dirs[:i]))  # the new entry's directory
+                    except FileExistsError:
+                        pass
                 nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
@@ -198,8 +212,9 @@ class VolumeStore:
         algo = algo or OWN_ALGO
         source = VolumeSource(self, entry)
         digest = Digest((algo,))
-        async for chunk in source.read():
-            digest.update(chunk)
+        async with contextlib.aclosing(source.read()) as stream:
+            async for chunk in stream:
+                digest.update(chunk)
         await source.identity()
         return Checksum(algo, digest.results()[algo])
 
@@ -284,9 +299,10 @@ class VolumeStore:
     async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[dict[Algo, str], str]:
         chunks: list[bytes] = []
         got = 0
-        async for chunk in source.read():
-            chunks.append(chunk)
-            got += len(chunk)
+        async with contextlib.aclosing(source.read()) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+                got += len(chunk)
         if got != source.size:
             raise SourceChanged(f"{source.key}: got {got} bytes, expected {source.size}",
                                 store=self.name, key=source.key)
@@ -297,10 +313,10 @@ class VolumeStore:
     async def _single(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
         """One stream; the hash set is fixed after the first chunk, when a single GET has
         told which checksum the object carries."""
-        chunks = source.read()
-        first = await anext(chunks, None)
-        digest = Digest(algos | _algo(await source.vouched()))
-        await self._fill(fd, source, 0, source.size, digest, _prepend(first, chunks))
+        async with contextlib.aclosing(source.read()) as chunks:
+            first = await anext(chunks, None)
+            digest = Digest(algos | _algo(await source.vouched()))
+            await self._fill(fd, source, 0, source.size, digest, _prepend(first, chunks))
         return digest.results()
 
     async def _parallel(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
@@ -328,7 +344,7 @@ class VolumeStore:
 
     async def _fill(
         self, fd: int, source: Source, start: int, end: int, digest: Digest,
-        chunks: AsyncIterator[bytes] | None = None, *,
+        chunks: AsyncGenerator[bytes, None] | None = None, *,
         on_done: Callable[[int], None] | None = None, part: int = 0,
     ) -> None:
         """Stream [start, end) into the file; chunks are batched so one worker-thread call
@@ -336,13 +352,14 @@ class VolumeStore:
         offset = start
         batch: list[bytes] = []
         batch_len = 0
-        async for chunk in chunks or source.read(start, end):
-            batch.append(chunk)
-            batch_len += len(chunk)
-            if batch_len >= WRITE_BATCH:
-                await asyncio.to_thread(hash_and_write, fd, batch, offset, digest)
-                offset += batch_len
-                batch, batch_len = [], 0
+        async with contextlib.aclosing(chunks or source.read(start, end)) as stream:
+            async for chunk in stream:
+                batch.append(chunk)
+                batch_len += len(chunk)
+                if batch_len >= WRITE_BATCH:
+                    await asyncio.to_thread(hash_and_write, fd, batch, offset, digest)
+                    offset += batch_len
+                    batch, batch_len = [], 0
         if batch:
             await asyncio.to_thread(hash_and_write, fd, batch, offset, digest)
             offset += batch_len
@@ -393,7 +410,10 @@ class VolumeStore:
 
     async def delete(self, keys: Sequence[str], fence: Fence) -> None:
         def remove(key: str) -> None:
-            dfd, name = self._open_parent(key, create=False)
+            try:
+                dfd, name = self._open_parent(key, create=False)
+            except FileNotFoundError:
+                return  # its directory is gone: nothing left to delete
             try:
                 fence.check()
                 with contextlib.suppress(FileNotFoundError):
@@ -416,7 +436,9 @@ def _algo(claim: Checksum | None) -> frozenset[Algo]:
     return frozenset({claim.algo}) if claim else frozenset()
 
 
-async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _prepend(
+    first: bytes | None, rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
     if first is not None:
         yield first
         async for chunk in rest:
@@ -437,7 +459,7 @@ class VolumeSource:
         self._entry = entry
         self._own: Checksum | None = None
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         end = self.size if end is None else end
         store = self.store
         with store._translated(self.key):
