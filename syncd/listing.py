@@ -33,11 +33,6 @@ class Checksum:
     def __str__(self) -> str:
         return f"{self.algo}:{self.value}"
 
-    @classmethod
-    def parse(cls, text: str) -> Checksum:
-        algo, _, value = text.partition(":")
-        return cls(Algo(algo), value)
-
 
 @dataclass(frozen=True, slots=True)
 class Entry:

@@ -16,7 +16,7 @@ import base64
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from awscrt import checksums as crt
 
@@ -135,10 +135,6 @@ def hash_bytes(data: bytes, algos: Iterable[Algo]) -> dict[Algo, str]:
     d = Digest(algos)
     d.update(data)
     return d.results()
-
-
-class ObjectHeaders(Protocol):
-    def get(self, key: str, default: Any = None) -> Any: ...
 
 
 def vouched(

@@ -204,7 +204,7 @@ class VolumeStore:
     # --- reading (push source, adopt) --------------------------------------------------------
 
     async def open(self, entry: Entry) -> VolumeSource:
-        if entry.key in ("",) or unsafe_reason(entry.key):
+        if unsafe_reason(entry.key):
             raise UnsafeKey(f"refused key {entry.key!r}")
         return VolumeSource(self, entry)
 
