@@ -8,7 +8,9 @@ the detail.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,17 +19,28 @@ import typer
 
 from syncd import __version__
 from syncd import config as config_mod
-from syncd.errors import ExitCode, PartialFailure, PlanRefused, SyncdError
+from syncd.errors import (
+    ConfigError,
+    ExitCode,
+    LeaseHeld,
+    PartialFailure,
+    PlanRefused,
+    SyncdError,
+)
+from syncd.lease.record import LeaseRecord, View
 from syncd.ops import logging as logs
 from syncd.ops.progress import Bar
 from syncd.plan import Adopt, Copy, Delete, Plan, Refuse, Skip
 from syncd.runtime import mirror as mirror_mod
+from syncd.runtime.leases import Leases, held_once, target_key, target_name
 from syncd.transfer import Stats, same_bytes
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mirror model artifacts between S3-compatible buckets and volumes.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
+lease_app = typer.Typer(no_args_is_help=True, help="Inspect and break write leases.")
+app.add_typer(lease_app, name="lease")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -115,6 +128,9 @@ def sync(
     mirror: MirrorOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
     = False,
+    wait_lease: Annotated[float, typer.Option(
+        "--wait-lease", metavar="SECONDS",
+        help="Wait up to this long for another instance's write lease.")] = 0.0,
 ) -> None:
     """Bring every mirror of this datacenter in sync once."""
     if not once:
@@ -122,6 +138,10 @@ def sync(
 
     async def main() -> int:
         cfg = config_mod.load(config)
+        async with Leases(cfg, logs.get()) as leases:
+            return await passes(cfg, leases)
+
+    async def passes(cfg: config_mod.Config, leases: Leases) -> int:
         worst: SyncdError | None = None
         for m in _mirrors(cfg, mirror):
             log = logs.get(mirror=m.name, direction=m.direction)
@@ -132,8 +152,12 @@ def sync(
                 continue
             bar = Bar(m.name)
             try:
-                plan, stats = await mirror_mod.cycle(
-                    cfg, m, log=log, on_plan=bar.start_for, on_bytes=bar.advance)
+                lease = await leases.lease(m)
+                async with held_once(lease, log, wait_s=wait_lease) as fence:
+                    plan, stats = await mirror_mod.cycle(
+                        cfg, m, log=log, fence=fence, journal=leases.journal,
+                        on_plan=bar.start_for, on_bytes=bar.advance)
+                    await lease.commit()
             finally:
                 bar.stop()
             typer.echo(_summary(m.name, stats))
@@ -190,6 +214,133 @@ def _drift_line(action: Any) -> str:
         return f"extra    {action.key}"
     assert isinstance(action, Refuse)
     return f"refused  {action.key!r} ({action.detail})"
+
+
+@app.command()
+def run(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
+    """Keep every mirror of this datacenter in sync until SIGTERM/SIGINT.
+
+    Each mirror writes only under its write lease; an instance that cannot get the lease
+    waits in standby and takes over when the holder stops or its lease expires."""
+    from syncd.runtime import daemon
+
+    async def main() -> int:
+        cfg = config_mod.load(config)
+        chosen = _mirrors(cfg, mirror)
+        if not chosen:
+            raise ConfigError(f"no mirror has a volume in datacenter "
+                              f"{cfg.active_datacenter()!r}", file=cfg.source)
+        return await daemon.run(cfg, chosen)
+
+    _run(main)
+
+
+def _lease_rows(cfg: config_mod.Config) -> dict[tuple[str, ...], list[config_mod.MirrorConfig]]:
+    rows: dict[tuple[str, ...], list[config_mod.MirrorConfig]] = {}
+    for m in _mirrors(cfg, None):
+        rows.setdefault(target_key(cfg, m), []).append(m)
+    return rows
+
+
+def _status(key: tuple[str, ...], mirrors: list[str], view: View, now: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"target": target_name(key), "backend": key[0], "mirrors": mirrors,
+                           "gen": view.gen, "state": "free", "holder": None}
+    record = view.record
+    if view.corrupt is not None:
+        row.update(state="corrupt", detail=view.corrupt)
+    elif record is not None:
+        row.update(
+            state="released" if record.released else "held",
+            holder={"id": record.holder.id, "host": record.holder.host,
+                    "pid": record.holder.pid},
+            acquired_age_s=round(now - record.acquired_wall, 1),
+            renewed_age_s=round(now - record.renewed_wall, 1),
+            expires_in_s=round(record.renewed_wall + record.ttl_s - now, 1),
+        )
+    return row
+
+
+def _status_line(row: dict[str, Any]) -> str:
+    head = f"{row['target']} [{row['backend']} lease; {', '.join(row['mirrors'])}]"
+    if row["state"] == "corrupt":
+        return f"{head}: unreadable record, treated as held ({row['detail']})"
+    if row["holder"] is None:
+        return f"{head}: free" + (f" (last generation {row['gen']})" if row["gen"] else "")
+    h = row["holder"]
+    who = f"{h['id']} (host {h['host']}, pid {h['pid']})"
+    if row["state"] == "released":
+        return f"{head}: released by {who}, generation {row['gen']}"
+    expiry = (f"expires in {row['expires_in_s']:.0f}s" if row["expires_in_s"] > 0
+              else f"not renewed for {row['renewed_age_s']:.0f}s")
+    return (f"{head}: held by {who}, generation {row['gen']}, acquired "
+            f"{row['acquired_age_s']:.0f}s ago, renewed {row['renewed_age_s']:.0f}s ago, "
+            f"{expiry} (wall clocks; takeover is judged by observed silence)")
+
+
+@lease_app.command("status")
+def lease_status(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Show every write lease of this datacenter's mirrors: holder, generation, age, expiry."""
+
+    async def main() -> int:
+        cfg = config_mod.load(config)
+        async with Leases(cfg, logs.get()) as leases:
+            for key, ms in _lease_rows(cfg).items():
+                view = await (await leases.lease(ms[0])).backend.read()
+                row = _status(key, [m.name for m in ms], view, time.time())
+                typer.echo(json.dumps(row) if as_json else _status_line(row))
+        return 0
+
+    _run(main)
+
+
+@lease_app.command("break")
+def lease_break(
+    target: Annotated[str, typer.Argument(help="A mirror name or a target as `lease status` "
+                                               "shows it.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Really break it.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Force-release a lease: the next generation is written as released, so the old holder
+    is fenced out and any instance may take over at once. Use only when the holder is gone."""
+    if not yes:
+        _fail("breaking a lease can let two writers in if its holder is still running; "
+              "pass --yes if you are sure", int(ExitCode.USAGE))
+
+    async def main() -> int:
+        cfg = config_mod.load(config)
+        rows = _lease_rows(cfg)
+        chosen = [k for k, ms in rows.items()
+                  if target == target_name(k) or target in {m.name for m in ms}]
+        if not chosen:
+            known = ", ".join(target_name(k) for k in rows)
+            raise ConfigError(f"no lease target or mirror named {target!r} (targets: {known})",
+                              file=cfg.source)
+        log = logs.get()
+        async with Leases(cfg, log) as leases:
+            lease = await leases.lease(rows[chosen[0]][0])
+            await lease.backend.prepare()
+            view = await lease.backend.read()
+            if not view.exists:
+                typer.echo(f"{lease.target}: no lease to break")
+                return 0
+            now = time.time()
+            record = LeaseRecord(target=lease.target, gen=view.next_gen, holder=leases.holder,
+                                 ttl_s=lease.timing.ttl_s, acquired_wall=now, renewed_wall=now,
+                                 released=True)
+            if await lease.backend.create(view, record) is None:
+                raise LeaseHeld(f"lease on {lease.target} changed while breaking it; "
+                                "look at `syncd lease status` and try again")
+            old = view.record.holder.describe() if view.record else f"({view.corrupt})"
+            log.warning("lease_broken", target=lease.target, gen=view.gen, holder=old,
+                        new_gen=record.gen)
+            typer.echo(f"{lease.target}: broke generation {view.gen} held by {old}; "
+                       f"generation {record.gen} is released")
+        return 0
+
+    _run(main)
 
 
 @config_app.command("validate")

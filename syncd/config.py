@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from syncd.errors import ConfigError
 from syncd.keys import normalize_prefix
@@ -63,17 +71,49 @@ class TransferConfig(_Model):
     min_free_bytes: ByteSize = Field(ByteSize(64 * MiB), ge=0)
 
 
+class LeaseConfig(_Model):
+    """Write-lease timing (see docs/leases.md for the rules these numbers feed)."""
+
+    ttl_s: float = Field(60.0, gt=0)
+    renew_interval_s: float = Field(10.0, gt=0)
+    renew_deadline_s: float = Field(40.0, gt=0)
+    skew_margin_s: float = Field(15.0, ge=0)
+    instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+    detect_dead_holders: bool = True
+    journal: str | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaseConfig:
+        if not self.renew_interval_s < self.renew_deadline_s:
+            raise ValueError("renew_interval_s must be shorter than renew_deadline_s")
+        if not self.renew_deadline_s < self.ttl_s:
+            raise ValueError("renew_deadline_s must be shorter than ttl_s")
+        return self
+
+
+class DaemonConfig(_Model):
+    poll_interval_s: float = Field(30.0, gt=0)
+
+
 class MirrorConfig(_Model):
     name: Name
     bucket: str
     prefix: str = ""
     direction: Literal["pull", "push"]
+    lease: Literal["auto", "volume", "s3"] = "auto"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     delete: bool = False
     max_delete_count: int = Field(1000, ge=0)
     max_delete_fraction: float = Field(0.5, ge=0, le=1)
     volumes: dict[str, str] = Field(min_length=1)
+
+    @property
+    def lease_backend(self) -> Literal["volume", "s3"]:
+        """Where the lease lives: by default on the side this mirror writes to."""
+        if self.lease != "auto":
+            return self.lease
+        return "volume" if self.direction == "pull" else "s3"
 
     @field_validator("bucket")
     @classmethod
@@ -102,6 +142,8 @@ class Config(_Model):
     datacenter: str | None = None
     s3: S3Config = S3Config()
     transfer: TransferConfig = TransferConfig()
+    lease: LeaseConfig = LeaseConfig()
+    daemon: DaemonConfig = DaemonConfig()
     mirrors: tuple[MirrorConfig, ...] = Field(min_length=1)
     source: str = Field("", exclude=True)
 

@@ -178,6 +178,9 @@ bucket = {q(bucket)}
 prefix = {q(CHECKPOINT_PREFIX)}
 direction = "push"
 include = ["**/*.safetensors", "**/*.json"]
+# A push mirror's lease defaults to an object in the bucket, which needs a server that
+# honours conditional writes; the demo's local rclone does not, so it leases the volume.
+lease = "volume"
 volumes = {{ {DATACENTER} = {q(str(layout.checkpoints))} }}
 """
 

@@ -88,6 +88,12 @@ class PreconditionFailed(StoreError):
     """The store rejected a conditional write: someone else changed the object first."""
 
 
+class Conflict(PreconditionFailed):
+    """Another conditional write to the same object was in flight (S3 409): try again."""
+
+    retryable = True
+
+
 class Interrupted(StoreError):
     """A transfer's byte stream broke part-way (reset, timeout): that object fails and is
     retried later; the endpoint itself answered, so the rest of the pass goes on."""

@@ -25,6 +25,7 @@ from syncd.errors import (
     Unreachable,
     first_error,
 )
+from syncd.lease.journal import NULL, Journal
 from syncd.listing import Checksum, Entry, Record, Recorded, fingerprint
 from syncd.plan import Adopt, Copy, Delete, Plan
 from syncd.stores.base import Fence, Source, Store
@@ -102,7 +103,7 @@ async def same_bytes(a: Store, a_entry: Entry, b: Store, b_entry: Entry) -> Chec
 class Transfer:
     def __init__(
         self, src: Store, dst: Store, record: Record, fence: Fence, *, concurrency: int,
-        log: Log, on_bytes: Callable[[int], None] | None = None,
+        log: Log, on_bytes: Callable[[int], None] | None = None, journal: Journal = NULL,
     ) -> None:
         self.src = src
         self.dst = dst
@@ -112,6 +113,7 @@ class Transfer:
         self.log = log
         self.stats = Stats()
         self._on_bytes = on_bytes
+        self.journal = journal
 
     def _bytes(self, n: int) -> None:
         self.stats.streamed_bytes += n
@@ -168,7 +170,7 @@ class Transfer:
 
     async def _copy(self, key: str, entry: Entry, reason: str) -> None:
         source: Source = _Counted(await self.src.open(entry), self._bytes)
-        staged = await self.dst.stage(source, frozenset())
+        staged = await self.dst.stage(source, frozenset(), self.fence.generation)
         try:
             claim = await source.vouched()
             if claim is not None and staged.checksums.get(claim.algo) != claim.value:
@@ -180,7 +182,8 @@ class Transfer:
                 raise IntegrityError(f"{key}: received {staged.size} bytes, listed {entry.size}",
                                      store=self.src.name, key=key)
             ident = await source.identity()
-            published = await self.dst.publish(staged, self.fence)
+            with self.journal.write("publish", key, self.fence.generation):
+                published = await self.dst.publish(staged, self.fence)
         except BaseException:
             await self.dst.discard(staged)
             raise
@@ -199,7 +202,8 @@ class Transfer:
 
     async def _delete(self, deletes: list[Delete]) -> None:
         keys = [d.key for d in deletes]
-        await self.dst.delete(keys, self.fence)
+        with self.journal.write("delete", f"{len(keys)} keys", self.fence.generation):
+            await self.dst.delete(keys, self.fence)
         for key in keys:
             self.record.pop(key, None)
             self.log.info("delete_done", key=key)

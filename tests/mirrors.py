@@ -18,9 +18,11 @@ MiB = 1 << 20
 def write_config(
     path: Path, endpoint_url: str, bucket: str, *, direction: str, root: Path,
     prefix: str = "models", name: str = "m", extra: str = "", transfer: str = "",
+    lease: str = "auto", top: str = "",
 ) -> Path:
     path.write_text(
         f"""
+{top}
 [s3]
 endpoint_url = "{endpoint_url}"
 addressing_style = "path"
@@ -38,12 +40,19 @@ name = "{name}"
 bucket = "{bucket}"
 prefix = "{prefix}"
 direction = "{direction}"
+lease = "{lease}"
 volumes = {{ dc1 = "{root}" }}
 {extra}
 """,
         encoding="utf-8",
     )
     return path
+
+
+def lease_for(server_name: str) -> str:
+    """The lease backend a push mirror can use on this server: rclone ignores conditional
+    writes, so it cannot hold an S3 lease (syncd refuses; see tests/lease)."""
+    return "s3" if server_name == "moto" else "volume"
 
 
 @dataclass
@@ -88,9 +97,12 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def bucket_tree(client: Any, bucket: str, prefix: str = "models/") -> dict[str, bytes]:
+    """Every object under `prefix` except syncd's own `.syncd/` ones."""
     out: dict[str, bytes] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", ()):
+            if obj["Key"][len(prefix):].startswith(".syncd/"):
+                continue  # syncd's own lease and commit objects
             body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
             out[obj["Key"][len(prefix):]] = body
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from syncd import state
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError
+from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
 from syncd.plan import Plan, Policy, compute
 from syncd.stores.base import Fence, OpenFence, Store
@@ -79,11 +80,13 @@ async def plan_for(sides: Sides, mirror: MirrorConfig) -> tuple[Plan, Record]:
 
 async def cycle(
     config: Config, mirror: MirrorConfig, *, log: Log, fence: Fence | None = None,
-    on_plan: Callable[[Plan], None] | None = None,
+    journal: Journal = NULL, on_plan: Callable[[Plan], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> tuple[Plan, Stats]:
+    fence = fence or OpenFence()
     async with opened(config, mirror, write=True) as sides:
         if sides.pull:
+            fence.check()
             removed = await sides.volume.clean_temporaries()
             if removed:
                 log.info("temporaries_removed", count=removed)
@@ -92,9 +95,9 @@ async def cycle(
             on_plan(plan)
         log.info("plan_computed", **plan.counts(), copy_bytes=plan.copy_bytes,
                  refused_deletes=plan.refused_deletes)
-        transfer = Transfer(sides.src, sides.dst, record, fence or OpenFence(),
+        transfer = Transfer(sides.src, sides.dst, record, fence,
                             concurrency=config.transfer.concurrency, log=log,
-                            on_bytes=on_bytes)
+                            on_bytes=on_bytes, journal=journal)
         before = dict(record)
         try:
             stats = await transfer.run(plan)
@@ -103,5 +106,6 @@ async def cycle(
             listed = {a.key for a in plan.actions}
             kept = {k: v for k, v in record.items() if k in listed}
             if kept != before:  # a no-op pass writes nothing
+                fence.check()
                 await state.save(sides.root, mirror.name, kept)
         return plan, stats

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncGenerator, Iterator, MutableSequence, Sequence
+from hashlib import sha256
 from typing import Any
 
 import aiohttp
@@ -31,6 +32,7 @@ from syncd.budget import ByteBudget
 from syncd.config import S3Config, TransferConfig
 from syncd.errors import (
     AccessDenied,
+    Conflict,
     Interrupted,
     NotFound,
     PreconditionFailed,
@@ -39,7 +41,7 @@ from syncd.errors import (
     Unreachable,
     first_error,
 )
-from syncd.keys import is_directory_marker, relative_key
+from syncd.keys import RESERVED_DIR, is_directory_marker, relative_key
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
 from syncd.parts import part_ranges
 from syncd.stores.base import Capabilities, Fence, Source, Staged
@@ -56,6 +58,9 @@ _RETRY_CODES = {
     "ServiceUnavailable", "RequestTimeTooSkewed", "500", "502", "503", "504",
 }
 
+
+GEN_META = "syncd-gen"
+_OWN = f"{RESERVED_DIR}/"  # syncd's own objects under the prefix (lease, commit): not data
 
 # Ask for stored checksums; syncd checks them itself (botocore's validation is never on).
 _CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
@@ -202,6 +207,9 @@ class S3Store:
             )
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return NotFound(f"{what} does not exist", store=self.name, key=key)
+        if code == "ConditionalRequestConflict" or status == 409:
+            return Conflict(f"{what}: a concurrent conditional write is in flight",
+                            store=self.name, key=key)
         if code in ("PreconditionFailed", "412") or status == 412:
             return PreconditionFailed(f"{what} changed (precondition failed)", store=self.name,
                                       key=key)
@@ -233,10 +241,48 @@ class S3Store:
                     seen.add(token)
                 for object_key, size, etag in page:
                     key = relative_key(object_key, self.prefix)
-                    if key and not is_directory_marker(key):
+                    if key and not is_directory_marker(key) and not key.startswith(_OWN):
                         listing.entries[key] = Entry(key, size, etag=normalize_etag(etag))
                 if not token:
                     return listing
+
+    async def get_small(self, key: str) -> tuple[bytes, str] | None:
+        """A small object's bytes and ETag (syncd's own records), or None if absent."""
+        try:
+            with self._translated(key):
+                resp = await self.http.send("GET", self.bucket, self.object_key(key),
+                                            payload_hash=EMPTY_SHA256, ok=(200,))
+                try:
+                    body = await resp.read()
+                finally:
+                    resp.release()
+        except NotFound as exc:
+            if "bucket" in str(exc):
+                raise
+            return None
+        return body, normalize_etag(resp.headers.get("ETag")) or ""
+
+    async def put_small(self, key: str, body: bytes, *, if_match: str | None = None,
+                        if_none_match: bool = False) -> str:
+        """A conditional PUT of a small record; its new ETag. PreconditionFailed (412) when
+        the condition does not hold, Conflict (409) when another write raced it."""
+        headers: dict[str, str] = {"content-type": "application/json"}
+        if if_match is not None:
+            headers["if-match"] = f'"{if_match}"'
+        if if_none_match:
+            headers["if-none-match"] = "*"
+        with self._translated(key):
+            resp = await self.http.send("PUT", self.bucket, self.object_key(key), body=body,
+                                        headers=headers, payload_hash=sha256(body).hexdigest(),
+                                        ok=(200,))
+            resp.release()
+        return normalize_etag(resp.headers.get("ETag")) or ""
+
+    async def delete_small(self, key: str) -> None:
+        with self._translated(key):
+            resp = await self.http.send("DELETE", self.bucket, self.object_key(key),
+                                        payload_hash=EMPTY_SHA256, ok=(200, 204))
+            resp.release()
 
     async def head(self, key: str) -> dict[str, Any]:
         with self._translated(key):
@@ -293,7 +339,7 @@ class S3Store:
 
     # --- writing -----------------------------------------------------------------------------
 
-    async def stage(self, source: Source, want: frozenset[Algo]) -> Staged:
+    async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
         """Single PUT: bytes held in memory until publish. Large: parts of an uncompleted MPU."""
         algos = frozenset({OWN_ALGO, Algo.CRC32C, *want})
         if source.size <= self._transfer.multipart_threshold:
@@ -305,13 +351,15 @@ class S3Store:
                 await self.budget.give(source.size)
                 raise
             sums = digest.results()
-            meta = {f"{META_PREFIX}{OWN_ALGO}": sums[OWN_ALGO]}
+            meta = {f"{META_PREFIX}{OWN_ALGO}": sums[OWN_ALGO], **_gen_meta(generation)}
             return Staged(source.key, source.size, sums, source, buf, meta)
-        return await self._stage_multipart(source, algos)
+        return await self._stage_multipart(source, algos, generation)
 
-    async def _stage_multipart(self, source: Source, algos: frozenset[Algo]) -> Staged:
+    async def _stage_multipart(
+        self, source: Source, algos: frozenset[Algo], generation: int
+    ) -> Staged:
         promised = await source.digest(OWN_ALGO)  # metadata must be set before the 1st part
-        meta = {f"{META_PREFIX}{OWN_ALGO}": promised.value}
+        meta = {f"{META_PREFIX}{OWN_ALGO}": promised.value, **_gen_meta(generation)}
         key = source.key
         with self._translated(key):
             created = await (await self._control()).create_multipart_upload(
@@ -375,7 +423,7 @@ class S3Store:
             with self._translated(key):
                 resp = await self.http.send("PUT", self.bucket, self.object_key(key),
                                             body=staged.handle, headers=headers,
-                                            payload_hash=UNSIGNED_PAYLOAD)
+                                            payload_hash=UNSIGNED_PAYLOAD, guard=fence.check)
                 resp.release()
             staged.handle = None
             await self.budget.give(staged.size)
@@ -420,6 +468,11 @@ class S3Store:
                     f"could not delete {len(errors)} object(s), first "
                     f"{first.get('Key')}: {first.get('Code')}", store=self.name,
                 )
+
+
+def _gen_meta(generation: int) -> dict[str, str]:
+    """The writer's lease generation, so an audit can tell which writer published what."""
+    return {GEN_META: str(generation)} if generation else {}
 
 
 async def _read_exactly(source: Source, start: int, end: int, digest: Digest) -> bytearray:

@@ -38,9 +38,15 @@ class S3HttpError(Exception):
 _SLICE = 1 << 20
 
 
-async def _slices(view: memoryview) -> AsyncIterator[memoryview]:
-    """The body in 1 MiB views; aiohttp awaits the socket between them (backpressure)."""
+async def _slices(
+    view: memoryview, guard: Callable[[], None] | None
+) -> AsyncIterator[memoryview]:
+    """The body in 1 MiB views; aiohttp awaits the socket between them (backpressure).
+    `guard` runs before each slice: a writer that lost its lease while paused mid-upload
+    breaks the request instead of letting the server complete it."""
     for start in range(0, len(view), _SLICE):
+        if guard is not None:
+            guard()
         yield view[start:start + _SLICE]
 
 
@@ -112,6 +118,7 @@ class S3Http:
         self, method: str, bucket: str, key: str, *, query: Iterable[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None, body: bytes | bytearray | memoryview = b"",
         payload_hash: str, ok: Iterable[int] = (200, 206),
+        guard: Callable[[], None] | None = None,
     ) -> aiohttp.ClientResponse:
         """The response, status checked, body unread (the caller releases it)."""
         host, path = self._target(bucket, key)
@@ -129,10 +136,12 @@ class S3Http:
             data: Any = body
             if len(body) > _SLICE:  # bounded sends: no payload copy, no big transport buffer
                 signed["content-length"] = str(len(body))
-                data = _slices(memoryview(body))
+                data = _slices(memoryview(body), guard)
             try:
                 resp = await self._session.request(method, url, headers=signed, data=data)
             except (aiohttp.ClientConnectionError, TimeoutError):
+                if guard is not None:
+                    guard()  # a broken body may be the guard's doing: never retry that
                 if attempt + 1 >= self._max_attempts:
                     raise
             else:

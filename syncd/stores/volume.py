@@ -44,6 +44,16 @@ _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+def own_dir(path: Path, *, store: str) -> None:
+    """Create one of syncd's own directories, which must be a real directory: a symlink
+    planted there would send temp files, state, leases and cleanup outside the volume."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise StoreError(f"{path} is not a directory (a symlink?); refusing to use it",
+                         store=store, hint="remove it; syncd recreates its own directories")
+
+
 class VolumeStore:
     caps = Capabilities(atomic_rename=True, local=True)
 
@@ -104,12 +114,7 @@ class VolumeStore:
         """syncd's own directories must be real directories: a symlink planted at `.syncd`
         would otherwise send temp files, state writes and leftover cleanup elsewhere."""
         for path in (self.meta_dir, self.tmp_dir, self.meta_dir / "state"):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, 0o755)
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise StoreError(f"{path} is not a directory (a symlink?); refusing to use it",
-                                 store=self.name,
-                                 hint="remove it; syncd recreates its own directories")
+            own_dir(path, store=self.name)
         probe = self.tmp_dir / f".probe-{uuid.uuid4().hex}"
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
@@ -272,7 +277,7 @@ class VolumeStore:
         os.close(fd)
         return path
 
-    async def stage(self, source: Source, want: frozenset[Algo]) -> Staged:
+    async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
         algos = frozenset({OWN_ALGO, *want})
         if source.size <= SMALL_BYTES:
             with self._translated(source.key):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.mirrors import MiB, bucket_tree, sample_files, syncd, tree, write_config
+from tests.mirrors import MiB, bucket_tree, lease_for, sample_files, syncd, tree, write_config
 
 
 def _seed_bucket(client, bucket: str, files: dict[str, bytes], prefix: str = "models/") -> None:
@@ -52,7 +52,8 @@ def test_sync_push_uploads_tree_with_own_checksum_then_is_idempotent(s3, bucket,
     for key, data in files.items():
         (vol / key).parent.mkdir(parents=True, exist_ok=True)
         (vol / key).write_bytes(data)
-    cfg = write_config(tmp_path / "c.toml", s3.endpoint_url, bucket, direction="push", root=vol)
+    cfg = write_config(tmp_path / "c.toml", s3.endpoint_url, bucket, direction="push", root=vol,
+                       lease=lease_for(s3.name))
 
     first = syncd("sync", "--once", "-c", str(cfg))
     assert first.code == 0, first.stderr
@@ -97,7 +98,7 @@ def test_sync_push_propagates_modification_and_delete(s3, bucket, tmp_path):
     (vol / "ckpt" / "step-1.pt").write_bytes(b"1" * 1000)
     (vol / "ckpt" / "step-2.pt").write_bytes(b"2" * 1000)
     cfg = write_config(tmp_path / "c.toml", s3.endpoint_url, bucket, direction="push", root=vol,
-                       extra="delete = true\nmax_delete_fraction = 1.0")
+                       extra="delete = true\nmax_delete_fraction = 1.0", lease=lease_for(s3.name))
     assert syncd("sync", "--once", "-c", str(cfg)).code == 0
     (vol / "ckpt" / "step-1.pt").write_bytes(b"one" * 500)
     (vol / "ckpt" / "step-2.pt").unlink()
@@ -160,9 +161,12 @@ def test_sync_refuses_malicious_keys_and_writes_nothing_outside_root(s3, bucket,
     assert run.code == 0, run.stderr
     listed = {k["Key"] for k in client.list_objects_v2(Bucket=bucket)["Contents"]}
     refused = _events(run.stderr, "key_refused")
-    assert len(refused) == len(listed - {"models/good.txt"}) >= 1
+    own = {k for k in listed if k.startswith("models/.syncd/")}  # syncd's reserved space:
+    assert len(refused) == len(listed - {"models/good.txt"} - own) >= 1  # never listed as data
     assert f"{len(refused)} refused" in run.summary
     assert tree(vol) == {"good.txt": b"good"}
+    state = (vol / ".syncd" / "state" / "m.json").read_bytes()
+    assert state != b"evil" and b"good.txt" in state
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["vol"]
     assert not (tmp_path / "escape.txt").exists()
 

@@ -1,0 +1,169 @@
+"""S3 lease: one lease object per bucket prefix, arbitrated by conditional writes.
+
+- `<prefix>.syncd/lease.json`: created with `If-None-Match: *`, renewed and taken over with
+  `If-Match: <ETag>`, so the server lets exactly one writer through per change. Released by
+  a conditional write of `released: true`, never deleted (a delete would reset the
+  generation and race: two contenders could each delete the other's fresh record).
+- `<prefix>.syncd/commit.json`: the commit object. A new holder rewrites it (conditionally)
+  with its generation right after acquiring, and every pass ends with a conditional write of
+  it, so the server itself rejects a writer that lost the lease, however late it wakes up. It
+  also remembers the generation if an operator deletes the lease object.
+
+Servers that ignore the conditions (`rclone serve s3` returns 200 and overwrites) would let two
+writers in, so `prepare` probes for support and refuses to run a lease there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+from syncd.errors import (
+    AccessDenied,
+    Conflict,
+    LeaseError,
+    LeaseLost,
+    LeaseUnsupported,
+    NotFound,
+    PreconditionFailed,
+    SyncdError,
+)
+from syncd.keys import RESERVED_DIR
+from syncd.lease.record import Corrupt, LeaseRecord, View, decode, encode
+from syncd.stores.s3 import S3Store
+
+LEASE_KEY = f"{RESERVED_DIR}/lease.json"
+COMMIT_KEY = f"{RESERVED_DIR}/commit.json"
+_NO_SUCH_ETAG = "0" * 32
+
+
+class S3Lease:
+    kind = "s3"
+
+    def __init__(self, store: S3Store, endpoint: str) -> None:
+        self.store = store
+        self.target = store.name
+        self._endpoint = endpoint
+        self._commit_etag: str | None = None
+
+    def _url(self, key: str) -> str:
+        return f"s3://{self.store.bucket}/{self.store.object_key(key)}"
+
+    async def prepare(self) -> None:
+        await self.store.check()
+        probe = f"{RESERVED_DIR}/probe-{uuid.uuid4().hex}"
+        try:
+            await self.store.put_small(probe, b"1", if_none_match=True)
+        except AccessDenied:
+            raise LeaseError(f"cannot write the lease object {self._url(LEASE_KEY)}: "
+                             "access denied",
+                             hint="grant s3:PutObject and s3:GetObject on the prefix's "
+                                  f"{RESERVED_DIR}/ keys") from None
+        try:
+            ignored = await self._ignores_conditions(probe)
+        finally:
+            with contextlib.suppress(SyncdError):
+                await self.store.delete_small(probe)
+        if ignored:
+            raise LeaseUnsupported(
+                f"{self._endpoint} ignores S3 conditional writes ({ignored}), so it cannot "
+                f"arbitrate the write lease of {self.target}",
+                hint="use a server that supports If-None-Match/If-Match (AWS S3, MinIO, R2, "
+                     "...) or set lease = \"volume\" for this mirror")
+
+    async def _ignores_conditions(self, probe: str) -> str | None:
+        try:
+            await self.store.put_small(probe, b"2", if_none_match=True)
+            return "a second PUT with If-None-Match: * succeeded"
+        except PreconditionFailed:
+            pass
+        try:
+            await self.store.put_small(probe, b"3", if_match=_NO_SUCH_ETAG)
+            return "a PUT with a wrong If-Match succeeded"
+        except PreconditionFailed:
+            return None
+
+    async def _get(self, key: str) -> tuple[LeaseRecord | None, str | None, str | None]:
+        """(record, corrupt reason, ETag) of one of our objects; all None when absent."""
+        got = await self.store.get_small(key)
+        if got is None:
+            return None, None, None
+        body, etag = got
+        try:
+            return decode(body), None, etag
+        except Corrupt as exc:
+            return None, f"{self._url(key)}: {exc}", etag
+
+    async def read(self) -> View:
+        record, corrupt, etag = await self._get(LEASE_KEY)
+        committed, _, commit_etag = await self._get(COMMIT_KEY)
+        view = View(gen=record.gen if record else 0, record=record, corrupt=corrupt,
+                    token=etag, floor=committed.gen if committed else 0,
+                    extra={"etag": etag, "commit_etag": commit_etag})
+        if corrupt and etag is not None and view.gen == 0:
+            view.gen = view.floor  # unknown generation: at least the committed one
+        return view
+
+    async def create(self, view: View, record: LeaseRecord) -> Any | None:
+        etag = view.extra.get("etag")
+        try:
+            if etag is None:
+                token = await self.store.put_small(LEASE_KEY, encode(record), if_none_match=True)
+            else:
+                token = await self.store.put_small(LEASE_KEY, encode(record), if_match=etag)
+        except PreconditionFailed:  # 412, or 409: another contender's write got there
+            return None
+        except NotFound:  # If-Match on an object an operator just deleted
+            return None
+        await self._claim_commit(record)
+        return token
+
+    async def _claim_commit(self, record: LeaseRecord) -> None:
+        """Stamp the commit object with our generation: from now on a stale holder's commit
+        is rejected by the server. A newer generation already there means we lost."""
+        for _ in range(8):
+            committed, _, etag = await self._get(COMMIT_KEY)
+            if committed is not None and committed.gen > record.gen:
+                raise LeaseLost(f"lease on {self.target}: generation {committed.gen} committed "
+                                f"while we acquired {record.gen}")
+            try:
+                if etag is None:
+                    self._commit_etag = await self.store.put_small(
+                        COMMIT_KEY, encode(record), if_none_match=True)
+                else:
+                    self._commit_etag = await self.store.put_small(
+                        COMMIT_KEY, encode(record), if_match=etag)
+                return
+            except PreconditionFailed:
+                continue  # a stale holder's last commit raced ours: read again
+        raise LeaseError(f"could not stamp {self._url(COMMIT_KEY)}: it keeps changing")
+
+    async def renew(self, record: LeaseRecord, token: Any) -> Any:
+        try:
+            return await self.store.put_small(LEASE_KEY, encode(record), if_match=str(token))
+        except Conflict:
+            raise
+        except PreconditionFailed:
+            raise LeaseLost(f"lease on {self.target}: the lease object changed under "
+                            f"generation {record.gen}") from None
+        except NotFound:
+            raise LeaseLost(f"lease on {self.target}: the lease object was deleted") from None
+
+    def superseded(self, gen: int) -> bool:
+        return False  # only the server can tell; the commit object makes it say so
+
+    async def commit(self, record: LeaseRecord) -> None:
+        if self._commit_etag is None:
+            raise LeaseLost(f"lease on {self.target}: generation {record.gen} never committed")
+        try:
+            self._commit_etag = await self.store.put_small(COMMIT_KEY, encode(record),
+                                                           if_match=self._commit_etag)
+        except Conflict:
+            raise
+        except (PreconditionFailed, NotFound):
+            raise LeaseLost(f"lease on {self.target}: the server rejected generation "
+                            f"{record.gen}'s commit (a newer writer took over)") from None
+
+    async def close(self) -> None:
+        await self.store.close()

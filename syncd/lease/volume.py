@@ -1,0 +1,213 @@
+"""Volume lease: generation-numbered records under `<root>/.syncd/leases/`.
+
+- `gen-0000000042.json`: the record that won generation 42. Created once by `link()` of a
+  complete, fsynced temp file, so exactly one contender can create it (link fails with EEXIST
+  for every other) and no reader ever sees it half-written. Never overwritten.
+- `gen-0000000042.hb`: the holder's heartbeat, replaced by temp + fsync + rename.
+
+The current generation is the highest-numbered `gen-*.json`. Nothing here uses flock/fcntl,
+which network filesystems do not reliably honour; link, rename and reading file contents (not
+mtimes, which attribute caches and server clocks distort) are what we rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from syncd.errors import AccessDenied, LeaseError, LeaseLost, NoSpace, NotFound, SyncdError
+from syncd.keys import RESERVED_DIR
+from syncd.lease.record import Corrupt, LeaseRecord, View, decode, encode
+from syncd.stores.volume import own_dir
+
+_GEN = re.compile(r"gen-(\d{10})\.json")
+KEEP_GENERATIONS = 3
+STALE_TEMP_S = 24 * 3600
+
+
+def _name(gen: int, suffix: str) -> str:
+    return f"gen-{gen:010d}.{suffix}"
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return f.read(1 << 16)
+    except OSError:
+        return b""
+
+
+class VolumeLease:
+    kind = "volume"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.target = str(self.root)
+        self.dir = self.root / RESERVED_DIR / "leases"
+        self.tmp = self.dir / "tmp"
+
+    def _error(self, exc: OSError, what: str) -> SyncdError:
+        message = (f"volume lease at {self.dir}: cannot {what}: "
+                   f"{exc.strerror or type(exc).__name__}")
+        hint = "the lease must be writable on the volume it guards"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return AccessDenied(message, store=self.target, hint=hint)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpace(message, store=self.target, hint="free space on the volume")
+        return LeaseError(message, hint=hint)
+
+    async def prepare(self) -> None:
+        def make() -> None:
+            if not self.root.is_dir():
+                raise NotFound(f"volume root {self.root} does not exist or is not a directory",
+                               store=self.target, hint="is the volume mounted?")
+            for path in (self.root / RESERVED_DIR, self.dir, self.tmp):
+                own_dir(path, store=self.target)
+            probe = self.tmp / f"probe-{uuid.uuid4().hex}"
+            _write_synced(probe, b"probe")
+            os.unlink(probe)
+            self._clean_temps()
+        try:
+            await asyncio.to_thread(make)
+        except OSError as exc:
+            raise self._error(exc, "create the lease directory") from None
+
+    def _clean_temps(self) -> None:
+        cutoff = time.time() - STALE_TEMP_S
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.tmp) as it:
+            for e in it:
+                with contextlib.suppress(OSError):
+                    if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(e.path)
+
+    def _generations(self) -> list[int]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := _GEN.fullmatch(n)))
+
+    def _read_view(self) -> View:
+        gens = self._generations()
+        if not gens:
+            return View(token=())
+        gen = gens[-1]
+        raw = _read(self.dir / _name(gen, "json"))
+        beat = _read(self.dir / _name(gen, "hb"))
+        view = View(gen=gen, token=(gen, raw, beat))
+        try:
+            record = decode(raw or b"")
+            if record.gen != gen:
+                raise Corrupt(f"names generation {record.gen} in the file of {gen}")
+        except Corrupt as exc:
+            view.corrupt = f"{_name(gen, 'json')}: {exc}"
+            return view
+        view.record = record
+        if beat:
+            with contextlib.suppress(Corrupt):
+                latest = decode(beat)
+                if latest.gen == gen and latest.holder == record.holder:
+                    view.record = latest
+        return view
+
+    async def read(self) -> View:
+        try:
+            return await asyncio.to_thread(self._read_view)
+        except OSError as exc:
+            raise self._error(exc, "read the lease") from None
+
+    async def create(self, view: View, record: LeaseRecord) -> Any | None:
+        def link() -> bool:
+            tmp = self.tmp / f"{record.holder.nonce}-{uuid.uuid4().hex}.json"
+            _write_synced(tmp, encode(record))
+            try:
+                os.link(tmp, self.dir / _name(record.gen, "json"))
+                won = True
+            except FileExistsError:
+                # a lost reply on a network filesystem: the link may have been made anyway
+                won = os.stat(tmp).st_nlink == 2
+            finally:
+                os.unlink(tmp)
+            if won:
+                self._beat(record)
+                _fsync_dir(self.dir)
+                self._prune(record.gen)
+            return won
+        try:
+            return record.gen if await asyncio.to_thread(link) else None
+        except OSError as exc:
+            raise self._error(exc, f"create generation {record.gen}") from None
+
+    def _beat(self, record: LeaseRecord) -> None:
+        tmp = self.tmp / f"{record.holder.nonce}-{uuid.uuid4().hex}.hb"
+        _write_synced(tmp, encode(record))
+        try:
+            os.rename(tmp, self.dir / _name(record.gen, "hb"))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _prune(self, gen: int) -> None:
+        for old in self._generations():
+            if old <= gen - KEEP_GENERATIONS:
+                for suffix in ("json", "hb"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.dir / _name(old, suffix))
+
+    async def renew(self, record: LeaseRecord, token: Any) -> Any:
+        def beat() -> None:
+            if self.superseded(record.gen):
+                raise LeaseLost(f"lease on {self.target}: generation {record.gen + 1} exists")
+            try:
+                self._beat(record)
+            except FileNotFoundError:
+                raise LeaseLost(f"lease on {self.target}: the lease directory was removed "
+                                f"under generation {record.gen}") from None
+            if self.superseded(record.gen):
+                raise LeaseLost(f"lease on {self.target}: generation {record.gen + 1} exists")
+        try:
+            await asyncio.to_thread(beat)
+        except OSError as exc:
+            raise self._error(exc, "renew") from None
+        return token
+
+    def superseded(self, gen: int) -> bool:
+        return os.path.lexists(self.dir / _name(gen + 1, "json"))
+
+    async def commit(self, record: LeaseRecord) -> None:
+        return None  # a volume cannot reject a stale rename; `superseded` is checked instead
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,213 @@
+"""Which lease guards which mirror, and the tasks that hold leases for a process.
+
+Mirrors that write to the same volume root or bucket prefix share one lease. `Keeper` owns a
+lease for a long-running process: it contends while another instance holds it (standby),
+renews while it is ours, and announces each held generation as a `Session` whose `ended`
+event fires the moment the generation is lost, so work under it can be cancelled.
+`held_once` is the one-shot form for `syncd sync --once`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from syncd.config import Config, MirrorConfig
+from syncd.errors import ConfigError, LeaseHeld, LeaseLost, SyncdError
+from syncd.lease.backend import Backend
+from syncd.lease.journal import Journal
+from syncd.lease.lease import Lease, LeaseFence
+from syncd.lease.record import Timing, View, me
+from syncd.lease.s3 import S3Lease
+from syncd.lease.volume import VolumeLease
+from syncd.stores.s3 import S3Store
+
+Log = Any
+
+
+def timing_of(config: Config) -> Timing:
+    c = config.lease
+    return Timing(c.ttl_s, c.renew_interval_s, c.renew_deadline_s, c.skew_margin_s)
+
+
+def target_key(config: Config, mirror: MirrorConfig) -> tuple[str, ...]:
+    """What the mirror's lease guards: mirrors with the same key share one lease."""
+    if mirror.lease_backend == "volume":
+        root = config.volume_root(mirror)
+        if root is None:
+            raise ConfigError(f"mirror {mirror.name!r} has no volume in datacenter "
+                              f"{config.active_datacenter()!r}", file=config.source,
+                              field="mirrors.volumes")
+        return ("volume", str(root))
+    return ("s3", config.s3.endpoint_url or "", mirror.bucket, mirror.prefix)
+
+
+def target_name(key: tuple[str, ...]) -> str:
+    return key[1] if key[0] == "volume" else f"s3://{key[2]}/{key[3]}"
+
+
+class Leases:
+    """The leases of one process, one per target, with their backends' connections."""
+
+    def __init__(self, config: Config, log: Log) -> None:
+        self.config = config
+        self.log = log
+        self.holder = me(config.lease.instance_id)
+        self.journal = Journal(config.lease.journal, self.holder.id)
+        self._stack = contextlib.AsyncExitStack()
+        self._leases: dict[tuple[str, ...], Lease] = {}
+
+    async def __aenter__(self) -> Leases:
+        self._stack.callback(self.journal.close)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def backend(self, key: tuple[str, ...]) -> Backend:
+        if key[0] == "volume":
+            return VolumeLease(Path(key[1]))
+        store = S3Store(self.config.s3, self.config.transfer, key[2], key[3])
+        await self._stack.enter_async_context(store)
+        return S3Lease(store, self.config.s3.endpoint_url or "AWS S3")
+
+    async def lease(self, mirror: MirrorConfig) -> Lease:
+        """The mirror's lease, created on first use (not yet prepared)."""
+        key = target_key(self.config, mirror)
+        if key not in self._leases:
+            self._leases[key] = Lease(
+                await self.backend(key), timing_of(self.config), self.holder,
+                detect_dead=self.config.lease.detect_dead_holders, journal=self.journal,
+                log=self.log)
+        return self._leases[key]
+
+
+def describe_holder(lease: Lease, view: View) -> str:
+    """One line on who holds a lease we could not take."""
+    if view.record is None:
+        what = f"its record is unreadable ({view.corrupt}); treated as held"
+    else:
+        r = view.record
+        what = f"held by {r.holder.describe()}, generation {r.gen}"
+    return (f"lease on {lease.target} {what}; it can be taken over in "
+            f"{lease.takeover_in(view):.0f}s if no renewal is seen")
+
+
+async def renewing(lease: Lease, log: Log) -> None:
+    """Renew every `renew_interval_s` (sooner after a failure) until lost or cancelled."""
+    interval = lease.timing.renew_interval_s
+    while True:
+        try:
+            ok = await lease.renew()
+        except LeaseLost as exc:
+            log.error("lease_lost", target=lease.target, error=str(exc))
+            return
+        await asyncio.sleep(interval if ok else interval / 4)
+
+
+@contextlib.asynccontextmanager
+async def held_once(lease: Lease, log: Log, *, wait_s: float = 0.0) -> AsyncIterator[LeaseFence]:
+    """Hold the lease for one pass: take it (waiting up to `wait_s` for it to become free),
+    renew it meanwhile, release it after. LeaseHeld when another instance keeps it."""
+    await lease.backend.prepare()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while (reason := await lease.try_acquire()) is None:
+        assert lease.view is not None
+        if loop.time() >= deadline:
+            raise LeaseHeld(describe_holder(lease, lease.view),
+                            hint="see `syncd lease status`; if its holder is gone for good, "
+                                 "`syncd lease break TARGET --yes`")
+        await asyncio.sleep(min(lease.timing.renew_interval_s, max(deadline - loop.time(), 0.05)))
+    log.info("lease_acquired", target=lease.target, gen=lease.gen, reason=reason)
+    renewer = asyncio.create_task(renewing(lease, log), name=f"renew {lease.target}")
+    try:
+        yield lease.fence()
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        await lease.release()
+        log.info("lease_released", target=lease.target)
+
+
+@dataclass(slots=True)
+class Session:
+    """One held generation: its fence, and an event set the moment it ends."""
+
+    fence: LeaseFence
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Keeper:
+    """Holds one lease for a long-running process (standby until it can take it)."""
+
+    def __init__(self, lease: Lease, log: Log) -> None:
+        self.lease = lease
+        self.log = log
+        self.session: Session | None = None
+        self._changed = asyncio.Event()
+
+    async def wait_session(self) -> Session:
+        while self.session is None or self.session.ended.is_set():
+            self._changed.clear()
+            await self._changed.wait()
+        return self.session
+
+    def _announce(self, session: Session | None) -> None:
+        if self.session is not None:
+            self.session.ended.set()
+        self.session = session
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Forever: prepare the backend, then contend/renew. Errors a retry cannot fix
+        (unsupported server, unwritable lease) are raised; transient ones are retried."""
+        lease, log = self.lease, self.log
+        interval = lease.timing.renew_interval_s
+        await lease.backend.prepare()
+        last_holder: object = None
+        while True:
+            if lease.record is not None and not lease.held:
+                log.error("lease_lost", target=lease.target, gen=lease.gen,
+                          reason=lease.lost_reason)
+                self._announce(None)
+                lease.drop()
+            if lease.record is None:
+                try:
+                    reason = await lease.try_acquire()
+                except LeaseLost as exc:
+                    log.error("lease_lost", target=lease.target, error=str(exc))
+                    lease.drop()
+                    reason = None
+                except SyncdError as exc:
+                    log.warning("lease_unavailable", target=lease.target, error=str(exc))
+                    reason = None
+                if reason is not None:
+                    log.info("lease_acquired", target=lease.target, gen=lease.gen,
+                             reason=reason)
+                    self._announce(Session(lease.fence()))
+                    last_holder = None
+                elif lease.view is not None:
+                    holder = lease.view.record.holder if lease.view.record else lease.view.corrupt
+                    if holder != last_holder:
+                        log.info("lease_standby", detail=describe_holder(lease, lease.view))
+                        last_holder = holder
+                await asyncio.sleep(interval * (0.75 + random.random() / 2))
+                continue
+            ok = False
+            with contextlib.suppress(LeaseLost):
+                ok = await lease.renew()
+            if lease.held:
+                await asyncio.sleep(interval if ok else interval / 4)
+
+    async def release(self) -> None:
+        self._announce(None)
+        if self.lease.record is not None:
+            await self.lease.release()
+            self.log.info("lease_released", target=self.lease.target)
