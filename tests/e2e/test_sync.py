@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ def _seed_bucket(client, bucket: str, files: dict[str, bytes], prefix: str = "mo
         client.put_object(Bucket=bucket, Key=f"{prefix}{key}", Body=data)
 
 
-def _events(stderr: str, name: str) -> list[dict]:
+def _events(stderr: str, name: str) -> list[dict[str, Any]]:
     out = []
     for line in stderr.splitlines():
         if line.startswith("{"):

@@ -22,7 +22,9 @@ def s3_config(server: S3Server) -> S3Config:
 
 
 @contextlib.asynccontextmanager
-async def s3_lease(server: S3Server, bucket: str, prefix: str = "models/") -> AsyncIterator[S3Lease]:
+async def s3_lease(
+    server: S3Server, bucket: str, prefix: str = "models/"
+) -> AsyncIterator[S3Lease]:
     async with S3Store(s3_config(server), TRANSFER, bucket, prefix) as store:
         yield S3Lease(store, server.endpoint_url)
 
@@ -31,7 +33,7 @@ async def s3_lease(server: S3Server, bucket: str, prefix: str = "models/") -> As
 async def backend(kind: str, root: Path, server: S3Server | None = None,
                   bucket: str = "") -> AsyncIterator[Backend]:
     if kind == "volume":
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test setup
         yield VolumeLease(root)
         return
     assert server is not None

@@ -114,7 +114,7 @@ async def test_wall_clocks_do_not_matter(store: Backend) -> None:
     clock = Clock()
     a = _lease(store, clock, "a")
     b = _lease(store, clock, "b")
-    b._wall = lambda: 10**10  # type: ignore[method-assign]  # far in the future
+    b._wall = lambda: 10**10  # far in the future
     await a.try_acquire()
     assert await b.try_acquire() is None
     clock.now += 30
@@ -230,7 +230,8 @@ async def test_s3_lease_refused_on_a_server_that_ignores_conditional_writes(
 
 async def test_same_host_dead_holder_is_taken_over_at_once(store: Backend) -> None:
     clock = Clock()
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    child = subprocess.Popen(  # noqa: ASYNC220 - a process to watch die
+        [sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         ghost = replace(me("x"), id="x", nonce="child", pid=child.pid,
                         started=start_ticks(child.pid) or 0)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -37,7 +38,7 @@ def test_encode_decode_round_trips(gen: int, beat: int, released: bool, target: 
     lambda b: b.replace(b'"gen": 3', b'"gen": 4'),  # hand-edited: the CRC no longer matches
     lambda b: b.replace(b'"released": false', b'"released": true'),
 ])
-def test_damaged_records_are_corrupt_never_valid(mangle) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_records_are_corrupt_never_valid(mangle: Callable[[bytes], bytes]) -> None:
     data = encode(_record())
     with pytest.raises(Corrupt):
         decode(mangle(data))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,8 @@ class BytesSource:
     def __init__(self, key: str, data: bytes) -> None:
         self.key, self.size, self._data = key, len(data), data
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(self, start: int = 0, end: int | None = None
+                   ) -> AsyncGenerator[bytes, None]:
         end = self.size if end is None else end
         for i in range(start, end, 256 * 1024):
             yield self._data[i:min(i + 256 * 1024, end)]

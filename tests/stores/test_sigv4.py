@@ -19,12 +19,13 @@ from syncd.stores.sigv4 import (
     encode_path,
 )
 
-keys = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+keys = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
                min_size=1, max_size=40)
 values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
 
 
-def botocore_signature(method, url, headers, payload, creds, now):
+def botocore_signature(method: str, url: str, headers: dict[str, str], payload: str,
+                       creds: Credentials, now: datetime) -> str:
     request = AWSRequest(method=method, url=url, headers={**headers,
                                                           "x-amz-content-sha256": payload})
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
@@ -35,7 +36,7 @@ def botocore_signature(method, url, headers, payload, creds, now):
     auth = S3SigV4Auth(BotoCredentials(creds.access_key, creds.secret_key, creds.token), "s3",
                        "eu-west-3")
     canonical = auth.canonical_request(request)
-    return auth.signature(auth.string_to_sign(request, canonical), request)
+    return str(auth.signature(auth.string_to_sign(request, canonical), request))
 
 
 @settings(max_examples=150, deadline=None)
