@@ -22,7 +22,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from syncd.errors import AccessDenied, LeaseError, LeaseLost, NoSpace, NotFound, SyncdError
+from syncd.errors import (
+    AccessDenied,
+    LeaseError,
+    LeaseLost,
+    NoSpace,
+    NotFound,
+    StoreError,
+    SyncdError,
+)
 from syncd.keys import RESERVED_DIR
 from syncd.lease.record import Corrupt, LeaseRecord, View, decode, encode
 from syncd.stores.volume import own_dir
@@ -102,6 +110,10 @@ class VolumeLease:
             await asyncio.to_thread(make)
         except OSError as exc:
             raise self._error(exc, "create the lease directory") from None
+        except StoreError as exc:
+            if type(exc) is not StoreError:
+                raise
+            raise LeaseError(f"volume lease: {exc}", hint=exc.hint) from None
 
     def _clean_temps(self) -> None:
         cutoff = time.time() - STALE_TEMP_S

@@ -1,0 +1,236 @@
+"""Operator commands and bad input around leases: `lease status`, `lease break`, a held lease
+refusing a one-shot sync, corrupt records, unwritable lease locations, a server that ignores
+conditional writes, and a bucket policy that forbids the lease object."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.e2e.test_bad_input import _one_error_line, _read_only
+from tests.mirrors import SYNCD, env, syncd, tree, write_config
+from tests.servers import HOST, REGION, S3Server, find_free_port, venv_binary
+
+SLOW_TTL = "[lease]\nttl_s = 30.0\nrenew_interval_s = 1.0\nrenew_deadline_s = 20.0\n"
+
+
+def _status(cfg: Path) -> dict[str, object]:
+    run = syncd("lease", "status", "--json", "-c", str(cfg))
+    assert run.code == 0, run.stderr
+    return dict(json.loads(run.stdout.splitlines()[0]))
+
+
+@pytest.fixture
+def pull(moto_s3: S3Server, tmp_path: Path) -> tuple[Path, Path]:
+    bucket = f"cli-{os.urandom(6).hex()}"
+    client = moto_s3.client()
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="models/a.txt", Body=b"a")
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    cfg = write_config(tmp_path / "c.toml", moto_s3.endpoint_url, bucket, direction="pull",
+                       root=vol, top=SLOW_TTL)
+    return cfg, vol
+
+
+def test_status_shows_free_held_and_released_and_sync_refuses_a_held_lease(
+    pull: tuple[Path, Path],
+) -> None:
+    cfg, vol = pull
+    assert _status(cfg)["state"] == "free"
+    daemon = subprocess.Popen([SYNCD, "run", "-c", str(cfg)],
+                              env=env(SYNCD_LEASE__INSTANCE_ID="holder-1"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while _status(cfg)["state"] != "held":
+            assert time.monotonic() < deadline, "the daemon never took the lease"
+            time.sleep(0.2)
+        status = _status(cfg)
+        assert status["holder"] == {"id": "holder-1", "host": socket.gethostname(),
+                                    "pid": daemon.pid}
+        assert status["gen"] == 1 and status["backend"] == "volume"
+        assert status["target"] == str(vol) and status["mirrors"] == ["m"]
+        human = syncd("lease", "status", "-c", str(cfg)).stdout
+        assert f"held by holder-1 (host {socket.gethostname()}, pid {daemon.pid}), " \
+               "generation 1" in human
+
+        run = syncd("sync", "--once", "-c", str(cfg))
+        _one_error_line(run, 12, "held by holder-1", "generation 1", "taken over in")
+    finally:
+        daemon.terminate()
+        assert daemon.wait(15) == 0
+    status = _status(cfg)
+    assert status["state"] == "released" and status["gen"] == 1
+    run = syncd("sync", "--once", "-c", str(cfg))  # a released lease is free at once
+    assert run.code == 0, run.stderr
+    assert _status(cfg)["gen"] == 2
+    assert tree(vol) == {"a.txt": b"a"}
+
+
+def test_break_fences_a_live_holder_out_and_frees_the_lease(pull: tuple[Path, Path]) -> None:
+    cfg, vol = pull
+    daemon = subprocess.Popen([SYNCD, "run", "-c", str(cfg)],
+                              env=env(SYNCD_LEASE__INSTANCE_ID="stuck"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while _status(cfg)["state"] != "held":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        daemon.send_signal(signal.SIGSTOP)  # the holder hangs
+        refused = syncd("lease", "break", "m", "-c", str(cfg))
+        assert refused.code == 2 and "--yes" in refused.stderr
+        broke = syncd("lease", "break", str(vol), "--yes", "-c", str(cfg))
+        assert broke.code == 0, broke.stderr
+        assert "broke generation 1 held by stuck" in broke.stdout
+        assert "lease_broken" in broke.stderr
+        assert _status(cfg)["state"] == "released" and _status(cfg)["gen"] == 2
+        run = syncd("sync", "--once", "-c", str(cfg))  # no need to wait for the TTL
+        assert run.code == 0, run.stderr
+        assert _status(cfg)["gen"] == 3
+        daemon.send_signal(signal.SIGCONT)
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+        time.sleep(1.5)
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=15)
+    assert b"lease_lost" in err  # the old holder noticed it was fenced out
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"gen": 1, "tru', b"\x00\xff garbage",
+                                    b"EDITED"])
+def test_a_corrupt_volume_lease_is_held_never_free(pull: tuple[Path, Path],
+                                                   damage: bytes) -> None:
+    cfg, vol = pull
+    assert syncd("sync", "--once", "-c", str(cfg)).code == 0
+    record = vol / ".syncd/leases/gen-0000000001.json"
+    if damage == b"EDITED":  # a hand edit: valid JSON, but the checksum no longer matches
+        data = json.loads(record.read_bytes())
+        data["released"] = False
+        data["holder"]["id"] = "someone-else"
+        damage = json.dumps(data).encode()
+    (vol / ".syncd/leases/gen-0000000001.hb").unlink()
+    record.chmod(0o644)
+    record.write_bytes(damage)
+    status = _status(cfg)
+    assert status["state"] == "corrupt" and "gen-0000000001.json" in str(status["detail"])
+    run = syncd("sync", "--once", "-c", str(cfg))
+    _one_error_line(run, 12, "unreadable", "treated as held")
+
+
+def test_a_read_only_volume_cannot_hold_a_volume_lease(moto_s3: S3Server,
+                                                       tmp_path: Path) -> None:
+    bucket = f"cli-{os.urandom(6).hex()}"
+    moto_s3.client().create_bucket(Bucket=bucket)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "ckpt.pt").write_bytes(b"1")
+    cfg = write_config(tmp_path / "c.toml", moto_s3.endpoint_url, bucket, direction="push",
+                       root=vol, lease="volume")
+    with _read_only(vol):
+        run = syncd("sync", "--once", "-c", str(cfg))
+    _one_error_line(run, 6, f"{vol}/.syncd/leases", "Read-only file system")
+    assert "Contents" not in moto_s3.client().list_objects_v2(Bucket=bucket)
+
+
+@pytest.mark.parametrize("obstacle", ["file", "symlink"])
+def test_a_lease_directory_that_cannot_be_created_is_one_error(
+    pull: tuple[Path, Path], tmp_path: Path, obstacle: str
+) -> None:
+    cfg, vol = pull
+    (vol / ".syncd").mkdir()
+    if obstacle == "file":
+        (vol / ".syncd/leases").write_bytes(b"not a directory")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        (vol / ".syncd/leases").symlink_to(tmp_path / "elsewhere")
+    run = syncd("sync", "--once", "-c", str(cfg))
+    _one_error_line(run, 12, f"{vol}/.syncd/leases", "not a directory")
+    assert tree(vol) == {}
+    assert list((tmp_path / "elsewhere").iterdir()) == [] if obstacle == "symlink" else True
+
+
+def test_s3_lease_on_a_server_without_conditional_writes_is_refused(
+    rclone_s3: S3Server, tmp_path: Path
+) -> None:
+    bucket = f"cli-{os.urandom(6).hex()}"
+    rclone_s3.client().create_bucket(Bucket=bucket)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "ckpt.pt").write_bytes(b"1")
+    cfg = write_config(tmp_path / "c.toml", rclone_s3.endpoint_url, bucket, direction="push",
+                       root=vol)  # lease = "auto": the bucket prefix, on rclone
+    for command in (["sync", "--once"], ["run"]):
+        run = syncd(*command, "-c", str(cfg), timeout=60)
+        _one_error_line(run, 12, rclone_s3.endpoint_url, "ignores S3 conditional writes",
+                        'lease = "volume"')
+    assert "Contents" not in rclone_s3.client().list_objects_v2(Bucket=bucket)
+
+
+# --- a bucket policy that forbids the lease object: moto with IAM enforcement ----------------
+
+@pytest.fixture
+def moto_with_iam(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A moto server that enforces IAM after its first three (setup) requests, and the keys
+    of a user allowed everything in S3 except writing under `models/.syncd/`."""
+    port = find_free_port()
+    log = (tmp_path / "moto-iam.log").open("wb")
+    proc = subprocess.Popen([str(venv_binary("moto_server")), "-H", HOST, "-p", str(port)],
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
+                break
+            assert time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+        iam = boto3.client("iam", endpoint_url=url, region_name=REGION,
+                           aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
+                           aws_secret_access_key="s" * 40)
+        iam.create_user(UserName="syncd")
+        key = iam.create_access_key(UserName="syncd")["AccessKey"]
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+            {"Effect": "Deny", "Action": "s3:PutObject",
+             "Resource": "arn:aws:s3:::locked-bucket/models/.syncd/*"}]}
+        iam.put_user_policy(UserName="syncd", PolicyName="no-lease",
+                            PolicyDocument=json.dumps(policy))
+        yield url, {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                    "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+
+
+def test_a_bucket_without_permission_for_the_lease_object_is_one_error(
+    moto_with_iam: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, keys = moto_with_iam
+    s3 = boto3.client("s3", endpoint_url=url, region_name=REGION,
+                      aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"])
+    s3.create_bucket(Bucket="locked-bucket")
+    s3.put_object(Bucket="locked-bucket", Key="models/data-is-writable", Body=b"yes")
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "ckpt.pt").write_bytes(b"1")
+    cfg = write_config(tmp_path / "c.toml", url, "locked-bucket", direction="push", root=vol)
+    run = syncd("sync", "--once", "-c", str(cfg), environ=env(**keys))
+    _one_error_line(run, 12, "cannot write the lease object",
+                    "s3://locked-bucket/models/.syncd/lease.json", "access denied")
+    keys_left = {o["Key"] for o in s3.list_objects_v2(Bucket="locked-bucket")["Contents"]}
+    assert keys_left == {"models/data-is-writable"}  # nothing pushed without the lease
