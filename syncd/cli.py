@@ -157,7 +157,7 @@ def sync(
                     plan, stats = await mirror_mod.cycle(
                         cfg, m, log=log, fence=fence, journal=leases.journal,
                         on_plan=bar.start_for, on_bytes=bar.advance)
-                    await lease.commit()
+                    await lease.commit(fence.generation)
             finally:
                 bar.stop()
             typer.echo(_summary(m.name, stats))

@@ -179,11 +179,11 @@ class Lease:
         self.record, self._token, self._renewed_at = new, token, started
         return True
 
-    async def commit(self) -> None:
-        """Have the store stamp this pass with our generation (S3 rejects a stale one)."""
+    async def commit(self, gen: int) -> None:
+        """Have the store stamp a pass of generation `gen` (S3 rejects a stale one)."""
+        self.check(gen)
         record = self.record
-        assert record is not None, "not holding"
-        self.check(record.gen)
+        assert record is not None
         try:
             await self.backend.commit(record)
         except LeaseLost as exc:

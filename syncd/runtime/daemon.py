@@ -47,7 +47,7 @@ async def _pass(config: Config, mirror: MirrorConfig, keeper: Keeper, session: S
     if work.cancelled():
         return
     plan, stats = work.result()
-    await keeper.lease.commit()
+    await keeper.lease.commit(session.fence.generation)
     log.info("pass_done", copied=stats.copied, bytes=stats.copied_bytes,
              deleted=stats.deleted, failed=stats.failed, gen=session.fence.generation,
              **plan.counts())

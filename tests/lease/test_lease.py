@@ -191,7 +191,7 @@ async def test_operator_deleting_the_s3_lease_never_moves_the_generation_back(
         with pytest.raises(LeaseLost):
             await b.renew()
         with pytest.raises(LeaseLost):
-            await b.commit()
+            await b.commit(2)
 
 
 async def test_a_stale_holders_commit_is_rejected_by_the_server(
@@ -204,14 +204,14 @@ async def test_a_stale_holders_commit_is_rejected_by_the_server(
         await one.prepare()
         a, b = _lease(one, clock, "a"), _lease(two, clock, "b")
         await a.try_acquire()
-        await a.commit()
+        await a.commit(a.gen)
         await b.try_acquire()
         clock.now += 75.1
         assert await b.try_acquire() == "expired"
         a._renewed_at = clock.now  # a believes it is still valid (a frozen VM, say)
         with pytest.raises(LeaseLost, match="rejected"):
-            await a.commit()
-        await b.commit()
+            await a.commit(a.gen)
+        await b.commit(2)
         body = moto_s3.client().get_object(Bucket=bucket, Key=f"models/{COMMIT_KEY}")
         assert b'"gen": 2' in body["Body"].read()
 
