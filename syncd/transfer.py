@@ -19,6 +19,7 @@ from typing import Any
 from syncd.errors import (
     AccessDenied,
     IntegrityError,
+    LeaseLost,
     NoSpace,
     NotFound,
     SyncdError,
@@ -82,7 +83,7 @@ class _Counted:
 
 
 def _fatal(exc: SyncdError) -> bool:
-    if isinstance(exc, Unreachable | NoSpace):
+    if isinstance(exc, Unreachable | NoSpace | LeaseLost):
         return True
     return isinstance(exc, AccessDenied | NotFound) and getattr(exc, "key", None) is None
 

@@ -14,13 +14,23 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
+
+from syncd.errors import ConfigError
+
 
 class Journal:
     def __init__(self, path: str | None, instance: str) -> None:
         self._fd: int | None = None
         self._instance = instance
+        self._path = path
         if path:
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                   0o644)
+            except OSError as exc:
+                raise ConfigError(f"cannot open {path}: {exc.strerror}",
+                                  field="lease.journal") from None
 
     @property
     def enabled(self) -> bool:
@@ -31,7 +41,11 @@ class Journal:
             return
         line = {"instance": self._instance, "pid": os.getpid(), "event": event,
                 "at": time.monotonic(), **fields}
-        os.write(self._fd, json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        try:
+            os.write(self._fd, json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        except OSError as exc:  # an audit aid must not stop the mirroring: report, stop it
+            structlog.get_logger().error("journal_failed", path=self._path, error=str(exc))
+            self.close()
 
     @contextlib.contextmanager
     def write(self, op: str, key: str, gen: int) -> Iterator[None]:

@@ -106,7 +106,11 @@ class Lease:
         wall, started = self._wall(), self._clock()
         record = LeaseRecord(target=self.target, gen=view.next_gen, holder=self.holder,
                              ttl_s=self.timing.ttl_s, acquired_wall=wall, renewed_wall=wall)
-        token = await self.backend.create(view, record)
+        try:
+            token = await self.backend.create(view, record)
+        except BaseException:
+            self._dropped = record.gen  # it may have been won after all: ours to retake
+            raise
         if token is None:
             return None
         self.record, self._token, self._renewed_at, self._lost = record, token, started, None
@@ -196,6 +200,7 @@ class Lease:
         if record is None:
             return
         if self._lost is None:
+            self._lost = "released"  # fence first: nothing publishes once successors may
             try:
                 await self.backend.renew(record.release(self._wall()), self._token)
                 self.journal.event("released", gen=record.gen, target=self.target)

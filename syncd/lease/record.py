@@ -110,15 +110,37 @@ def _pidns() -> str:
         return ""
 
 
-def start_ticks(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot), or None if it is gone or a zombie."""
-    stat = _read(f"/proc/{pid}/stat")
-    if not stat:
+class _Unknown(Exception):
+    """/proc would not say (hidepid, permissions): assume the process may be alive."""
+
+
+def _ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except FileNotFoundError:
         return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+        raise _Unknown from None
     fields = stat.rpartition(")")[2].split()
     if not fields or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
+
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None if it is gone or a zombie;
+    0 when /proc does not tell (the process may be alive)."""
+    try:
+        return _ticks(pid)
+    except _Unknown:
+        return 0
 
 
 @cache
@@ -140,7 +162,10 @@ def holder_dead(holder: Holder, local: Holder) -> bool:
         return False
     if holder.pid == local.pid:
         return holder.nonce != local.nonce  # that pid is us now
-    ticks = start_ticks(holder.pid)
+    try:
+        ticks = _ticks(holder.pid)
+    except _Unknown:
+        return False
     return ticks is None or ticks != holder.started
 
 

@@ -15,6 +15,7 @@ writers in, so `prepare` probes for support and refuses to run a lease there.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from typing import Any
@@ -46,6 +47,7 @@ class S3Lease:
         self.target = store.name
         self._endpoint = endpoint
         self._commit_etag: str | None = None
+        self._lock = asyncio.Lock()
 
     def _url(self, key: str) -> str:
         return f"s3://{self.store.bucket}/{self.store.object_key(key)}"
@@ -103,21 +105,35 @@ class S3Lease:
                     extra={"etag": etag, "commit_etag": commit_etag})
         if corrupt and etag is not None and view.gen == 0:
             view.gen = view.floor  # unknown generation: at least the committed one
+        if etag is None and committed is not None and not committed.released:
+            # the lease object is gone (deleted by hand, a lifecycle rule) but a holder
+            # committed: held-but-silent until its commits stop changing
+            view.gen, view.token = committed.gen, ("commit", commit_etag)
+            view.corrupt = (f"{self._url(LEASE_KEY)} is missing; {self._url(COMMIT_KEY)} "
+                            f"shows generation {committed.gen} of {committed.holder.describe()}")
         return view
 
     async def create(self, view: View, record: LeaseRecord) -> Any | None:
         etag = view.extra.get("etag")
+        token: str | None
         try:
             if etag is None:
                 token = await self.store.put_small(LEASE_KEY, encode(record), if_none_match=True)
             else:
                 token = await self.store.put_small(LEASE_KEY, encode(record), if_match=etag)
-        except PreconditionFailed:  # 412, or 409: another contender's write got there
-            return None
-        except NotFound:  # If-Match on an object an operator just deleted
-            return None
-        await self._claim_commit(record)
+        except (PreconditionFailed, NotFound):  # 412/409: another contender got there;
+            token = await self._ours(record)     # 404: If-Match on a deleted object
+            if token is None:
+                return None
+        async with self._lock:
+            await self._claim_commit(record)
         return token
+
+    async def _ours(self, record: LeaseRecord) -> str | None:
+        """The ETag of the lease object if it holds exactly `record` (a write of ours that
+        succeeded although its reply was lost and the retry was refused), else None."""
+        now, _, etag = await self._get(LEASE_KEY)
+        return etag if now == record else None
 
     async def _claim_commit(self, record: LeaseRecord) -> None:
         """Stamp the commit object with our generation: from now on a stale holder's commit
@@ -145,6 +161,8 @@ class S3Lease:
         except Conflict:
             raise
         except PreconditionFailed:
+            if (etag := await self._ours(record)) is not None:
+                return etag
             raise LeaseLost(f"lease on {self.target}: the lease object changed under "
                             f"generation {record.gen}") from None
         except NotFound:
@@ -154,6 +172,10 @@ class S3Lease:
         return False  # only the server can tell; the commit object makes it say so
 
     async def commit(self, record: LeaseRecord) -> None:
+        async with self._lock:  # mirrors sharing this prefix commit one at a time
+            await self._commit(record)
+
+    async def _commit(self, record: LeaseRecord) -> None:
         if self._commit_etag is None:
             raise LeaseLost(f"lease on {self.target}: generation {record.gen} never committed")
         try:

@@ -26,6 +26,7 @@ from syncd.errors import (
     AccessDenied,
     LeaseError,
     LeaseLost,
+    LeaseUnsupported,
     NoSpace,
     NotFound,
     StoreError,
@@ -100,11 +101,24 @@ class VolumeLease:
             if not self.root.is_dir():
                 raise NotFound(f"volume root {self.root} does not exist or is not a directory",
                                store=self.target, hint="is the volume mounted?")
-            for path in (self.root / RESERVED_DIR, self.dir, self.tmp):
-                own_dir(path, store=self.target)
+            self._make_dirs()
             probe = self.tmp / f"probe-{uuid.uuid4().hex}"
             _write_synced(probe, b"probe")
-            os.unlink(probe)
+            try:  # generations are won by link(): the filesystem must have real hard links
+                os.link(probe, f"{probe}.link")
+                linked = os.stat(probe).st_nlink == 2
+                os.unlink(f"{probe}.link")
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                linked = False
+            finally:
+                os.unlink(probe)
+            if not linked:
+                raise LeaseUnsupported(
+                    f"the filesystem of {self.root} does not support hard links, which the "
+                    "volume lease needs to let exactly one writer win",
+                    hint="use lease = \"s3\" for this mirror")
             self._clean_temps()
         try:
             await asyncio.to_thread(make)
@@ -115,6 +129,10 @@ class VolumeLease:
                 raise
             raise LeaseError(f"volume lease: {exc}", hint=exc.hint) from None
 
+    def _make_dirs(self) -> None:
+        for path in (self.root / RESERVED_DIR, self.dir, self.tmp):
+            own_dir(path, store=self.target)
+
     def _clean_temps(self) -> None:
         cutoff = time.time() - STALE_TEMP_S
         with contextlib.suppress(FileNotFoundError), os.scandir(self.tmp) as it:
@@ -123,10 +141,12 @@ class VolumeLease:
                     if e.stat(follow_symlinks=False).st_mtime < cutoff:
                         os.unlink(e.path)
 
-    def _generations(self) -> list[int]:
+    def _generations(self, *, missing_ok: bool = True) -> list[int]:
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
+            if not missing_ok:
+                raise
             return []
         return sorted(int(m.group(1)) for n in names if (m := _GEN.fullmatch(n)))
 
@@ -154,6 +174,9 @@ class VolumeLease:
         return view
 
     async def read(self) -> View:
+        if not await asyncio.to_thread(self.root.is_dir):
+            raise NotFound(f"volume root {self.root} does not exist or is not a directory",
+                           store=self.target, hint="is the volume mounted?")
         try:
             return await asyncio.to_thread(self._read_view)
         except OSError as exc:
@@ -161,6 +184,7 @@ class VolumeLease:
 
     async def create(self, view: View, record: LeaseRecord) -> Any | None:
         def link() -> bool:
+            self._make_dirs()  # an operator may have removed them since prepare()
             tmp = self.tmp / f"{record.holder.nonce}-{uuid.uuid4().hex}.json"
             _write_synced(tmp, encode(record))
             try:
@@ -201,14 +225,24 @@ class VolumeLease:
     async def renew(self, record: LeaseRecord, token: Any) -> Any:
         def beat() -> None:
             if self.superseded(record.gen):
-                raise LeaseLost(f"lease on {self.target}: generation {record.gen + 1} exists")
+                raise LeaseLost(f"lease on {self.target}: generation {record.gen} was "
+                                "superseded or removed")
+            raw = _read(self.dir / _name(record.gen, "json"))
+            try:
+                ours = decode(raw or b"").holder.nonce == record.holder.nonce
+            except Corrupt:
+                ours = False
+            if not ours:
+                raise LeaseLost(f"lease on {self.target}: the record of generation "
+                                f"{record.gen} is no longer ours")
             try:
                 self._beat(record)
             except FileNotFoundError:
                 raise LeaseLost(f"lease on {self.target}: the lease directory was removed "
                                 f"under generation {record.gen}") from None
             if self.superseded(record.gen):
-                raise LeaseLost(f"lease on {self.target}: generation {record.gen + 1} exists")
+                raise LeaseLost(f"lease on {self.target}: generation {record.gen} was "
+                                "superseded or removed")
         try:
             await asyncio.to_thread(beat)
         except OSError as exc:
@@ -216,7 +250,13 @@ class VolumeLease:
         return token
 
     def superseded(self, gen: int) -> bool:
-        return os.path.lexists(self.dir / _name(gen + 1, "json"))
+        """A newer generation exists, or ours is gone (pruned after several takeovers, or
+        `.syncd` removed by hand, after which someone may have started again at 1)."""
+        try:
+            gens = self._generations(missing_ok=False)
+        except OSError:
+            return True
+        return not gens or gens[-1] != gen
 
     async def commit(self, record: LeaseRecord) -> None:
         return None  # a volume cannot reject a stale rename; `superseded` is checked instead

@@ -31,23 +31,24 @@ async def _until(event: asyncio.Event, seconds: float) -> None:
 
 async def _pass(config: Config, mirror: MirrorConfig, keeper: Keeper, session: Session,
                 log: Log) -> None:
-    """One pass under `session`, cancelled if the generation ends before it finishes."""
-    work = asyncio.create_task(mirror_mod.cycle(
-        config, mirror, log=log, fence=session.fence, journal=keeper.lease.journal))
-    ended = asyncio.create_task(session.ended.wait())
-    try:
-        await asyncio.wait({work, ended}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ended.cancel()
-        if not work.done():
-            work.cancel()
-            log.warning("pass_cancelled", reason="lease generation ended")
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-    if work.cancelled():
-        return
-    plan, stats = work.result()
-    await keeper.lease.commit(session.fence.generation)
+    """One pass under `session`, cancelled if the generation ends before it finishes.
+    Mirrors sharing a target take turns: their passes share staging and the commit object."""
+    async with keeper.turn:
+        work = asyncio.create_task(mirror_mod.cycle(
+            config, mirror, log=log, fence=session.fence, journal=keeper.lease.journal))
+        ended = asyncio.create_task(session.ended.wait())
+        try:
+            await asyncio.wait({work, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not work.done():
+                work.cancel()
+                log.warning("pass_cancelled", reason="lease generation ended or stopping")
+            await asyncio.wait({work})  # its cleanup finishes; our own cancel still raises
+        if work.cancelled():
+            return
+        plan, stats = work.result()
+        await keeper.lease.commit(session.fence.generation)
     log.info("pass_done", copied=stats.copied, bytes=stats.copied_bytes,
              deleted=stats.deleted, failed=stats.failed, gen=session.fence.generation,
              **plan.counts())
@@ -62,6 +63,8 @@ async def mirror_loop(config: Config, mirror: MirrorConfig, keeper: Keeper) -> N
             await _pass(config, mirror, keeper, session, log)
         except LeaseLost as exc:
             log.error("pass_fenced", error=str(exc))
+            keeper.lease.lose(str(exc))
+            await session.ended.wait()  # the keeper drops this generation and contends again
             continue
         except SyncdError as exc:
             log.error("pass_failed", error=str(exc), kind=type(exc).__name__)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syncd.backoff import next_delay
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError, LeaseHeld, LeaseLost, SyncdError
 from syncd.lease.backend import Backend
@@ -151,6 +152,7 @@ class Keeper:
         self.lease = lease
         self.log = log
         self.session: Session | None = None
+        self.turn = asyncio.Lock()  # one pass at a time on this target
         self._changed = asyncio.Event()
 
     async def wait_session(self) -> Session:
@@ -170,7 +172,18 @@ class Keeper:
         (unsupported server, unwritable lease) are raised; transient ones are retried."""
         lease, log = self.lease, self.log
         interval = lease.timing.renew_interval_s
-        await lease.backend.prepare()
+        attempt = 0
+        while True:
+            try:
+                await lease.backend.prepare()
+                break
+            except SyncdError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning("lease_unavailable", target=lease.target, error=str(exc))
+                await asyncio.sleep(next_delay(attempt, base=interval, cap=60.0,
+                                               rand=random.random()))
+                attempt += 1
         last_holder: object = None
         while True:
             if lease.record is not None and not lease.held:
@@ -205,6 +218,8 @@ class Keeper:
                 ok = await lease.renew()
             if lease.held:
                 await asyncio.sleep(interval if ok else interval / 4)
+            else:
+                await asyncio.sleep(0)
 
     async def release(self) -> None:
         self._announce(None)

@@ -137,6 +137,8 @@ class S3Http:
             if len(body) > _SLICE:  # bounded sends: no payload copy, no big transport buffer
                 signed["content-length"] = str(len(body))
                 data = _slices(memoryview(body), guard)
+            if guard is not None:
+                guard()  # every attempt, retries included: a stale writer sends nothing
             try:
                 resp = await self._session.request(method, url, headers=signed, data=data)
             except (aiohttp.ClientConnectionError, TimeoutError):

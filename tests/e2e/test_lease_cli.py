@@ -234,3 +234,12 @@ def test_a_bucket_without_permission_for_the_lease_object_is_one_error(
                     "s3://locked-bucket/models/.syncd/lease.json", "access denied")
     keys_left = {o["Key"] for o in s3.list_objects_v2(Bucket="locked-bucket")["Contents"]}
     assert keys_left == {"models/data-is-writable"}  # nothing pushed without the lease
+
+
+def test_an_unwritable_journal_is_one_config_error(pull: tuple[Path, Path],
+                                                    tmp_path: Path) -> None:
+    cfg, vol = pull
+    run = syncd("sync", "--once", "-c", str(cfg),
+                environ=env(SYNCD_LEASE__JOURNAL=str(tmp_path / "no-such-dir" / "j.jsonl")))
+    _one_error_line(run, 3, "lease.journal", "No such file or directory")
+    assert tree(vol) == {}

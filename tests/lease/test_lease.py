@@ -186,7 +186,10 @@ async def test_operator_deleting_the_s3_lease_never_moves_the_generation_back(
         assert b.gen == 2
         moto_s3.client().delete_object(Bucket=bucket, Key=f"models/{LEASE_KEY}")
         c = _lease(store, clock, "c")
-        assert await c.try_acquire() == "free"
+        assert await c.try_acquire() is None  # b committed and may still be writing
+        assert "is missing" in str((await c.observe()).corrupt)
+        clock.now += 75.1
+        assert await c.try_acquire() == "expired"
         assert c.gen == 3  # from the commit object, not back to 1
         with pytest.raises(LeaseLost):
             await b.renew()
@@ -245,3 +248,30 @@ async def test_same_host_dead_holder_is_taken_over_at_once(store: Backend) -> No
     assert await cautious.try_acquire() is None  # not allowed to judge liveness: waits
     assert await b.try_acquire() == "holder process is gone"
     assert b.gen == 2
+
+
+async def test_a_volume_holder_whose_record_vanished_is_fenced(tmp_path: Path) -> None:
+    """`rm -rf .syncd` by hand, then another instance starts over at generation 1: the old
+    holder must not go on as if nothing happened."""
+    import shutil
+
+    from syncd.lease.volume import VolumeLease
+
+    (tmp_path / "vol").mkdir()
+    store = VolumeLease(tmp_path / "vol")
+    await store.prepare()
+    clock = Clock()
+    a = _lease(store, clock, "a")
+    for _ in range(2):
+        await a.try_acquire()
+        await a.release()
+    await a.try_acquire()
+    assert a.gen == 3
+    fence = a.fence()
+    shutil.rmtree(tmp_path / "vol/.syncd")
+    with pytest.raises(LeaseLost):
+        fence.check()
+    b = _lease(store, clock, "b")
+    assert await b.try_acquire() == "free"
+    with pytest.raises(LeaseLost):
+        await a.renew()
