@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, LeaseLost
 
 
 class Journal:
@@ -49,10 +49,20 @@ class Journal:
 
     @contextlib.contextmanager
     def write(self, op: str, key: str, gen: int) -> Iterator[None]:
-        """Brackets one publication; logged only if it happened."""
+        """Brackets one publication. Logged as `op` when it may have taken effect (done, or
+        failed or cancelled midway: the store may have applied it), as `op_fenced` when the
+        fence refused it before anything could land."""
         start = time.monotonic()
-        yield
-        self.event(op, key=key, gen=gen, start=start, end=time.monotonic())
+        try:
+            yield
+        except LeaseLost:
+            self.event(f"{op}_fenced", key=key, gen=gen, start=start, end=time.monotonic())
+            raise
+        except BaseException:
+            self.event(op, key=key, gen=gen, start=start, end=time.monotonic(),
+                       outcome="unknown")
+            raise
+        self.event(op, key=key, gen=gen, start=start, end=time.monotonic(), outcome="ok")
 
     def close(self) -> None:
         if self._fd is not None:

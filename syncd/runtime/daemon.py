@@ -63,7 +63,8 @@ async def mirror_loop(config: Config, mirror: MirrorConfig, keeper: Keeper) -> N
             await _pass(config, mirror, keeper, session, log)
         except LeaseLost as exc:
             log.error("pass_fenced", error=str(exc))
-            keeper.lease.lose(str(exc))
+            if keeper.lease.gen == session.fence.generation:
+                keeper.lease.lose(str(exc))
             await session.ended.wait()  # the keeper drops this generation and contends again
             continue
         except SyncdError as exc:
