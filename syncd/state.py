@@ -15,6 +15,7 @@ import os
 import uuid
 from pathlib import Path
 
+from syncd.durable import write_new
 from syncd.keys import RESERVED_DIR
 from syncd.listing import Record, Recorded
 
@@ -43,15 +44,8 @@ def _write(path: Path, record: Record) -> None:
         separators=(",", ":"), ensure_ascii=False,
     ).encode("utf-8")
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new(tmp, body)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from syncd.durable import write_new
 from syncd.errors import (
     AccessDenied,
     LeaseError,
@@ -43,18 +44,6 @@ STALE_TEMP_S = 24 * 3600
 
 def _name(gen: int, suffix: str) -> str:
     return f"gen-{gen:010d}.{suffix}"
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
-                 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -103,7 +92,7 @@ class VolumeLease:
                                store=self.target, hint="is the volume mounted?")
             self._make_dirs()
             probe = self.tmp / f"probe-{uuid.uuid4().hex}"
-            _write_synced(probe, b"probe")
+            write_new(probe, b"probe")
             try:  # generations are won by link(): the filesystem must have real hard links
                 os.link(probe, f"{probe}.link")
                 linked = os.stat(probe).st_nlink == 2
@@ -186,7 +175,7 @@ class VolumeLease:
         def link() -> bool:
             self._make_dirs()  # an operator may have removed them since prepare()
             tmp = self.tmp / f"{record.holder.nonce}-{uuid.uuid4().hex}.json"
-            _write_synced(tmp, encode(record))
+            write_new(tmp, encode(record))
             try:
                 os.link(tmp, self.dir / _name(record.gen, "json"))
                 won = True
@@ -207,7 +196,7 @@ class VolumeLease:
 
     def _beat(self, record: LeaseRecord) -> None:
         tmp = self.tmp / f"{record.holder.nonce}-{uuid.uuid4().hex}.hb"
-        _write_synced(tmp, encode(record))
+        write_new(tmp, encode(record))
         try:
             os.rename(tmp, self.dir / _name(record.gen, "hb"))
         except BaseException:

@@ -30,6 +30,13 @@ def _status(cfg: Path) -> dict[str, object]:
     return dict(json.loads(run.stdout.splitlines()[0]))
 
 
+def _wait_held(cfg: Path) -> None:
+    deadline = time.monotonic() + 30
+    while _status(cfg)["state"] != "held":
+        assert time.monotonic() < deadline, "the daemon never took the lease"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def pull(moto_s3: S3Server, tmp_path: Path) -> tuple[Path, Path]:
     bucket = f"cli-{os.urandom(6).hex()}"
@@ -52,10 +59,7 @@ def test_status_shows_free_held_and_released_and_sync_refuses_a_held_lease(
                               env=env(SYNCD_LEASE__INSTANCE_ID="holder-1"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while _status(cfg)["state"] != "held":
-            assert time.monotonic() < deadline, "the daemon never took the lease"
-            time.sleep(0.2)
+        _wait_held(cfg)
         status = _status(cfg)
         assert status["holder"] == {"id": "holder-1", "host": socket.gethostname(),
                                     "pid": daemon.pid}
@@ -84,10 +88,7 @@ def test_break_fences_a_live_holder_out_and_frees_the_lease(pull: tuple[Path, Pa
                               env=env(SYNCD_LEASE__INSTANCE_ID="stuck"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while _status(cfg)["state"] != "held":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        _wait_held(cfg)
         daemon.send_signal(signal.SIGSTOP)  # the holder hangs
         refused = syncd("lease", "break", "m", "-c", str(cfg))
         assert refused.code == 2 and "--yes" in refused.stderr

@@ -88,6 +88,13 @@ class Cluster:
         self.daemons.append(daemon)
         return daemon
 
+    def start_standby(self, name: str, **extra_env: str) -> Daemon:
+        """Start an instance and wait until it reports standby (another one holds the lease)."""
+        daemon = self.start(name, **extra_env)
+        wait_for(lambda: daemon.log.exists() and b"lease_standby" in daemon.log.read_bytes(),
+                 what=f"{name} in standby")
+        return daemon
+
     def add(self, count: int, size: int = 4096) -> None:
         """New data at the source: objects in the bucket (pull) or files on the volume."""
         client = self.server.client()
@@ -214,9 +221,7 @@ def test_kill_9_of_the_holder_standby_takes_over_within_ttl_and_margin(
     cluster.add(6)
     first = cluster.start("a")
     wait_for(cluster.synced, what="first sync")
-    standby = cluster.start("b")
-    wait_for(lambda: standby.log.exists() and b"lease_standby" in standby.log.read_bytes(),
-             what="standby")
+    standby = cluster.start_standby("b")
     first.proc.kill()
     killed = time.monotonic()
     first.proc.wait(10)
@@ -234,9 +239,7 @@ def test_a_dead_holder_on_the_same_host_is_replaced_at_once(cluster: Cluster) ->
     cluster.add(3)
     first = cluster.start("a", SYNCD_LEASE__DETECT_DEAD_HOLDERS="true")
     wait_for(cluster.synced, what="first sync")
-    standby = cluster.start("b", SYNCD_LEASE__DETECT_DEAD_HOLDERS="true")
-    wait_for(lambda: standby.log.exists() and b"lease_standby" in standby.log.read_bytes(),
-             what="standby")
+    standby = cluster.start_standby("b", SYNCD_LEASE__DETECT_DEAD_HOLDERS="true")
     first.proc.kill()
     killed = time.monotonic()
     first.proc.wait(10)
@@ -251,9 +254,7 @@ def test_graceful_stop_releases_and_the_standby_takes_over_well_before_the_ttl(
     cluster.add(4)
     first = cluster.start("a")
     wait_for(cluster.synced, what="first sync")
-    standby = cluster.start("b")
-    wait_for(lambda: standby.log.exists() and b"lease_standby" in standby.log.read_bytes(),
-             what="standby")
+    standby = cluster.start_standby("b")
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(15) == 0
     stopped = time.monotonic()
@@ -273,9 +274,7 @@ def test_a_holder_frozen_past_the_ttl_publishes_nothing_after_it_wakes(
     cluster.add(2)
     old = cluster.start("a")
     wait_for(cluster.synced, what="first sync")
-    new = cluster.start("b")
-    wait_for(lambda: new.log.exists() and b"lease_standby" in new.log.read_bytes(),
-             what="standby")
+    new = cluster.start_standby("b")
     before = len(old.publishes())
     cluster.add(300, size=16384)  # a pass long enough to freeze the holder in the middle
     wait_for(lambda: len(old.publishes()) > before, what="the holder to start publishing")

@@ -1,0 +1,21 @@
+"""Small files written so that a crash leaves either nothing or all of them: syncd's records
+(state, leases) are created exclusively, written whole and fsynced before anyone renames or
+links them into place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist, and is never a symlink followed) with `data`, fsynced."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
