@@ -215,13 +215,19 @@ def test_instances_started_together_one_writes_then_successors_take_turns(
     assert_one_writer_at_a_time(cluster)
 
 
+def _holder_and_standby(cluster: Cluster, files: int, **extra_env: str
+                        ) -> tuple[Daemon, Daemon]:
+    """`a` holds the lease and has synced `files` new files; `b` waits in standby."""
+    cluster.add(files)
+    first = cluster.start("a", **extra_env)
+    wait_for(cluster.synced, what="first sync")
+    return first, cluster.start_standby("b", **extra_env)
+
+
 def test_kill_9_of_the_holder_standby_takes_over_within_ttl_and_margin(
     cluster: Cluster,
 ) -> None:
-    cluster.add(6)
-    first = cluster.start("a")
-    wait_for(cluster.synced, what="first sync")
-    standby = cluster.start_standby("b")
+    first, standby = _holder_and_standby(cluster, 6)
     first.proc.kill()
     killed = time.monotonic()
     first.proc.wait(10)
@@ -236,10 +242,7 @@ def test_kill_9_of_the_holder_standby_takes_over_within_ttl_and_margin(
 
 
 def test_a_dead_holder_on_the_same_host_is_replaced_at_once(cluster: Cluster) -> None:
-    cluster.add(3)
-    first = cluster.start("a", SYNCD_LEASE__DETECT_DEAD_HOLDERS="true")
-    wait_for(cluster.synced, what="first sync")
-    standby = cluster.start_standby("b", SYNCD_LEASE__DETECT_DEAD_HOLDERS="true")
+    first, standby = _holder_and_standby(cluster, 3, SYNCD_LEASE__DETECT_DEAD_HOLDERS="true")
     first.proc.kill()
     killed = time.monotonic()
     first.proc.wait(10)
@@ -251,10 +254,7 @@ def test_a_dead_holder_on_the_same_host_is_replaced_at_once(cluster: Cluster) ->
 def test_graceful_stop_releases_and_the_standby_takes_over_well_before_the_ttl(
     cluster: Cluster,
 ) -> None:
-    cluster.add(4)
-    first = cluster.start("a")
-    wait_for(cluster.synced, what="first sync")
-    standby = cluster.start_standby("b")
+    first, standby = _holder_and_standby(cluster, 4)
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(15) == 0
     stopped = time.monotonic()
