@@ -24,6 +24,7 @@ import aiofiles.os
 
 from syncd.errors import (
     AccessDenied,
+    LeaseLost,
     NoSpace,
     NotFound,
     SourceChanged,
@@ -384,8 +385,18 @@ class VolumeStore:
                 return os.stat(name, dir_fd=dfd, follow_symlinks=False)
             finally:
                 os.close(dfd)
+        thread = asyncio.ensure_future(asyncio.to_thread(rename))
         with self._translated(staged.key):
-            st = await asyncio.to_thread(rename)
+            try:
+                st = await asyncio.shield(thread)
+            except asyncio.CancelledError:
+                # The rename runs on whatever we do: learn its outcome, so a publication the
+                # fence refused is reported as refused, not as one that may have happened.
+                await asyncio.wait({thread})
+                refused = thread.exception()
+                if isinstance(refused, LeaseLost):
+                    raise refused from None
+                raise
         staged.handle = None
         return _entry(staged.key, st)
 
