@@ -60,12 +60,13 @@ class VolumeStore:
 
     def __init__(
         self, root: Path, *, part_size: int, multipart_threshold: int, min_free_bytes: int = 0,
-        concurrency: int = 16,
+        concurrency: int = 16, tmp_dir: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.name = str(self.root)
         self.meta_dir = self.root / RESERVED_DIR
-        self.tmp_dir = self.meta_dir / "tmp"
+        # a store rooted inside the volume (an artifact version) stages in the volume's tmp
+        self.tmp_dir = tmp_dir or self.meta_dir / "tmp"
         self._part_size = part_size
         self._threshold = multipart_threshold
         self._min_free = min_free_bytes
