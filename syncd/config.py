@@ -93,6 +93,9 @@ class LeaseConfig(_Model):
 
 class DaemonConfig(_Model):
     poll_interval_s: float = Field(30.0, gt=0)
+    grace_s: float = Field(30.0, ge=0)
+    retry_max_s: float = Field(60.0, gt=0)
+    stall_s: float = Field(600.0, gt=0)
 
 
 class MirrorConfig(_Model):
@@ -107,6 +110,26 @@ class MirrorConfig(_Model):
     max_delete_count: int = Field(1000, ge=0)
     max_delete_fraction: float = Field(0.5, ge=0, le=1)
     volumes: dict[str, str] = Field(min_length=1)
+    artifacts: tuple[str, ...] = ()
+    marker: str | None = None
+    settle_s: float = Field(15.0, ge=0)
+    keep_versions_s: float = Field(3600.0, ge=0)
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifact_globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in v:
+            if not pattern or pattern.startswith("/") or pattern.endswith("/"):
+                raise ValueError(f"{pattern!r}: a glob over directory paths relative to the "
+                                 "mirror root, like 'models/*' or 'llama-*'")
+        return v
+
+    @field_validator("marker")
+    @classmethod
+    def _marker(cls, v: str | None) -> str | None:
+        if v is not None and (v in ("", ".", "..") or "/" in v or "\x00" in v):
+            raise ValueError(f"{v!r}: a plain file name, like '_COMPLETE'")
+        return v
 
     @property
     def lease_backend(self) -> Literal["volume", "s3"]:

@@ -4,12 +4,15 @@ No I/O, clock or logging here, so `--dry-run` prints exactly what a real run wou
 tests can state invariants over arbitrary listings (tests/test_plan.py):
 - no key that `keys.unsafe_reason` rejects is ever copied or deleted;
 - nothing is deleted when the source listing is incomplete or deletes are off;
-- deletes beyond the guard are all held back, never partly applied.
+- deletes beyond the guard are all held back, never partly applied;
+- an empty source listing deletes nothing (a wrong prefix or a wiped bucket is not a plan);
+- a key the caller holds back (a file still being written, an incomplete artifact) is neither
+  copied nor deleted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
@@ -33,6 +36,9 @@ class Reason(StrEnum):
     DELETE_GUARD = "delete_guard"
     UNSAFE_KEY = "unsafe_key"
     PATH_CONFLICT = "path_conflict"
+    SOURCE_EMPTY = "source_empty"
+    NOT_SETTLED = "not_settled"
+    ARTIFACT_INCOMPLETE = "artifact_incomplete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +151,17 @@ def _compare(src: Entry, dst: Entry, record: Record) -> Action:
     return Adopt(src.key, Reason.UNRECORDED, src, dst)
 
 
-def compute(src: Listing, dst: Listing, record: Record, policy: Policy) -> Plan:
-    """Actions that make `dst` mirror `src`, each with its reason."""
+Hold = Callable[[str], Reason | None]
+
+
+def _hold_nothing(key: str) -> Reason | None:
+    return None
+
+
+def compute(src: Listing, dst: Listing, record: Record, policy: Policy,
+            hold: Hold = _hold_nothing) -> Plan:
+    """Actions that make `dst` mirror `src`, each with its reason; `hold(key)` names the keys
+    to leave alone this time, and why."""
     plan = Plan()
 
     def wanted(key: str) -> bool:
@@ -163,6 +178,8 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy) -> Plan:
             plan.actions.append(Refuse(key, Reason.UNSAFE_KEY, why))
         elif key in dirs:
             plan.actions.append(Refuse(key, Reason.PATH_CONFLICT, "also a directory in the source"))
+        elif (held := hold(key)) is not None:
+            plan.actions.append(Skip(key, held))
         elif (theirs := dst.get(key)) is None:
             plan.actions.append(Copy(key, Reason.NEW, entry))
         else:
@@ -175,15 +192,20 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy) -> Plan:
     for key in extras:
         if unsafe_reason(key) is not None:
             continue
-        if not policy.delete:
+        if (held := hold(key)) is not None:
+            plan.actions.append(Skip(key, held))
+        elif not policy.delete:
             plan.actions.append(Skip(key, Reason.DELETE_DISABLED))
         elif not src.complete or not dst.complete:
             plan.actions.append(Skip(key, Reason.LISTING_INCOMPLETE))
+        elif not src_keys:
+            plan.actions.append(Skip(key, Reason.SOURCE_EMPTY))
+            plan.refused_deletes = "the source listing is empty: nothing is deleted on its word"
         else:
             deletes.append(Delete(key, Reason.ABSENT_FROM_SOURCE, dst.entries[key]))
 
     mirrored = sum(1 for k in dst.entries if wanted(k))  # the fraction of what this mirror owns
-    plan.refused_deletes = _delete_guard(len(deletes), mirrored, policy)
+    plan.refused_deletes = plan.refused_deletes or _delete_guard(len(deletes), mirrored, policy)
     if plan.refused_deletes is None:
         plan.actions.extend(deletes)
     else:

@@ -9,13 +9,10 @@ skip, so a corrupt file is ignored rather than fatal. Saved by tmp + fsync + ren
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import uuid
 from pathlib import Path
 
-from syncd.durable import write_new
+from syncd import durable
 from syncd.keys import RESERVED_DIR
 from syncd.listing import Record, Recorded
 
@@ -37,20 +34,12 @@ def _read(path: Path) -> Record:
 
 
 def _write(path: Path, record: Record) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps(
         {"version": VERSION,
          "entries": {k: [r.src, r.dst, r.checksum, r.gen] for k, r in record.items()}},
         separators=(",", ":"), ensure_ascii=False,
     ).encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write_new(tmp, body)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    durable.replace(path, body)
 
 
 async def load(root: Path, mirror: str) -> Record:

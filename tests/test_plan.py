@@ -185,8 +185,35 @@ def test_compute_deletes_all_absent_keys_or_none_under_the_guard(s: Scenario) ->
     else:
         assert absent, "the guard only speaks when there is something to delete"
         assert plan.deletes == []
-        held = sorted(a.key for a in plan.actions if a == Skip(a.key, Reason.DELETE_GUARD))
+        empty = not any(s.wanted(k) for k in s.src.entries)
+        reason = Reason.SOURCE_EMPTY if empty else Reason.DELETE_GUARD
+        held = sorted(a.key for a in plan.actions if a == Skip(a.key, reason))
         assert held == absent
+
+
+def test_an_empty_source_listing_deletes_nothing_whatever_the_guard_allows() -> None:
+    dst = Listing.of([Entry("a", 1, "x"), Entry("b/c", 2, "y")])
+    plan = compute(Listing(), dst, {}, Policy(delete=True, max_delete_count=10,
+                                                max_delete_fraction=1.0))
+    assert plan.deletes == []
+    assert plan.actions == [Skip("a", Reason.SOURCE_EMPTY), Skip("b/c", Reason.SOURCE_EMPTY)]
+    assert plan.refused_deletes is not None and "empty" in plan.refused_deletes
+
+
+@PROPERTY
+@given(scenarios(), st.data())
+def test_compute_neither_copies_nor_deletes_a_held_key(s: Scenario, data: st.DataObject) -> None:
+    keys = sorted(set(s.src.entries) | set(s.dst.entries))
+    held = set(data.draw(st.lists(st.sampled_from(keys), unique=True))) if keys else set()
+    s.policy = Policy(include=s.policy.include, exclude=s.policy.exclude, delete=True,
+                      max_delete_count=10**6, max_delete_fraction=1.0)
+    plan = compute(s.src, s.dst, s.record, s.policy,
+                   lambda k: Reason.NOT_SETTLED if k in held else None)
+    moved = {a.key for a in plan.actions if isinstance(a, Copy | Adopt | Delete)}
+    assert not moved & held
+    for a in plan.actions:
+        if a.key in held and not isinstance(a, Refuse):
+            assert a == Skip(a.key, Reason.NOT_SETTLED)
 
 
 @PROPERTY
@@ -450,9 +477,9 @@ def test_compute_delete_count_guard_holds_back_every_delete_with_message() -> No
 
 
 def test_compute_delete_count_guard_allows_exactly_the_limit() -> None:
-    dst = listing(*(vol(f"d{i}") for i in range(3)))
+    dst = listing(*(vol(f"d{i}") for i in range(4)))
     policy = Policy(delete=True, max_delete_count=3, max_delete_fraction=1.0)
-    plan = compute(listing(), dst, {}, policy)
+    plan = compute(listing(s3("d3")), dst, {}, policy)
     assert plan.refused_deletes is None
     assert len(plan.deletes) == 3
 
@@ -479,15 +506,15 @@ def test_compute_delete_fraction_guard_allows_exactly_the_fraction() -> None:
 
 
 def test_compute_zero_max_delete_count_refuses_any_delete() -> None:
-    plan = compute(listing(), listing(vol("x")), {},
+    plan = compute(listing(s3("y")), listing(vol("x"), vol("y")), {},
                    Policy(delete=True, max_delete_count=0, max_delete_fraction=1.0))
     assert plan.deletes == []
     assert plan.refused_deletes == "1 deletes exceed max_delete_count=0"
 
 
-def test_compute_empty_source_is_held_back_by_fraction_guard_with_default_policy() -> None:
+def test_compute_near_empty_source_is_held_back_by_fraction_guard_with_default_policy() -> None:
     dst = listing(*(vol(f"model/{i}.bin") for i in range(5)))
-    plan = compute(listing(), dst, {}, Policy(delete=True))
+    plan = compute(listing(s3("other")), dst, {}, Policy(delete=True))
     assert plan.deletes == []
     assert plan.refused_deletes is not None
     assert "5 of 5 files (100%)" in plan.refused_deletes

@@ -1,0 +1,155 @@
+"""Artifacts: directories published as one unit, and the manifests that describe them. Pure.
+
+A model is many files (shards, config, tokenizer); a worker must see all of one version or
+all of another. A mirror declares its artifacts as globs over directory paths; a key belongs
+to the shallowest directory above it that matches. On push, an artifact is uploaded only when
+complete, and its manifest (`<artifact>/.syncd-manifest.json`: every file with its size,
+ETag and checksum) is written last; on pull, a manifest that disagrees with the listing means
+the artifact is still being pushed, so the volume keeps the version it has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from syncd.keys import glob_match
+from syncd.listing import Entry, Listing
+
+MANIFEST_NAME = ".syncd-manifest.json"
+MANIFEST_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest object that is not one syncd wrote (or was damaged)."""
+
+
+def is_manifest(key: str) -> bool:
+    return key.rpartition("/")[2] == MANIFEST_NAME
+
+
+def manifest_key(artifact: str) -> str:
+    return f"{artifact}/{MANIFEST_NAME}"
+
+
+def artifact_of(key: str, patterns: Iterable[str]) -> str | None:
+    """The shallowest directory above `key` that some pattern matches, or None."""
+    parts = key.split("/")[:-1]
+    pats = tuple(patterns)
+    for i in range(1, len(parts) + 1):
+        directory = "/".join(parts[:i])
+        if any(glob_match(p, directory) for p in pats):
+            return directory
+    return None
+
+
+@dataclass(slots=True)
+class Group:
+    """One artifact's files (keys relative to the artifact) and its manifest entry if any."""
+
+    name: str
+    files: dict[str, Entry] = field(default_factory=dict)
+    manifest: Entry | None = None
+
+
+@dataclass(slots=True)
+class Split:
+    """A listing cut into the files outside any artifact and one group per artifact."""
+
+    loose: Listing
+    groups: dict[str, Group]
+
+
+def split(listing: Listing, patterns: tuple[str, ...]) -> Split:
+    loose = Listing(complete=listing.complete, refused=dict(listing.refused))
+    groups: dict[str, Group] = {}
+    if not patterns:
+        loose.entries = {k: e for k, e in listing.entries.items() if not is_manifest(k)}
+        return Split(loose, groups)
+    for key, entry in listing.entries.items():
+        name = artifact_of(key, patterns)
+        if name is None:
+            if not is_manifest(key):
+                loose.entries[key] = entry
+            continue
+        group = groups.setdefault(name, Group(name))
+        rel = key[len(name) + 1:]
+        if rel == MANIFEST_NAME:
+            group.manifest = entry
+        else:
+            group.files[rel] = entry
+    return Split(loose, groups)
+
+
+def rebase(entries: Mapping[str, Entry], prefix: str) -> Listing:
+    """Entries re-keyed to `prefix/key` (an artifact's files as mirror-relative keys)."""
+    return Listing.of(Entry(f"{prefix}/{k}", e.size, e.etag, e.mtime_ns, e.inode, e.checksum)
+                      for k, e in entries.items())
+
+
+def listing_version(files: Mapping[str, Entry]) -> str:
+    """A version name derived from what the listing says (keys, sizes, ETags)."""
+    h = hashlib.sha256()
+    for key in sorted(files):
+        e = files[key]
+        h.update(f"{key}\0{e.size}\0{e.etag or ''}\n".encode())
+    return "l-" + h.hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    size: int
+    etag: str
+    checksum: str  # "algo:value", syncd's own checksum of the bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    artifact: str
+    files: dict[str, FileRecord]
+    generation: int = 0
+
+    def to_bytes(self) -> bytes:
+        body = {
+            "syncd_manifest": MANIFEST_VERSION, "artifact": self.artifact, "gen": self.generation,
+            "files": {k: {"size": f.size, "etag": f.etag, "checksum": f.checksum}
+                      for k, f in sorted(self.files.items())},
+        }
+        return json.dumps(body, indent=1, sort_keys=True).encode()
+
+    @property
+    def version(self) -> str:
+        """Depends only on the files, so re-writing an unchanged manifest changes nothing."""
+        h = hashlib.sha256()
+        for key, f in sorted(self.files.items()):
+            h.update(f"{key}\0{f.size}\0{f.checksum}\n".encode())
+        return "m-" + h.hexdigest()[:20]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        try:
+            body = json.loads(data)
+            if body.get("syncd_manifest") != MANIFEST_VERSION:
+                raise ManifestError(f"unknown manifest version {body.get('syncd_manifest')!r}")
+            files = {str(k): FileRecord(int(v["size"]), str(v["etag"]), str(v["checksum"]))
+                     for k, v in body["files"].items()}
+            return cls(str(body["artifact"]), files, int(body.get("gen", 0)))
+        except ManifestError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ManifestError(f"unreadable manifest: {exc}") from None
+
+
+def disagreement(manifest: Manifest, files: Mapping[str, Entry]) -> str | None:
+    """Why the listing does not (yet) hold exactly the files the manifest names, or None.
+
+    Files the manifest does not name are ignored: they belong to a version being pushed."""
+    for key, rec in sorted(manifest.files.items()):
+        entry = files.get(key)
+        if entry is None:
+            return f"{key} is named by the manifest but not in the bucket"
+        if entry.size != rec.size or (rec.etag and entry.etag and entry.etag != rec.etag):
+            return f"{key} in the bucket differs from the manifest (a new version is being pushed?)"
+    return None
