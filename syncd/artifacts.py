@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from syncd.keys import glob_match
+from syncd.keys import glob_match, unsafe_reason
 from syncd.listing import Entry, Listing
 
 MANIFEST_NAME = ".syncd-manifest.json"
@@ -69,8 +69,8 @@ def split(listing: Listing, patterns: tuple[str, ...]) -> Split:
         loose.entries = {k: e for k, e in listing.entries.items() if not is_manifest(k)}
         return Split(loose, groups)
     for key, entry in listing.entries.items():
-        name = artifact_of(key, patterns)
-        if name is None:
+        name = artifact_of(key, patterns) if unsafe_reason(key) is None else None
+        if name is None:  # an unsafe key stays loose, where the planner refuses it
             if not is_manifest(key):
                 loose.entries[key] = entry
             continue
@@ -153,3 +153,33 @@ def disagreement(manifest: Manifest, files: Mapping[str, Entry]) -> str | None:
         if entry.size != rec.size or (rec.etag and entry.etag and entry.etag != rec.etag):
             return f"{key} in the bucket differs from the manifest (a new version is being pushed?)"
     return None
+
+
+def incomplete(groups: Mapping[str, Group], unsettled: set[str],
+               marker: str | None) -> dict[str, str]:
+    """Artifacts on the volume that must not be pushed yet, with the reason: without a marker
+    file configured, an artifact is complete once all its files are settled; with one, once
+    the marker is there."""
+    out: dict[str, str] = {}
+    for name, group in groups.items():
+        if marker is not None:
+            if marker not in group.files:
+                out[name] = f"waiting for its marker file {marker}"
+        else:
+            waiting = sorted(k for k in group.files if f"{name}/{k}" in unsettled)
+            if waiting:
+                out[name] = f"{len(waiting)} file(s) still changing, first {waiting[0]}"
+    return out
+
+
+def manifest_for(name: str, group: Group, published: Mapping[str, tuple[int, str, str]],
+                 generation: int) -> Manifest | None:
+    """The manifest of a pushed artifact, or None while any of its files is not published.
+    `published` maps each mirror key to (size, ETag, checksum) as it was published."""
+    files: dict[str, FileRecord] = {}
+    for rel in group.files:
+        got = published.get(f"{name}/{rel}")
+        if got is None:
+            return None
+        files[rel] = FileRecord(*got)
+    return Manifest(name, files, generation)

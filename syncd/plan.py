@@ -159,10 +159,11 @@ def _hold_nothing(key: str) -> Reason | None:
 
 
 def compute(src: Listing, dst: Listing, record: Record, policy: Policy,
-            hold: Hold = _hold_nothing) -> Plan:
+            hold: Hold | None = None) -> Plan:
     """Actions that make `dst` mirror `src`, each with its reason; `hold(key)` names the keys
     to leave alone this time, and why."""
     plan = Plan()
+    hold = hold or _hold_nothing
 
     def wanted(key: str) -> bool:
         return not is_directory_marker(key) and selected(key, policy.include, policy.exclude)

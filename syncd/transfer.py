@@ -42,6 +42,7 @@ class Stats:
     copied: int = 0
     copied_bytes: int = 0
     streamed_bytes: int = 0  # bytes that crossed the wire, including failed attempts
+    resumed_bytes: int = 0  # bytes an earlier, interrupted attempt had already staged
     verified: int = 0
     unverified: int = 0
     adopted: int = 0
@@ -51,6 +52,13 @@ class Stats:
     skipped: int = 0
     started: float = field(default_factory=time.monotonic)
     errors: list[SyncdError] = field(default_factory=list)
+
+    def add(self, other: Stats) -> None:
+        """Fold in the stats of another transfer of the same pass."""
+        for name in ("copied", "copied_bytes", "streamed_bytes", "resumed_bytes", "verified",
+                     "unverified", "adopted", "deleted", "failed", "refused", "skipped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors)
 
     @property
     def elapsed_s(self) -> float:
@@ -105,6 +113,7 @@ class Transfer:
     def __init__(
         self, src: Store, dst: Store, record: Record, fence: Fence, *, concurrency: int,
         log: Log, on_bytes: Callable[[int], None] | None = None, journal: Journal = NULL,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.src = src
         self.dst = dst
@@ -115,6 +124,7 @@ class Transfer:
         self.stats = Stats()
         self._on_bytes = on_bytes
         self.journal = journal
+        self.stopping = stopping  # once true, no new action starts; those in flight finish
 
     def _bytes(self, n: int) -> None:
         self.stats.streamed_bytes += n
@@ -138,12 +148,15 @@ class Transfer:
         if plan.deletes and self.stats.failed:
             # a failed copy may be the new name of a file a delete would remove: keep both
             self.log.warning("deletes_held", count=len(plan.deletes), failed=self.stats.failed)
-        elif plan.deletes:
+        elif plan.deletes and not self.stopping():
             await self._delete(plan.deletes)
         return self.stats
 
     async def _worker(self, pending: Iterator[Copy | Adopt]) -> None:
         for action in pending:
+            if self.stopping():
+                self.stats.skipped += 1
+                continue
             try:
                 if isinstance(action, Adopt) and await self._adopt(action):
                     continue
@@ -194,12 +207,14 @@ class Transfer:
             str(Checksum(OWN_ALGO, staged.checksums[OWN_ALGO])), self.fence.generation)
         self.stats.copied += 1
         self.stats.copied_bytes += staged.size
+        self.stats.resumed_bytes += staged.resumed
         if verified:
             self.stats.verified += 1
         else:
             self.stats.unverified += 1
         self.log.info("copy_published", key=key, bytes=staged.size, reason=reason,
-                      verified=verified, algo=str(claim.algo) if claim else None)
+                      verified=verified, resumed=staged.resumed,
+                      algo=str(claim.algo) if claim else None)
 
     async def _delete(self, deletes: list[Delete]) -> None:
         keys = [d.key for d in deletes]

@@ -1,26 +1,30 @@
 """One mirror: `cycle()` = list both sides, plan, stage, verify, publish, record.
 
-`syncd sync --once` runs one cycle per mirror; the daemon will run it in a loop. The stores
-are opened and checked first, so a wrong endpoint, credentials, bucket or volume root fails
-with one clear error before anything is listed or written.
+`syncd sync --once` runs one cycle per mirror; the daemon runs them in a loop and keeps a
+`Memory` per mirror between them. The stores are opened and checked first, so a wrong
+endpoint, credentials, bucket or volume root fails with one clear error before anything is
+listed or written. Files outside any artifact are planned and copied one by one; artifacts
+are published whole (`runtime/artifact_pull.py`, `runtime/artifact_push.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from syncd import state
+from syncd import artifacts, settle, state, status
 from syncd.config import Config, MirrorConfig
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, SyncdError
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
-from syncd.plan import Plan, Policy, compute
+from syncd.plan import Plan, Policy, Reason, compute
 from syncd.stores.base import Fence, OpenFence, Store
 from syncd.stores.s3 import S3Store
+from syncd.stores.versions import LEGACY, Versions
 from syncd.stores.volume import VolumeStore
 from syncd.transfer import Log, Stats, Transfer
 
@@ -51,6 +55,15 @@ class Sides:
         return self.volume if self.pull else self.s3
 
 
+@dataclass(slots=True)
+class Memory:
+    """What a daemon remembers about one mirror between passes."""
+
+    quiet: settle.Quiet | None = None  # push: observed stability of the volume's files
+    manifests: dict[str, tuple[str, artifacts.Manifest]] = field(default_factory=dict)
+    due: float | None = None  # push: when the next waiting file settles (monotonic)
+
+
 @contextlib.asynccontextmanager
 async def opened(config: Config, mirror: MirrorConfig, *, write: bool) -> AsyncIterator[Sides]:
     root = config.volume_root(mirror)
@@ -72,16 +85,67 @@ async def listings(sides: Sides) -> tuple[Listing, Listing]:
     return src, dst
 
 
+async def volume_view(sides: Sides, mirror: MirrorConfig, listing: Listing) -> Listing:
+    """The volume as readers see it: each artifact link's current version listed in place."""
+    if not mirror.artifacts:
+        return listing
+    view = Listing(dict(listing.entries), listing.complete, dict(listing.refused))
+    for key in list(view.refused):
+        versions = Versions(sides.volume, key)
+        current = await versions.current()
+        if current is None or current == LEGACY:
+            continue
+        del view.refused[key]
+        inner = await versions.builder(current).list()
+        view.entries.update(inner.entries)
+    return view
+
+
 async def plan_for(sides: Sides, mirror: MirrorConfig) -> tuple[Plan, Record]:
+    """One flat plan over every file (dry runs, `syncd check`)."""
     src, dst = await listings(sides)
+    if sides.pull:
+        dst = await volume_view(sides, mirror, dst)
+    else:
+        dst.entries = {k: e for k, e in dst.entries.items() if not artifacts.is_manifest(k)}
     record = await state.load(sides.root, mirror.name)
     return compute(src, dst, record, policy_of(mirror)), record
+
+
+@dataclass(slots=True)
+class Pass:
+    """Everything one cycle of one mirror works with."""
+
+    config: Config
+    mirror: MirrorConfig
+    sides: Sides
+    fence: Fence
+    journal: Journal
+    log: Log
+    record: Record
+    status: status.MirrorStatus
+    memory: Memory
+    on_bytes: Callable[[int], None] | None
+    stopping: Callable[[], bool]
+    listed: set[str] = field(default_factory=set)  # keys whose record entries stay
+
+    def transfer(self, src: Store, dst: Store) -> Transfer:
+        return Transfer(src, dst, self.record, self.fence,
+                        concurrency=self.config.transfer.concurrency, log=self.log,
+                        on_bytes=self.on_bytes, journal=self.journal, stopping=self.stopping)
+
+    def plan(self, src: Listing, dst: Listing, policy: Policy,
+             hold: Callable[[str], Reason | None] | None = None) -> Plan:
+        plan = compute(src, dst, self.record, policy, hold)
+        self.listed.update(a.key for a in plan.actions)
+        return plan
 
 
 async def cycle(
     config: Config, mirror: MirrorConfig, *, log: Log, fence: Fence | None = None,
     journal: Journal = NULL, on_plan: Callable[[Plan], None] | None = None,
-    on_bytes: Callable[[int], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None, memory: Memory | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> tuple[Plan, Stats]:
     fence = fence or OpenFence()
     async with opened(config, mirror, write=True) as sides:
@@ -90,22 +154,34 @@ async def cycle(
             removed = await sides.volume.clean_temporaries()
             if removed:
                 log.info("temporaries_removed", count=removed)
-        plan, record = await plan_for(sides, mirror)
-        if on_plan is not None:
-            on_plan(plan)
-        log.info("plan_computed", **plan.counts(), copy_bytes=plan.copy_bytes,
-                 refused_deletes=plan.refused_deletes)
-        transfer = Transfer(sides.src, sides.dst, record, fence,
-                            concurrency=config.transfer.concurrency, log=log,
-                            on_bytes=on_bytes, journal=journal)
-        before = dict(record)
+        src, dst = await listings(sides)
+        run = Pass(config, mirror, sides, fence, journal, log,
+                   await state.load(sides.root, mirror.name),
+                   await status.load(sides.root, mirror.name), memory or Memory(), on_bytes,
+                   stopping)
+        before = dict(run.record)
         try:
-            stats = await transfer.run(plan)
+            if sides.pull:
+                from syncd.runtime.artifact_pull import pull
+                plan, stats = await pull(run, src, dst, on_plan)
+            else:
+                from syncd.runtime.artifact_push import push
+                plan, stats = await push(run, src, dst, on_plan)
+        except SyncdError as exc:
+            run.status.error = str(exc)
+            raise
+        else:
+            run.status.error = stats.errors[0].message if stats.errors else None
+            run.status.deletes_refused = plan.refused_deletes
+            if not stats.failed:
+                run.status.last_ok_wall = time.time()
         finally:
             await sides.dst.flush()  # renames durable before the record says they happened
-            listed = {a.key for a in plan.actions}
-            kept = {k: v for k, v in record.items() if k in listed}
+            kept = {k: v for k, v in run.record.items() if k in run.listed}
             if kept != before:  # a no-op pass writes nothing
                 fence.check()
                 await state.save(sides.root, mirror.name, kept)
+            run.status.updated_wall = time.time()
+            with contextlib.suppress(OSError):
+                await status.save(sides.root, run.status)
         return plan, stats

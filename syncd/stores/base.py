@@ -76,6 +76,7 @@ class Staged:
     source: Source
     handle: Any = None  # store-private: temp path, upload id and parts, or the bytes
     metadata: dict[str, str] = field(default_factory=dict)
+    resumed: int = 0  # bytes not transferred because an earlier, interrupted run had them
 
 
 class Store(Protocol):

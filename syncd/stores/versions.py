@@ -24,11 +24,12 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
 from syncd.keys import RESERVED_DIR
+from syncd.listing import Entry, fingerprint
 from syncd.stores.base import Fence
 from syncd.stores.volume import VolumeStore, own_dir
 
@@ -120,26 +121,30 @@ class Versions:
         with self.store._translated(self.artifact):
             await asyncio.to_thread(make)
 
-    async def seed(self, src: Path, new: str, keys: Iterable[str]) -> int:
-        """Hard-link files of the current content `src` (relative `keys`) into version `new`;
-        how many were linked. The caller has checked each one is the wanted version."""
+    async def seed(self, src: Path, new: str, expected: Mapping[str, str]) -> int:
+        """Hard-link files of the current content `src` into version `new`, each only while
+        its fingerprint is still the one `expected` names (the bytes syncd verified); how
+        many were linked. Anything else is downloaded."""
         dst = self.content(new)
 
         def link_all() -> int:
             n = 0
-            for key in keys:
-                target = dst / key
-                if target.exists():
+            for key, want in expected.items():
+                old, target = src / key, dst / key
+                try:
+                    st = os.stat(old, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                have = Entry(key, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+                if not stat.S_ISREG(st.st_mode) or fingerprint(have) != want or target.exists():
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    os.link(src / key, target, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # damaged old version: that file is downloaded instead
+                    os.link(old, target, follow_symlinks=False)
                 except OSError as exc:
                     if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
                         raise
-                    shutil.copy2(src / key, target, follow_symlinks=False)
+                    continue  # no hard links here: downloaded instead
                 n += 1
             return n
         with self.store._translated(self.artifact):
