@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -226,11 +227,37 @@ def run(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
 
     async def main() -> int:
         cfg = config_mod.load(config)
-        chosen = _mirrors(cfg, mirror)
-        if not chosen:
+        if not daemon.select(cfg, mirror):
             raise ConfigError(f"no mirror has a volume in datacenter "
                               f"{cfg.active_datacenter()!r}", file=cfg.source)
-        return await daemon.run(cfg, chosen)
+        return await daemon.run(cfg, mirror)
+
+    _run(main)
+
+
+@app.command()
+def wait(
+    artifact: Annotated[str, typer.Argument(help="The artifact: its path relative to a pull "
+                                                 "mirror's root, or its absolute path on the "
+                                                 "volume.")],
+    timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS",
+                                           help="Give up after this long (exit 13).")] = 600.0,
+    config: ConfigOpt = None,
+    mirror: MirrorOpt = None,
+) -> None:
+    """Wait until the current version of an artifact is published and verified on the
+    volume, then print the directory to load it from (exit 0); exit 13 on timeout.
+
+    Load from the printed directory: it stays as it is, even when a newer version is
+    published, for the mirror's keep_versions_s."""
+    from syncd.runtime import wait as wait_mod
+
+    async def main() -> int:
+        path = config or os.environ.get(config_mod.ENV_CONFIG)
+        target = (wait_mod.from_config(config_mod.load(path), artifact, mirror) if path
+                  else wait_mod.from_path(artifact))
+        typer.echo(str(await wait_mod.wait(target, timeout)))
+        return 0
 
     _run(main)
 

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     PARTIAL = 10  # some objects failed (of different kinds); the rest was synced
     REFUSED = 11  # the plan was refused (delete guard); copies went ahead
     LEASE = 12  # write lease could not be held
+    NOT_READY = 13  # `syncd wait`: the artifact was not published in time
 
 
 class SyncdError(Exception):
@@ -128,6 +129,12 @@ class PartialFailure(SyncdError):
     """Some actions failed; each was reported on its own line."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class NotReady(SyncdError):
+    """An artifact is not (yet) published and verified on the volume."""
+
+    exit_code = ExitCode.NOT_READY
 
 
 class LeaseError(SyncdError):

@@ -1,110 +1,341 @@
 """`syncd run`: the one owner of every task, signal and lease of a long-running process.
 
 Each mirror of this datacenter gets a loop that waits for its lease (standby while another
-instance holds it), runs a pass under the lease's fence, and sleeps for the poll interval.
-A pass is cancelled the moment its lease generation ends. SIGTERM/SIGINT stop the loops,
-release every lease (so a standby takes over at once) and exit 0.
+instance holds it), runs a pass under the lease's fence, and waits for the next one: the poll
+interval (with jitter), the moment a waiting file settles, or a change event on a push
+mirror's volume (watchfiles; a full rescan still runs every interval, because events miss
+writes made by other hosts of a network filesystem). A failing pass is retried with backoff
+and jitter; one mirror failing never stops the others, and no transient error ends the process.
+
+Signals: SIGTERM/SIGINT stop starting transfers, give those in flight `grace_s` to finish
+(an unfinished download or upload resumes on the next start), release every lease and exit 0.
+SIGHUP reloads the config file: an invalid one is rejected with one log line and the old one
+keeps running; a valid one restarts the mirror loops, keeping the leases of unchanged targets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import random
 import signal
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
+from syncd import config as config_mod
+from syncd.backoff import next_delay
 from syncd.config import Config, MirrorConfig
 from syncd.errors import LeaseLost, SyncdError, first_error
+from syncd.keys import RESERVED_DIR
 from syncd.ops import logging as logs
 from syncd.runtime import mirror as mirror_mod
+from syncd.runtime.health import LOOP_STUCK_S, Beat, Health
 from syncd.runtime.leases import Keeper, Leases, Session, target_key
+from syncd.settle import Quiet
 
 Log = Any
+Key = tuple[str, ...]
 
 
-async def _until(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
+def select(config: Config, names: list[str] | None) -> list[MirrorConfig]:
+    """The mirrors this daemon runs: those named (or all) with a volume in its datacenter."""
+    chosen = [config.mirror(n) for n in names] if names else list(config.mirrors)
+    dc = config.active_datacenter()
+    return [m for m in chosen if dc in m.volumes]
 
 
-async def _pass(config: Config, mirror: MirrorConfig, keeper: Keeper, session: Session,
-                log: Log) -> None:
-    """One pass under `session`, cancelled if the generation ends before it finishes.
-    Mirrors sharing a target take turns: their passes share staging and the commit object."""
-    async with keeper.turn:
-        work = asyncio.create_task(mirror_mod.cycle(
-            config, mirror, log=log, fence=session.fence, journal=keeper.lease.journal))
-        ended = asyncio.create_task(session.ended.wait())
+async def _first(*aws: Any, within: float | None = None) -> None:
+    """Wait until the first of several awaitables finishes (or the timeout); cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _outside_reserved(root: Path) -> Any:
+    def keep(_change: object, path: str) -> bool:
+        rel = os.path.relpath(path, root)
+        return rel.split(os.sep, 1)[0] != RESERVED_DIR
+    return keep
+
+
+class MirrorLoop:
+    """One mirror, forever: wait for the lease, pass, wait for the next reason to pass."""
+
+    def __init__(self, daemon: Daemon, config: Config, mirror: MirrorConfig, keeper: Keeper,
+                 memory: mirror_mod.Memory) -> None:
+        self.daemon = daemon
+        self.config = config
+        self.mirror = mirror
+        self.keeper = keeper
+        self.memory = memory
+        self.beat: Beat = daemon.health.mirror(mirror.name)
+        self.poke = asyncio.Event()  # a change event on the volume (push)
+        self.log = logs.get(mirror=mirror.name, direction=mirror.direction,
+                            target=keeper.lease.target)
+
+    async def run(self) -> None:
+        attempt = 0
+        watcher = None
+        if self.mirror.direction == "push":
+            if self.memory.quiet is None:
+                self.memory.quiet = Quiet(self.mirror.settle_s)
+            watcher = asyncio.create_task(self.watch(), name=f"watch {self.mirror.name}")
         try:
-            await asyncio.wait({work, ended}, return_when=asyncio.FIRST_COMPLETED)
+            while not self.daemon.stopping:
+                self.beat.standby()
+                session = await self._session()
+                if session is None:
+                    return
+                self.beat.passing()
+                error: str | None = None
+                try:
+                    await self._pass(session)
+                except LeaseLost as exc:
+                    self.log.error("pass_fenced", error=str(exc))
+                    if self.keeper.lease.gen == session.fence.generation:
+                        self.keeper.lease.lose(str(exc))
+                    self.beat.done(str(exc))
+                    await _first(session.ended.wait(), self.daemon.wake.wait())
+                    continue
+                except SyncdError as exc:
+                    error = str(exc)
+                    self.log.error("pass_failed", error=error, kind=type(exc).__name__,
+                                   retry=attempt + 1)
+                self.beat.done(error)
+                delay = self._next_delay(attempt if error else None)
+                attempt = attempt + 1 if error else 0
+                self.beat.idle(delay)
+                await _first(session.ended.wait(), self.poke.wait(), self.daemon.wake.wait(),
+                             within=delay)
+                self.poke.clear()
         finally:
-            ended.cancel()
-            if not work.done():
-                work.cancel()
-                log.warning("pass_cancelled", reason="lease generation ended or stopping")
-            await asyncio.wait({work})  # its cleanup finishes; our own cancel still raises
-        if work.cancelled():
-            return
-        plan, stats = work.result()
-        await keeper.lease.commit(session.fence.generation)
-    log.info("pass_done", copied=stats.copied, bytes=stats.copied_bytes,
-             deleted=stats.deleted, failed=stats.failed, gen=session.fence.generation,
-             **plan.counts())
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
 
+    async def _session(self) -> Session | None:
+        """The next held generation, or None when the daemon stops or reloads first."""
+        got = asyncio.ensure_future(self.keeper.wait_session())
+        await _first(got, self.daemon.wake.wait())
+        return None if got.cancelled() else got.result()
 
-async def mirror_loop(config: Config, mirror: MirrorConfig, keeper: Keeper) -> None:
-    log = logs.get(mirror=mirror.name, direction=mirror.direction)
-    interval = config.daemon.poll_interval_s
-    while True:
-        session = await keeper.wait_session()
+    def _next_delay(self, failed_attempt: int | None) -> float:
+        interval = self.config.daemon.poll_interval_s
+        if failed_attempt is not None:
+            cap = min(self.config.daemon.retry_max_s, interval)
+            delay = max(0.2, next_delay(failed_attempt, base=1.0, cap=cap,
+                                        rand=random.random()))
+        else:
+            delay = interval * (0.9 + random.random() / 5)
+        if self.memory.due is not None:
+            delay = min(delay, max(0.05, self.memory.due - time.monotonic()))
+        return delay
+
+    async def _pass(self, session: Session) -> None:
+        """One pass under `session`, cancelled if the generation ends before it finishes.
+        Mirrors sharing a target take turns: their passes share staging and the commit."""
+        keeper, log = self.keeper, self.log
+        async with keeper.turn:
+            work = asyncio.create_task(mirror_mod.cycle(
+                self.config, self.mirror, log=log, fence=session.fence,
+                journal=keeper.lease.journal, memory=self.memory, on_bytes=self.beat.progress,
+                stopping=lambda: self.daemon.stopping))
+            ended = asyncio.create_task(session.ended.wait())
+            try:
+                await asyncio.wait({work, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+                if not work.done():
+                    work.cancel()
+                    log.warning("pass_cancelled", reason="lease generation ended or stopping")
+                await asyncio.wait({work})  # its cleanup finishes; our own cancel still raises
+            if work.cancelled():
+                return
+            plan, stats = work.result()
+            await keeper.lease.commit(session.fence.generation)
+        log.info("pass_done", copied=stats.copied, bytes=stats.copied_bytes,
+                 streamed=stats.streamed_bytes, resumed=stats.resumed_bytes,
+                 deleted=stats.deleted, failed=stats.failed, gen=session.fence.generation,
+                 **plan.counts())
+
+    async def watch(self) -> None:
+        """Poke the loop on change events under the volume root (syncd's own dir aside)."""
+        from watchfiles import awatch
+
+        root = self.config.volume_root(self.mirror)
+        assert root is not None
         try:
-            await _pass(config, mirror, keeper, session, log)
-        except LeaseLost as exc:
-            log.error("pass_fenced", error=str(exc))
-            if keeper.lease.gen == session.fence.generation:
-                keeper.lease.lose(str(exc))
-            await session.ended.wait()  # the keeper drops this generation and contends again
-            continue
-        except SyncdError as exc:
-            log.error("pass_failed", error=str(exc), kind=type(exc).__name__)
-        await _until(session.ended, interval * (0.9 + random.random() / 5))
+            async for _ in awatch(root, watch_filter=_outside_reserved(root), debounce=200,
+                                  step=50, recursive=True):
+                self.poke.set()
+        except (OSError, RuntimeError) as exc:  # the periodic rescan still runs
+            self.log.warning("watch_failed", error=str(exc))
 
 
-async def run(config: Config, mirrors: list[MirrorConfig]) -> int:
-    log = logs.get()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with Leases(config, log) as leases:
-        keepers: dict[tuple[str, ...], Keeper] = {}
+class Daemon:
+    def __init__(self, config: Config, names: list[str] | None) -> None:
+        self.config = config
+        self.names = names
+        self.log = logs.get()
+        self.health = Health(config.daemon.stall_s)
+        self.stopping = False
+        self.wake = asyncio.Event()  # set to end every wait at once (stop, reload)
+        self.keepers: dict[Key, Keeper] = {}
+        self.keeper_tasks: dict[Key, asyncio.Task[None]] = {}
+        self.loops: dict[str, asyncio.Task[None]] = {}
+        self.memories: dict[str, mirror_mod.Memory] = {}
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        ticker = asyncio.create_task(self._tick(), name="heartbeat")
+        watchdog = _LoopWatchdog(self.health, self.log)
+        async with Leases(self.config, self.log) as leases:
+            self.leases = leases
+            try:
+                await self._start(select(self.config, self.names))
+                self.log.info("daemon_started", mirrors=sorted(self.loops),
+                              holder=leases.holder.id, pid=leases.holder.pid)
+                await self._serve()
+            finally:
+                await self._drain()
+                await self._release(list(self.keepers))
+                ticker.cancel()
+                watchdog.stop()
+        self.log.info("daemon_stopped")
+        return 0
+
+    async def _serve(self) -> None:
+        """Until SIGTERM/SIGINT; reloads on SIGHUP; raises what a keeper cannot recover from."""
+        while not self._stop.is_set():
+            self._reload.clear()
+            fatal = asyncio.ensure_future(self._keeper_failure())
+            await _first(self._stop.wait(), self._reload.wait(), fatal)
+            for task in self.keeper_tasks.values():
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    assert exc is not None
+                    raise first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            if self._reload.is_set() and not self._stop.is_set():
+                await self._reload_config()
+
+    async def _keeper_failure(self) -> None:
+        tasks = list(self.keeper_tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        else:
+            await asyncio.Event().wait()
+
+    async def _start(self, mirrors: list[MirrorConfig]) -> None:
         for m in mirrors:
-            key = target_key(config, m)
-            if key not in keepers:
-                keepers[key] = Keeper(await leases.lease(m), log)
-        log.info("daemon_started", mirrors=[m.name for m in mirrors], holder=leases.holder.id,
-                 pid=leases.holder.pid)
-        tasks = [asyncio.create_task(k.run(), name=f"lease {k.lease.target}")
-                 for k in keepers.values()]
-        tasks += [asyncio.create_task(mirror_loop(config, m, keepers[target_key(config, m)]),
-                                      name=f"mirror {m.name}") for m in mirrors]
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in [*tasks, stopper]:
+            key = target_key(self.config, m)
+            if key not in self.keepers:
+                keeper = Keeper(await self.leases.lease(m), self.log)
+                self.keepers[key] = keeper
+                self.keeper_tasks[key] = asyncio.create_task(
+                    keeper.run(), name=f"lease {keeper.lease.target}")
+            memory = self.memories.setdefault(m.name, mirror_mod.Memory())
+            loop = MirrorLoop(self, self.config, m, self.keepers[key], memory)
+            self.loops[m.name] = asyncio.create_task(loop.run(), name=f"mirror {m.name}")
+
+    async def _drain(self) -> None:
+        """Stop the mirror loops: no new transfer starts; those in flight get `grace_s`."""
+        self.stopping = True
+        self.wake.set()
+        tasks = list(self.loops.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.daemon.grace_s)
+            if pending:
+                self.log.warning("grace_expired", mirrors=sorted(
+                    n for n, t in self.loops.items() if t in pending))
+            for t in pending:
                 t.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for keeper in keepers.values():
-                await keeper.release()
-        log.info("daemon_stopped")
-        failures = [r for r in results if isinstance(r, BaseException)
-                    and not isinstance(r, asyncio.CancelledError)]
-        if failures and not stop.is_set():
-            err = failures[0]
-            if isinstance(err, BaseExceptionGroup):
-                err = first_error(err)
-            raise err
-    return 0
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.loops.clear()
+
+    async def _release(self, keys: list[Key]) -> None:
+        """Release leases (bounded: a hung endpoint must not hold the exit; the lease then
+        simply expires)."""
+        for key in keys:
+            task = self.keeper_tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            keeper = self.keepers.pop(key)
+            try:
+                async with asyncio.timeout(self.config.lease.renew_deadline_s):
+                    await keeper.release()
+            except (TimeoutError, SyncdError) as exc:
+                self.log.warning("lease_release_failed", target=keeper.lease.target,
+                                 error=str(exc) or type(exc).__name__)
+
+    async def _reload_config(self) -> None:
+        try:
+            new = config_mod.load(self.config.source)
+            mirrors = select(new, self.names)
+            if not mirrors:
+                raise SyncdError(f"no mirror has a volume in datacenter "
+                                 f"{new.active_datacenter()!r}")
+        except SyncdError as exc:
+            self.log.error("config_rejected", error=str(exc), kept=self.config.source)
+            return
+        await self._drain()
+        self.stopping = False
+        self.wake = asyncio.Event()
+        kept = {target_key(new, m) for m in mirrors}
+        await self._release([k for k in self.keepers if k not in kept])
+        self.config = new
+        self.leases.config = new
+        self.health.stall_s = new.daemon.stall_s
+        for name in [n for n in self.memories if n not in {m.name for m in mirrors}]:
+            del self.memories[name]
+            self.health.mirrors.pop(name, None)
+        await self._start(mirrors)
+        self.log.info("config_reloaded", mirrors=sorted(self.loops))
+
+    async def _tick(self) -> None:
+        reported: set[str] = set()
+        while True:
+            self.health.beat()
+            stalled = set(self.health.stalled())
+            for name in sorted(stalled - reported):
+                self.log.error("mirror_stalled", mirror=name,
+                               detail=self.health.snapshot()["mirrors"])
+            reported = stalled
+            await asyncio.sleep(1.0)
+
+
+class _LoopWatchdog:
+    """A thread that notices when the event loop stops beating (a blocking call on it)."""
+
+    def __init__(self, health: Health, log: Log) -> None:
+        self._health = health
+        self._log = log
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        stuck = False
+        while not self._done.wait(1.0):
+            late = self._health.loop_stuck_s()
+            if late >= LOOP_STUCK_S and not stuck:
+                self._log.error("event_loop_stuck", seconds=round(late, 1))
+            stuck = late >= LOOP_STUCK_S
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+async def run(config: Config, names: list[str] | None) -> int:
+    return await Daemon(config, names).run()

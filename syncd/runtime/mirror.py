@@ -22,11 +22,14 @@ from syncd.errors import ConfigError, SyncdError
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
 from syncd.plan import Plan, Policy, Reason, compute
+from syncd.resume import ResumeBook
 from syncd.stores.base import Fence, OpenFence, Store
-from syncd.stores.s3 import S3Store
+from syncd.stores.s3 import STALE_UPLOAD_S, S3Store
 from syncd.stores.versions import LEGACY, Versions
 from syncd.stores.volume import VolumeStore
 from syncd.transfer import Log, Stats, Transfer
+
+CLEAN_EVERY_S = 3600.0  # how often a daemon looks for abandoned multipart uploads
 
 
 def policy_of(mirror: MirrorConfig) -> Policy:
@@ -62,6 +65,7 @@ class Memory:
     quiet: settle.Quiet | None = None  # push: observed stability of the volume's files
     manifests: dict[str, tuple[str, artifacts.Manifest]] = field(default_factory=dict)
     due: float | None = None  # push: when the next waiting file settles (monotonic)
+    cleaned: float | None = None  # push: when abandoned uploads were last looked for
 
 
 @contextlib.asynccontextmanager
@@ -75,7 +79,8 @@ async def opened(config: Config, mirror: MirrorConfig, *, write: bool) -> AsyncI
     volume = VolumeStore(root, part_size=int(t.part_size),
                          multipart_threshold=int(t.multipart_threshold),
                          min_free_bytes=int(t.min_free_bytes), concurrency=t.concurrency)
-    async with S3Store(config.s3, t, mirror.bucket, mirror.prefix) as s3:
+    book = ResumeBook(volume.meta_dir / "uploads") if mirror.direction == "push" else None
+    async with S3Store(config.s3, t, mirror.bucket, mirror.prefix, resume=book) as s3:
         await asyncio.gather(s3.check(), volume.check(writable=write))
         yield Sides(s3, volume, root, mirror.direction == "pull")
 
@@ -141,6 +146,17 @@ class Pass:
         return plan
 
 
+async def _abort_abandoned(s3: S3Store, log: Log) -> None:
+    """Multipart uploads nobody will complete (a crash long ago) cost storage: abort them."""
+    try:
+        aborted = await s3.abort_stale_uploads(STALE_UPLOAD_S)
+    except SyncdError as exc:
+        log.warning("abandoned_uploads_not_cleaned", error=str(exc))
+        return
+    if aborted:
+        log.info("abandoned_uploads_aborted", count=aborted)
+
+
 async def cycle(
     config: Config, mirror: MirrorConfig, *, log: Log, fence: Fence | None = None,
     journal: Journal = NULL, on_plan: Callable[[Plan], None] | None = None,
@@ -149,11 +165,16 @@ async def cycle(
 ) -> tuple[Plan, Stats]:
     fence = fence or OpenFence()
     async with opened(config, mirror, write=True) as sides:
+        fence.check()
         if sides.pull:
-            fence.check()
             removed = await sides.volume.clean_temporaries()
             if removed:
                 log.info("temporaries_removed", count=removed)
+        elif memory is None or memory.cleaned is None or (
+                time.monotonic() - memory.cleaned > CLEAN_EVERY_S):
+            await _abort_abandoned(sides.s3, log)
+            if memory is not None:
+                memory.cleaned = time.monotonic()
         src, dst = await listings(sides)
         run = Pass(config, mirror, sides, fence, journal, log,
                    await state.load(sides.root, mirror.name),

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-from collections.abc import AsyncGenerator, Iterator, MutableSequence, Sequence
+import sys
+import time
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any
 
@@ -43,11 +47,12 @@ from syncd.errors import (
 )
 from syncd.keys import RESERVED_DIR, is_directory_marker, relative_key
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
-from syncd.parts import part_ranges
+from syncd.parts import effective_part_size, part_ranges
+from syncd.resume import PartialUpload, Progress, ResumeBook, record_name, same_head, worth_resuming
 from syncd.stores.base import Capabilities, Fence, Source, Staged
 from syncd.stores.s3_http import S3Http, S3HttpError, head_fields
 from syncd.stores.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
-from syncd.verify import META_PREFIX, OWN_ALGO, Digest, combine, vouched
+from syncd.verify import META_PREFIX, OWN_ALGO, Digest, vouched
 
 _ACCESS_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -64,6 +69,10 @@ _OWN = f"{RESERVED_DIR}/"  # syncd's own objects under the prefix (lease, commit
 
 # Ask for stored checksums; syncd checks them itself (botocore's validation is never on).
 _CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
+STALE_UPLOAD_S = 24 * 3600.0  # an upload record this old is not resumed: aborted, restarted
+# ListMultipartUploads answers meaning "nothing to list": rclone says NoSuchUpload for a
+# bucket without pending uploads; other servers may not implement the call at all.
+_NO_UPLOAD_LISTING = {"NoSuchUpload", "NotImplemented", "501", "MethodNotAllowed", "405"}
 
 
 class S3Store:
@@ -72,7 +81,8 @@ class S3Store:
     caps = Capabilities(conditional_writes=True, verifies_checksums=True)
 
     def __init__(
-        self, s3: S3Config, transfer: TransferConfig, bucket: str, prefix: str
+        self, s3: S3Config, transfer: TransferConfig, bucket: str, prefix: str, *,
+        resume: ResumeBook | None = None, stale_upload_s: float = STALE_UPLOAD_S,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
@@ -87,6 +97,8 @@ class S3Store:
         self._http: S3Http | None = None
         self._creds: Any = None
         self._boto_session: Any = None
+        self._book = resume  # multipart uploads recorded here survive a restart
+        self._stale_upload_s = stale_upload_s
 
     async def __aenter__(self) -> S3Store:
         style = self._s3.addressing_style
@@ -263,7 +275,7 @@ class S3Store:
         return body, normalize_etag(resp.headers.get("ETag")) or ""
 
     async def put_small(self, key: str, body: bytes, *, if_match: str | None = None,
-                        if_none_match: bool = False) -> str:
+                        if_none_match: bool = False, fence: Fence | None = None) -> str:
         """A conditional PUT of a small record; its new ETag. PreconditionFailed (412) when
         the condition does not hold, Conflict (409) when another write raced it."""
         headers: dict[str, str] = {"content-type": "application/json"}
@@ -274,7 +286,7 @@ class S3Store:
         with self._translated(key):
             resp = await self.http.send("PUT", self.bucket, self.object_key(key), body=body,
                                         headers=headers, payload_hash=sha256(body).hexdigest(),
-                                        ok=(200,))
+                                        ok=(200,), guard=fence.check if fence else None)
             resp.release()
         return normalize_etag(resp.headers.get("ETag")) or ""
 
@@ -358,65 +370,238 @@ class S3Store:
     async def _stage_multipart(
         self, source: Source, algos: frozenset[Algo], generation: int
     ) -> Staged:
-        promised = await source.digest(OWN_ALGO)  # metadata must be set before the 1st part
-        meta = {f"{META_PREFIX}{OWN_ALGO}": promised.value, **_gen_meta(generation)}
+        """Parts of an uncompleted upload. With a resume book, the upload is recorded, and a
+        later run continues it: parts the server still holds are neither read nor sent."""
         key = source.key
-        with self._translated(key):
-            created = await (await self._control()).create_multipart_upload(
-                Bucket=self.bucket, Key=self.object_key(key), Metadata=meta,
-                ChecksumAlgorithm="CRC32C",
-            )
-        upload_id = created["UploadId"]
+        ranges = part_ranges(source.size, int(self._transfer.part_size))
+        head = await self._upload_head(source)
+        upload = await self._resumed(key, head, ranges, algos) if head else None
+        if upload is None:
+            upload = await self._create(source, generation)
         try:
-            ranges = part_ranges(source.size, int(self._transfer.part_size))
-            digests: list[Digest] = [Digest(algos, start) for start, _ in ranges]
-            parts: list[dict[str, Any]] = [{} for _ in ranges]
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    for i, (start, end) in enumerate(ranges):
-                        tg.create_task(self._upload_part(source, upload_id, i, start, end,
-                                                         digests[i], parts))
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
-            sums = combine(digests)
-            if sums[OWN_ALGO] != promised.value:
+            if head is not None and upload.progress is None:
+                await self._record(upload, head)
+            async with upload.autosave():
+                await self._send_parts(source, upload, ranges, algos)
+            sums = upload.checksums(ranges)
+            if sums[OWN_ALGO] != upload.promised:
                 raise SourceChanged(f"{key} changed while it was uploaded", store=self.name,
                                     key=key)
-            return Staged(key, source.size, sums, source, (upload_id, parts), meta)
-        except BaseException:
-            await self._abort(key, upload_id)
+            return Staged(key, source.size, sums, source, upload, upload.metadata,
+                          resumed=upload.resumed)
+        except BaseException as exc:
+            await self._end_upload(key, upload, exc)
             raise
 
-    async def _upload_part(
-        self, source: Source, upload_id: str, index: int, start: int, end: int,
-        digest: Digest, parts: MutableSequence[dict[str, Any]],
+    async def _upload_head(self, source: Source) -> dict[str, Any] | None:
+        """What an upload record must match to resume: the object, and the file's size and
+        stat signature (a rewritten checkpoint is a new upload). None without a book, or
+        for a source that is not a file."""
+        if self._book is None:
+            return None
+        ident = await source.identity()
+        if ident.mtime_ns is None:
+            return None
+        return {"bucket": self.bucket, "object_key": self.object_key(source.key),
+                "size": source.size, "signature": list(ident.stat_signature()),
+                "part_size": effective_part_size(source.size, int(self._transfer.part_size))}
+
+    async def _resumed(
+        self, key: str, head: dict[str, Any], ranges: Sequence[tuple[int, int]],
+        algos: frozenset[Algo],
+    ) -> PartialUpload | None:
+        """The recorded upload of this very file, if it is fresh and the server still has
+        it; a record that does not match (or is stale) has its upload aborted."""
+        assert self._book is not None
+        name = record_name(self.bucket, self.object_key(key))
+        record = await asyncio.to_thread(self._book.load, name)
+        if record is None:
+            return None
+        upload_id = record.get("upload_id")
+        upload = None
+        if same_head(record, head) and not self._stale(record) and isinstance(upload_id, str):
+            listed = await self._listed_parts(key, upload_id)
+            if listed is not None:
+                upload = PartialUpload.resume(record, listed, ranges, algos)
+        if upload is None:
+            if isinstance(upload_id, str):
+                await self._abort(self.object_key(key), upload_id)
+            await asyncio.to_thread(self._book.delete, name)
+            return None
+        upload.record = name
+        upload.progress = Progress(record, functools.partial(self._book.save, name),
+                                   upload.done)
+        return upload
+
+    def _stale(self, record: dict[str, Any]) -> bool:
+        initiated = record.get("initiated")
+        if not isinstance(initiated, int | float):
+            return True
+        return time.time() - initiated >= self._stale_upload_s
+
+    async def _listed_parts(
+        self, key: str, upload_id: str
+    ) -> dict[int, tuple[str | None, int]] | None:
+        """The parts the server holds for the upload (ETag, size), or None once it is gone."""
+        client = await self._control()
+        parts: dict[int, tuple[str | None, int]] = {}
+        marker = 0
+        with self._translated(key):
+            while True:
+                try:
+                    page = await client.list_parts(
+                        Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id,
+                        PartNumberMarker=marker)
+                except ClientError as exc:
+                    if _code(exc) == "NoSuchUpload":
+                        return None
+                    raise
+                for part in page.get("Parts") or []:
+                    parts[int(part["PartNumber"])] = (normalize_etag(part.get("ETag")),
+                                                      int(part.get("Size", -1)))
+                following = int(page.get("NextPartNumberMarker") or 0)
+                if not page.get("IsTruncated") or following <= marker:
+                    return parts
+                marker = following
+
+    async def _create(self, source: Source, generation: int) -> PartialUpload:
+        promised = await source.digest(OWN_ALGO)  # metadata must be set before the 1st part
+        meta = {f"{META_PREFIX}{OWN_ALGO}": promised.value, **_gen_meta(generation)}
+        with self._translated(source.key):
+            created = await (await self._control()).create_multipart_upload(
+                Bucket=self.bucket, Key=self.object_key(source.key), Metadata=meta,
+                ChecksumAlgorithm="CRC32C",
+            )
+        return PartialUpload(created["UploadId"], promised.value, meta)
+
+    async def _record(self, upload: PartialUpload, head: dict[str, Any]) -> None:
+        """Write the new upload into the book before its first part is sent."""
+        assert self._book is not None
+        name = record_name(self.bucket, str(head["object_key"]))
+        upload.record = name
+        upload.progress = Progress(
+            {**head, "upload_id": upload.upload_id, "promised": upload.promised,
+             "metadata": upload.metadata, "initiated": time.time()},
+            functools.partial(self._book.save, name))
+        await upload.progress.flush(force=True)
+
+    async def _send_parts(
+        self, source: Source, upload: PartialUpload, ranges: Sequence[tuple[int, int]],
+        algos: frozenset[Algo],
     ) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i, (start, end) in enumerate(ranges):
+                    if i + 1 not in upload.done:
+                        tg.create_task(self._upload_part(source, upload, i + 1, start, end,
+                                                         algos))
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
+    async def _upload_part(
+        self, source: Source, upload: PartialUpload, number: int, start: int, end: int,
+        algos: frozenset[Algo],
+    ) -> None:
+        digest = Digest(algos, start)
         await self.budget.take(end - start)
         try:
             async with self._slots:
                 buf = await _read_exactly(source, start, end, digest)
-                part_digest = Digest((Algo.CRC32C,))
-                part_digest.update(buf)
-                crc = part_digest.results()[Algo.CRC32C]
+                crc = digest.results()[Algo.CRC32C]
                 with self._translated(source.key):
                     resp = await self.http.send(
                         "PUT", self.bucket, self.object_key(source.key), body=buf,
-                        query=[("partNumber", str(index + 1)), ("uploadId", upload_id)],
+                        query=[("partNumber", str(number)), ("uploadId", upload.upload_id)],
                         headers={"x-amz-checksum-crc32c": crc}, payload_hash=UNSIGNED_PAYLOAD)
                     resp.release()
         finally:
             await self.budget.give(end - start)
-        parts[index] = {"PartNumber": index + 1, "ETag": resp.headers.get("ETag", ""),
-                        "ChecksumCRC32C": crc}
+        upload.add(number, resp.headers.get("ETag", ""), digest, algos)
 
-    async def _abort(self, key: str, upload_id: str) -> None:
-        with contextlib.suppress(Exception):
+    async def _end_upload(self, key: str, upload: PartialUpload, exc: BaseException | None
+                          ) -> None:
+        """An upload that will not be published now: kept, with its record, when it was
+        interrupted and is recorded (the next run continues it); else aborted."""
+        if upload.progress is not None and worth_resuming(exc):
+            await upload.progress.flush()
+            return
+        await self._abort(self.object_key(key), upload.upload_id)
+        await self._forget(upload)
+
+    async def _forget(self, upload: PartialUpload) -> None:
+        if self._book is not None and upload.record is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self._book.delete, upload.record)
+
+    async def _abort(self, object_key: str, upload_id: str) -> bool:
+        try:
             await asyncio.shield((await self._control()).abort_multipart_upload(
-                Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id))
+                Bucket=self.bucket, Key=object_key, UploadId=upload_id))
+        except Exception:
+            return False
+        return True
+
+    async def abort_stale_uploads(self, older_than_s: float) -> int:
+        """Abort uploads under the prefix that no run will continue: initiated more than
+        `older_than_s` ago and not named by a fresh record in the resume book (a crash
+        before its record was written, a file since deleted, a stale record). Returns how
+        many were aborted. moto reports every upload as initiated in 2010: there any
+        upload without a record counts as old."""
+        protected = await self._protected_uploads()
+        now = datetime.now(UTC)
+        aborted = 0
+        for object_key, upload_id, initiated in await self._pending_uploads():
+            if upload_id in protected or (now - initiated).total_seconds() < older_than_s:
+                continue
+            aborted += await self._abort(object_key, upload_id)
+        return aborted
+
+    async def _protected_uploads(self) -> set[str]:
+        """Upload ids a fresh record in the book will resume (any store's: the book is the
+        volume's). This store's stale records are deleted: their uploads are fair game."""
+        if self._book is None:
+            return set()
+        await asyncio.to_thread(self._book.sweep, self._stale_upload_s)
+        records = await asyncio.to_thread(self._book.records)
+        protected: set[str] = set()
+        for name, record in records.items():
+            mine = (record.get("bucket") == self.bucket
+                    and str(record.get("object_key", "")).startswith(self.prefix))
+            if mine and self._stale(record):
+                await asyncio.to_thread(self._book.delete, name)
+            elif isinstance(record.get("upload_id"), str):
+                protected.add(record["upload_id"])
+        return protected
+
+    async def _pending_uploads(self) -> Sequence[tuple[str, str, datetime]]:
+        """Every uncompleted upload under the prefix (ListMultipartUploads, paged); those
+        the server does not date are left out."""
+        client = await self._control()
+        found: dict[str, tuple[str, str, datetime]] = {}
+        markers: dict[str, str] = {}
+        with self._translated():
+            while True:
+                try:
+                    page = await client.list_multipart_uploads(
+                        Bucket=self.bucket, Prefix=self.prefix, **markers)
+                except ClientError as exc:
+                    if _code(exc) in _NO_UPLOAD_LISTING:
+                        return list(found.values())
+                    raise
+                for up in page.get("Uploads") or []:
+                    if isinstance(up.get("Initiated"), datetime):
+                        found.setdefault(up["UploadId"], (up["Key"], up["UploadId"],
+                                                          up["Initiated"]))
+                following = {"KeyMarker": str(page.get("NextKeyMarker") or ""),
+                             "UploadIdMarker": str(page.get("NextUploadIdMarker") or "")}
+                if not page.get("IsTruncated") or not following["KeyMarker"] or (
+                        following == markers):
+                    return list(found.values())
+                markers = following
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
         key = staged.key
-        if not isinstance(staged.handle, tuple):  # one PUT of the bytes held in memory
+        if not isinstance(staged.handle, PartialUpload):  # one PUT of the bytes in memory
             fence.check()
             headers = {f"x-amz-meta-{k}": v for k, v in staged.metadata.items()}
             headers["x-amz-checksum-crc32c"] = staged.checksums[Algo.CRC32C]
@@ -429,14 +614,15 @@ class S3Store:
             await self.budget.give(staged.size)
             return Entry(key, staged.size, etag=normalize_etag(resp.headers.get("ETag")),
                          checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
-        upload_id, parts = staged.handle
+        upload: PartialUpload = staged.handle
         fence.check()
         with self._translated(key):
             await (await self._control()).complete_multipart_upload(
-                Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
+                Bucket=self.bucket, Key=self.object_key(key), UploadId=upload.upload_id,
+                MultipartUpload={"Parts": upload.completion()},
             )
         staged.handle = None
+        await self._forget(upload)
         head = await self.head(key)
         return Entry(key, staged.size, etag=normalize_etag(head.get("ETag")),
                      checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
@@ -445,8 +631,10 @@ class S3Store:
         return None  # a completed PUT is durable
 
     async def discard(self, staged: Staged) -> None:
-        if isinstance(staged.handle, tuple):
-            await self._abort(staged.key, staged.handle[0])
+        """Callers discard from their exception handler (`sys.exception()` is why): a
+        recorded upload that was only interrupted stays for the next run to complete."""
+        if isinstance(staged.handle, PartialUpload):
+            await self._end_upload(staged.key, staged.handle, sys.exception())
         elif staged.handle is not None:
             await self.budget.give(staged.size)
         staged.handle = None
@@ -468,6 +656,10 @@ class S3Store:
                     f"could not delete {len(errors)} object(s), first "
                     f"{first.get('Key')}: {first.get('Code')}", store=self.name,
                 )
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _gen_meta(generation: int) -> dict[str, str]:

@@ -15,10 +15,12 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, MutableSequence, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiofiles.os
 
@@ -33,8 +35,19 @@ from syncd.errors import (
     first_error,
 )
 from syncd.keys import RESERVED_DIR, unsafe_reason
-from syncd.listing import Algo, Checksum, Entry, Listing
-from syncd.parts import part_ranges
+from syncd.listing import Algo, Checksum, Entry, Listing, fingerprint
+from syncd.parts import effective_part_size, part_ranges
+from syncd.resume import (
+    PartialDownload,
+    fresh_partials,
+    is_partial,
+    part_records,
+    partial_name,
+    read_record,
+    same_head,
+    sidecar_of,
+    worth_resuming,
+)
 from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
 from syncd.stores.staging import WRITE_BATCH, InOrderHash, hash_and_write
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
@@ -43,6 +56,7 @@ SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in o
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+RESUME_MAX_AGE_S = 24 * 3600.0  # a partial download untouched this long is a leftover
 
 
 def own_dir(path: Path, *, store: str) -> None:
@@ -61,6 +75,7 @@ class VolumeStore:
     def __init__(
         self, root: Path, *, part_size: int, multipart_threshold: int, min_free_bytes: int = 0,
         concurrency: int = 16, tmp_dir: Path | None = None,
+        resume_max_age_s: float = RESUME_MAX_AGE_S,
     ) -> None:
         self.root = Path(root)
         self.name = str(self.root)
@@ -73,6 +88,8 @@ class VolumeStore:
         self._slots = asyncio.Semaphore(concurrency)
         self._free, self._free_at = 0, -1.0
         self._unflushed: set[str] = set()
+        self._resume_max_age_s = resume_max_age_s
+        self._partials: set[str] = set()  # partial downloads staged now, by file name
 
     async def __aenter__(self) -> VolumeStore:
         return self
@@ -123,19 +140,23 @@ class VolumeStore:
         os.unlink(probe)
 
     async def clean_temporaries(self) -> int:
-        """Remove staging leftovers of an earlier crash; returns how many."""
+        """Remove staging leftovers of an earlier crash; returns how many. Partial downloads
+        with a readable sidecar stay for `resume_max_age_s`, so the next pass resumes them."""
         def clean() -> int:
             if self.tmp_dir.is_symlink():
                 raise StoreError(f"{self.tmp_dir} is a symlink; refusing to clean it",
                                  store=self.name)
-            removed = 0
             with contextlib.suppress(FileNotFoundError), os.scandir(self.tmp_dir) as it:
-                for e in it:
-                    if e.is_file(follow_symlinks=False):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(e.path)
-                            removed += 1
-            return removed
+                files = [e.name for e in it if e.is_file(follow_symlinks=False)]
+                keep = fresh_partials(self.tmp_dir, files, time.time(), self._resume_max_age_s)
+                keep.update(*((p, sidecar_of(self.tmp_dir / p).name) for p in self._partials))
+                removed = 0
+                for name in set(files) - keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.tmp_dir / name)
+                        removed += 1
+                return removed
+            return 0
         with self._translated():
             return await asyncio.to_thread(clean)
 
@@ -251,18 +272,44 @@ class VolumeStore:
         self._check_space(size)
         fd, path = self._create_temp()
         try:
-            if size:
-                try:
-                    os.posix_fallocate(fd, 0, size)
-                except OSError as exc:
-                    if exc.errno in _SPACE_ERRNOS:
-                        raise
-                    os.ftruncate(fd, size)  # the filesystem cannot preallocate
+            _allocate(fd, size)
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
         return fd, path
+
+    def _reserve_partial(
+        self, name: str, head: dict[str, Any], algos: frozenset[Algo],
+    ) -> tuple[int, PartialDownload]:
+        """Open (or create) the download's resumable staging file. Its sidecar's parts are
+        kept for verification only when it describes this very download and the file has
+        its full size; otherwise the file starts over, sidecar first."""
+        path = self.tmp_dir / name
+        size = int(head["size"])
+        record = read_record(sidecar_of(path))
+        flags = os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:  # someone removed .syncd/tmp under us
+            os.makedirs(self.tmp_dir, exist_ok=True)
+            fd = os.open(path, flags, 0o644)
+        try:
+            st = os.fstat(fd)
+            recorded = part_records(record) if same_head(record, head) else {}
+            if recorded and st.st_size == size:
+                self._check_space(max(0, size - st.st_blocks * 512))
+            else:
+                recorded = {}
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(sidecar_of(path))
+                self._check_space(size)
+                os.ftruncate(fd, 0)
+                _allocate(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, PartialDownload(path, head, recorded, algos)
 
     def _write_small(self, chunks: Sequence[bytes], size: int, digest: Digest) -> str:
         """Hash, create, write, fsync and close in one worker call: a small file costs one
@@ -285,15 +332,13 @@ class VolumeStore:
             with self._translated(source.key):
                 sums, path = await self._small(source, algos)
             return Staged(source.key, source.size, sums, source, path)
+        if source.size > self._threshold:
+            return await self._stage_parts(source, algos)
         with self._translated(source.key):
             fd, path = await asyncio.to_thread(self._reserve, source.size)
         try:
             with self._translated(source.key):
-                if source.size > self._threshold:
-                    claim = await source.vouched()
-                    sums = await self._parallel(fd, source, algos | _algo(claim))
-                else:
-                    sums = await self._single(fd, source, algos)
+                sums = await self._single(fd, source, algos)
                 await asyncio.to_thread(os.fsync, fd)
         except BaseException:
             os.close(fd)
@@ -302,6 +347,57 @@ class VolumeStore:
             raise
         os.close(fd)
         return Staged(source.key, source.size, sums, source, path)
+
+    async def _stage_parts(self, source: Source, algos: frozenset[Algo]) -> Staged:
+        """A large file in ranged parts. When the source names its version (an ETag), the
+        staging file is named after the destination and a sidecar records finished parts,
+        so an interrupted download resumes from the bytes it already has."""
+        algos = algos | _algo(await source.vouched())
+        head = await self._download_head(source)
+        name = partial_name(str(self.root / source.key))
+        partial: PartialDownload | None = None
+        with self._translated(source.key):
+            if head is not None and name not in self._partials:
+                fd, partial = await asyncio.to_thread(self._reserve_partial, name, head, algos)
+                self._partials.add(name)
+            else:  # no version to resume against, or this store stages that file already
+                fd, path = await asyncio.to_thread(self._reserve, source.size)
+        if partial is not None:
+            path = str(partial.path)
+        try:
+            with self._translated(source.key):
+                sums = await self._parallel(fd, source, algos, partial)
+                await asyncio.to_thread(os.fsync, fd)
+                if partial is not None:  # a publication that fails still resumes it all
+                    await partial.progress.flush()
+        except BaseException as exc:
+            os.close(fd)
+            await self._abandon(path, partial, exc)
+            raise
+        os.close(fd)
+        resumed = partial.resumed if partial else 0
+        return Staged(source.key, source.size, sums, source, path, resumed=resumed)
+
+    async def _download_head(self, source: Source) -> dict[str, Any] | None:
+        """What a sidecar must match to resume: this source version, size and part size."""
+        ident = await source.identity()
+        version = ident.etag or (fingerprint(ident) if ident.mtime_ns is not None else None)
+        if not version:
+            return None
+        return {"key": source.key, "size": source.size, "version": version,
+                "part_size": effective_part_size(source.size, self._part_size)}
+
+    async def _abandon(self, path: str, partial: PartialDownload | None,
+                       exc: BaseException | None) -> None:
+        """A staging file that failed: a partial download worth resuming keeps its file and
+        saves its sidecar for the next run; anything else is removed."""
+        try:
+            if partial is not None and worth_resuming(exc):
+                await partial.progress.flush()
+            else:
+                await asyncio.to_thread(_remove_staging, Path(path))
+        finally:
+            self._partials.discard(Path(path).name)
 
     async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[dict[Algo, str], str]:
         chunks: list[bytes] = []
@@ -326,22 +422,25 @@ class VolumeStore:
             await self._fill(fd, source, 0, source.size, digest, _prepend(first, chunks))
         return digest.results()
 
-    async def _parallel(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
+    async def _parallel(
+        self, fd: int, source: Source, algos: frozenset[Algo], partial: PartialDownload | None,
+    ) -> dict[Algo, str]:
         """Ranged parts written at their offsets; CRCs per part, combined. MD5/SHA cannot be
         combined, so an in-order hasher follows the completed prefix of the file on a worker
-        thread (hashlib releases the GIL) instead of re-reading it all at the end."""
+        thread (hashlib releases the GIL) instead of re-reading it all at the end; it reads
+        kept parts from the file like downloaded ones."""
         crcs = frozenset(a for a in algos if a in CRC_ALGOS)
         ranges = part_ranges(source.size, self._part_size)
         digests = [Digest(crcs, start) for start, _ in ranges]
         follower = InOrderHash(fd, ranges, algos - crcs) if algos - crcs else None
+        saving = partial.progress.autosave() if partial else contextlib.nullcontext()
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with saving, asyncio.TaskGroup() as tg:
                 if follower is not None:
                     tg.create_task(follower.run())
-                for i, ((start, end), digest) in enumerate(zip(ranges, digests, strict=True)):
-                    tg.create_task(self._fill(fd, source, start, end, digest,
-                                              on_done=follower.done if follower else None,
-                                              part=i))
+                for i in range(len(ranges)):
+                    tg.create_task(self._part(fd, source, i, ranges[i], digests, partial,
+                                              follower.done if follower else None))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         sums = combine(digests)
@@ -349,10 +448,26 @@ class VolumeStore:
             sums.update(follower.digest.results())
         return sums
 
+    async def _part(
+        self, fd: int, source: Source, i: int, span: tuple[int, int],
+        digests: MutableSequence[Digest], partial: PartialDownload | None,
+        on_done: Callable[[int], None] | None,
+    ) -> None:
+        """One part: kept when the partial file still holds it intact, else downloaded."""
+        start, end = span
+        kept = await partial.keep(fd, i, start, end) if partial else None
+        if kept is not None:
+            digests[i] = kept
+        else:
+            await self._fill(fd, source, start, end, digests[i])
+        if partial is not None:
+            partial.done(i, digests[i])
+        if on_done is not None:
+            on_done(i)
+
     async def _fill(
         self, fd: int, source: Source, start: int, end: int, digest: Digest,
-        chunks: AsyncGenerator[bytes, None] | None = None, *,
-        on_done: Callable[[int], None] | None = None, part: int = 0,
+        chunks: AsyncGenerator[bytes, None] | None = None,
     ) -> None:
         """Stream [start, end) into the file; chunks are batched so one worker-thread call
         hashes and writes WRITE_BATCH bytes with pwritev (no joining copy)."""
@@ -364,17 +479,15 @@ class VolumeStore:
                 batch.append(chunk)
                 batch_len += len(chunk)
                 if batch_len >= WRITE_BATCH:
-                    await asyncio.to_thread(hash_and_write, fd, batch, offset, digest)
+                    await _settled(hash_and_write, fd, batch, offset, digest)
                     offset += batch_len
                     batch, batch_len = [], 0
         if batch:
-            await asyncio.to_thread(hash_and_write, fd, batch, offset, digest)
+            await _settled(hash_and_write, fd, batch, offset, digest)
             offset += batch_len
         if offset != end:
             raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
                                 store=self.name, key=source.key)
-        if on_done is not None:
-            on_done(part)
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
         def rename() -> os.stat_result:
@@ -383,6 +496,9 @@ class VolumeStore:
                 fence.check()
                 os.rename(staged.handle, name, dst_dir_fd=dfd)
                 self._unflushed.add(staged.key.rpartition("/")[0])
+                if is_partial(Path(staged.handle)):  # done: nothing left to resume
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(sidecar_of(Path(staged.handle)))
                 return os.stat(name, dir_fd=dfd, follow_symlinks=False)
             finally:
                 os.close(dfd)
@@ -398,6 +514,7 @@ class VolumeStore:
                 if isinstance(refused, LeaseLost):
                     raise refused from None
                 raise
+        self._partials.discard(Path(staged.handle).name)
         staged.handle = None
         return _entry(staged.key, st)
 
@@ -420,9 +537,15 @@ class VolumeStore:
                 await asyncio.to_thread(sync_dirs)
 
     async def discard(self, staged: Staged) -> None:
+        """Callers discard from their exception handler (`sys.exception()` is why): a
+        complete partial download that only missed its publication (cancelled, lease lost)
+        stays for the next run; bytes that failed verification never do."""
         if staged.handle:
-            with contextlib.suppress(OSError):
-                await aiofiles.os.remove(staged.handle)
+            path = Path(staged.handle)
+            if not (is_partial(path) and worth_resuming(sys.exception())):
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(_remove_staging, path)
+            self._partials.discard(path.name)
             staged.handle = None
 
     async def delete(self, keys: Sequence[str], fence: Fence) -> None:
@@ -447,6 +570,35 @@ class VolumeStore:
         for key in keys:
             with self._translated(key):
                 await asyncio.to_thread(remove, key)
+
+
+async def _settled(fn: Callable[..., None], *args: Any) -> None:
+    """`fn` on a worker thread; a cancelled caller still waits for it to return. A write
+    that outlived its caller could land after the descriptor was closed and its number
+    reused (by the sidecar being saved, by another staging file)."""
+    thread = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        await asyncio.wait({thread})
+        raise
+
+
+def _allocate(fd: int, size: int) -> None:
+    if size:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno in _SPACE_ERRNOS:
+                raise
+            os.ftruncate(fd, size)  # the filesystem cannot preallocate
+
+
+def _remove_staging(path: Path) -> None:
+    """A staging file, and the sidecar of a partial download."""
+    for p in (path, sidecar_of(path)) if is_partial(path) else (path,):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
 
 
 def _algo(claim: Checksum | None) -> frozenset[Algo]:

@@ -170,7 +170,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
     vol.mkdir()
     direction, lease = ("pull", "volume") if setup == "pull-volume" else ("push", "s3")
     cfg = write_config(tmp_path / "c.toml", server.endpoint_url, bucket, direction=direction,
-                       root=vol, lease=lease, top=FAST)
+                       root=vol, lease=lease, top=FAST, extra="settle_s = 0")
     c = Cluster(setup, server, bucket, vol, cfg, tmp_path)
     yield c
     for d in c.daemons:

@@ -1,0 +1,323 @@
+"""`syncd run` as a real subprocess against the real test S3 servers: continuous mirroring,
+artifact-atomic publication, settling, manifests, signals, outages and `syncd wait`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncd.artifacts import FileRecord, Manifest, manifest_key
+from syncd.listing import normalize_etag
+from syncd.verify import OWN_ALGO, hash_bytes
+from tests.mirrors import SYNCD, MiB, env, syncd, tree, write_config
+from tests.servers import S3Server, find_free_port, new_moto_server, new_rclone_server
+
+FAST = """
+[lease]
+ttl_s = 3
+renew_interval_s = 0.3
+renew_deadline_s = 2
+skew_margin_s = 0.5
+[daemon]
+poll_interval_s = 0.3
+grace_s = 1
+retry_max_s = 1
+"""
+ART = 'artifacts = ["*"]\nkeep_versions_s = 0'
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or check}")
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                e = json.loads(line)
+                if name is None or e.get("event") == name:
+                    out.append(e)
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+@dataclass
+class Setup:
+    server: S3Server
+    bucket: str
+    tmp: Path
+    daemons: list[Daemon] = field(default_factory=list)
+
+    @property
+    def client(self) -> Any:
+        return self.server.client()
+
+    def config(self, direction: str, vol: Path, *, extra: str = "", endpoint: str | None = None,
+               name: str = "c.toml", prefix: str = "models") -> Path:
+        lease = "volume"  # rclone cannot hold an S3 lease; S3 leases are tested elsewhere
+        return write_config(self.tmp / name, endpoint or self.server.endpoint_url, self.bucket,
+                            direction=direction, root=vol, lease=lease, top=FAST, extra=extra,
+                            prefix=prefix)
+
+    def start(self, cfg: Path, name: str = "d", **extra_env: str) -> Daemon:
+        log = self.tmp / f"{name}.log"
+        with log.open("ab") as err:
+            proc = subprocess.Popen([SYNCD, "run", "-c", str(cfg)], env=env(**extra_env),
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        d = Daemon(proc, log)
+        self.daemons.append(d)
+        return d
+
+    def put(self, key: str, data: bytes) -> str:
+        resp = self.client.put_object(Bucket=self.bucket, Key=f"models/{key}", Body=data)
+        return normalize_etag(resp["ETag"]) or ""
+
+    def publish_artifact(self, name: str, files: dict[str, bytes], pause: float = 0.0) -> None:
+        """Upload an artifact the way a pusher does: every file, then its manifest last."""
+        records = {}
+        for rel, data in files.items():
+            etag = self.put(f"{name}/{rel}", data)
+            records[rel] = FileRecord(len(data), etag,
+                                      f"{OWN_ALGO}:{hash_bytes(data, [OWN_ALGO])[OWN_ALGO]}")
+            time.sleep(pause)
+        self.put(manifest_key(name), Manifest(name, records).to_bytes())
+
+
+@pytest.fixture
+def setup(s3: S3Server, bucket: str, tmp_path: Path) -> Iterator[Setup]:
+    st = Setup(s3, bucket, tmp_path)
+    yield st
+    for d in st.daemons:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(10)
+
+
+def version_files(tag: str, *, shards: int) -> dict[str, bytes]:
+    """Every file starts with its version tag, so a reader can tell versions apart."""
+    head = tag.encode() + b":"
+    files = {"config.json": head + b'{"layers": 2}', f"tokenizer-{tag}.json": head + b"{}"}
+    for i in range(shards):
+        files[f"model-{i:05d}.safetensors"] = head + os.urandom(MiB + 1000 * i)
+    return files
+
+
+def test_new_artifact_version_appears_whole_while_a_reader_loops(setup: Setup,
+                                                                 tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    v1, v2 = version_files("v1", shards=3), version_files("v2", shards=4)
+    v2["model-00000.safetensors"] = v1["model-00000.safetensors"]  # unchanged between versions
+    setup.publish_artifact("llama", v1)
+    daemon = setup.start(setup.config("pull", vol, extra=ART))
+    first = syncd("wait", "llama", "--timeout", "60", "-c", str(setup.tmp / "c.toml"))
+    assert first.code == 0, first.stderr
+    assert tree(Path(first.stdout.strip())) == v1
+    kept_inode = os.stat(vol / "llama" / "model-00000.safetensors").st_ino
+
+    seen: list[str] = []
+    mixes: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            here = os.path.realpath(vol / "llama")
+            try:
+                files = {p.name: p.read_bytes() for p in Path(here).iterdir()}
+            except FileNotFoundError:
+                mixes.append(f"{here} vanished under a reader")
+                continue
+            shared = "model-00000.safetensors"  # the same bytes in both versions
+            tags = {data.split(b":", 1)[0] for k, data in files.items() if k != shared}
+            tag = next(iter(tags)).decode() if len(tags) == 1 else None
+            want = {"v1": v1, "v2": v2}.get(tag or "")
+            if want is None or (files.keys() != want.keys()) or any(
+                    files[k] != want[k] for k in want if k != shared):
+                mixes.append(f"{here}: tags {tags}, files {sorted(files)}")
+            if not seen or seen[-1] != tag:
+                seen.append(str(tag))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        setup.publish_artifact("llama", v2, pause=0.4)  # slowly: passes run in between
+        wait_for(lambda: tree(vol / "llama") == v2, what="version 2 on the volume")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join()
+    assert not mixes, mixes[:3]
+    assert seen == ["v1", "v2"]
+    assert os.stat(vol / "llama" / "model-00000.safetensors").st_ino == kept_inode  # linked
+    held = daemon.events("artifact_held")
+    assert held, "the half-pushed version was noticed and held back"
+    assert len(daemon.events("artifact_published")) == 2
+    assert daemon.stop() == 0
+    versions = os.listdir(vol / ".syncd" / "artifacts" / "llama")
+    assert len(versions) <= 2  # keep_versions_s = 0: the old one is pruned on the next pass
+
+
+def test_checkpoint_written_slowly_is_pushed_once_settled_with_its_manifest_last(
+        setup: Setup, tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    journal = tmp_path / "journal.jsonl"
+    cfg = setup.config("push", vol, extra='artifacts = ["step-*"]\nsettle_s = 1.5')
+    daemon = setup.start(cfg, SYNCD_LEASE__JOURNAL=str(journal))
+    step = vol / "step-100"
+    step.mkdir()
+    shard = step / "model.safetensors"
+    with shard.open("wb") as f:
+        for _ in range(6):  # 3 s of writing, pauses shorter than the quiet period
+            f.write(os.urandom(256 * 1024))
+            f.flush()
+            time.sleep(0.5)
+            assert not _objects(setup), "nothing is pushed while the checkpoint is written"
+    (step / "config.json").write_bytes(b'{"step": 100}')
+    wait_for(lambda: "step-100/.syncd-manifest.json" in _objects(setup), what="manifest")
+    objects = _objects(setup)
+    assert set(objects) == {"step-100/model.safetensors", "step-100/config.json",
+                            "step-100/.syncd-manifest.json"}
+    body = setup.client.get_object(Bucket=setup.bucket,
+                                   Key="models/step-100/model.safetensors")["Body"].read()
+    assert body == shard.read_bytes()
+    manifest = Manifest.from_bytes(setup.client.get_object(
+        Bucket=setup.bucket, Key="models/step-100/.syncd-manifest.json")["Body"].read())
+    assert set(manifest.files) == {"model.safetensors", "config.json"}
+    assert manifest.files["model.safetensors"].size == shard.stat().st_size
+    published = [json.loads(line)["key"] for line in journal.read_text().splitlines()
+                 if json.loads(line)["event"] == "publish"]
+    assert published[-1] == "step-100/.syncd-manifest.json"
+    assert set(published[:-1]) == {"step-100/model.safetensors", "step-100/config.json"}
+    assert daemon.stop() == 0
+
+
+def _objects(setup: Setup) -> dict[str, int]:
+    out = {}
+    for page in setup.client.get_paginator("list_objects_v2").paginate(
+            Bucket=setup.bucket, Prefix="models/"):
+        for obj in page.get("Contents", ()):
+            key = obj["Key"][len("models/"):]
+            if not key.startswith(".syncd/"):
+                out[key] = obj["Size"]
+    return out
+
+
+def test_syncd_wait_times_out_then_succeeds_once_published(setup: Setup,
+                                                           tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    cfg = setup.config("pull", vol, extra=ART)
+    early = syncd("wait", "llama", "--timeout", "0.5", "-c", str(cfg))
+    assert early.code == 13
+    assert early.stderr.startswith("syncd: error: artifact 'llama'")
+    assert "not ready after 0.5s" in early.stderr and "Traceback" not in early.stderr
+    unknown = syncd("wait", "nope/deeper", "--timeout", "0.5", "-c", str(cfg))
+    assert unknown.code == 3 and "no pull mirror" in unknown.stderr
+    files = version_files("v1", shards=1)
+    setup.publish_artifact("llama", files)
+    setup.start(cfg)
+    ok = syncd("wait", "llama", "--timeout", "60", "-c", str(cfg))
+    assert ok.code == 0, ok.stderr
+    assert tree(Path(ok.stdout.strip())) == files
+    no_config = syncd("wait", str(vol / "llama"), "--timeout", "5")
+    assert no_config.code == 0, no_config.stderr
+    assert no_config.stdout == ok.stdout
+
+
+def test_sigterm_mid_transfer_publishes_nothing_partial_releases_and_exits_0(
+        setup: Setup, tmp_path: Path, throttle_proxy: Any) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    setup.put("big.bin", os.urandom(24 * MiB))
+    proxy = throttle_proxy(setup.server.port, rate_bytes_per_s=3 * MiB)
+    cfg = setup.config("pull", vol, endpoint=proxy.endpoint_url)
+    daemon = setup.start(cfg)
+    wait_for(lambda: proxy.bytes_to_client > 4 * MiB, what="the download under way")
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 10
+    assert not (vol / "big.bin").exists()
+    assert daemon.events("lease_released")
+    status = syncd("lease", "status", "--json", "-c", str(cfg))
+    assert json.loads(status.stdout.splitlines()[0])["state"] in ("released", "free")
+
+
+def test_sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one(
+        setup: Setup, tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    cfg = setup.config("pull", vol, prefix="models/a")
+    setup.put("a/one.bin", b"1")
+    setup.put("b/two.bin", b"2")
+    daemon = setup.start(cfg)
+    wait_for(lambda: (vol / "one.bin").exists(), what="first sync")
+    good = cfg.read_text().replace('prefix = "models/a"', 'prefix = "models/b"')
+    cfg.write_text(good)
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (vol / "two.bin").exists(), what="the reloaded mirror syncing")
+    assert daemon.events("config_reloaded")
+    cfg.write_text(good.replace("poll_interval_s = 0.3", "poll_interval_s = -1"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    rejected = wait_for(lambda: daemon.events("config_rejected"), what="rejection")
+    assert "poll_interval_s" in rejected[0]["error"]
+    setup.put("b/three.bin", b"3")
+    wait_for(lambda: (vol / "three.bin").exists(), what="the old config still syncing")
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["moto", "rclone"])
+def test_daemon_rides_out_an_s3_outage_and_catches_up(kind: str, tmp_path: Path) -> None:
+    port = find_free_port()
+    server = (new_moto_server(port, tmp_path) if kind == "moto"
+              else new_rclone_server(port, tmp_path / "data", tmp_path / "srv"))
+    server.start()
+    try:
+        setup = Setup(server, "outage", tmp_path)
+        setup.client.create_bucket(Bucket="outage")
+        vol = tmp_path / "vol"
+        vol.mkdir()
+        setup.put("one.bin", b"1")
+        daemon = setup.start(setup.config("pull", vol))
+        wait_for(lambda: (vol / "one.bin").exists(), what="first sync")
+        server.stop()
+        wait_for(lambda: len(daemon.events("pass_failed")) >= 2, what="failing passes")
+        time.sleep(1.5)
+        assert daemon.proc.poll() is None, "a transient outage never ends the daemon"
+        server.start()
+        if kind == "moto":  # moto keeps buckets in memory: the restart emptied it
+            setup.client.create_bucket(Bucket="outage")
+            setup.put("one.bin", b"1")
+        setup.put("two.bin", b"2")
+        wait_for(lambda: (vol / "two.bin").exists(), what="catching up after the outage")
+        assert tree(vol) == {"one.bin": b"1", "two.bin": b"2"}
+        assert daemon.stop() == 0
+    finally:
+        for d in setup.daemons:
+            if d.proc.poll() is None:
+                d.proc.kill()
+        server.stop()
