@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,3 +119,13 @@ def sample_files() -> dict[str, bytes]:
         "deep/a/b/c/weights.bin": os.urandom(3 * MiB + 17),
         "shards/model-00001.safetensors": os.urandom(11 * MiB + 5),
     }
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
+    """Poll `check` until it returns something true; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or check}")

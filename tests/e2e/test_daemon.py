@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import pytest
 from syncd.artifacts import FileRecord, Manifest, manifest_key
 from syncd.listing import normalize_etag
 from syncd.verify import OWN_ALGO, hash_bytes
-from tests.mirrors import SYNCD, MiB, env, syncd, tree, write_config
+from tests.mirrors import SYNCD, MiB, env, syncd, tree, wait_for, write_config
 from tests.servers import S3Server, find_free_port, new_moto_server, new_rclone_server
 
 FAST = """
@@ -34,15 +34,6 @@ grace_s = 1
 retry_max_s = 1
 """
 ART = 'artifacts = ["*"]\nkeep_versions_s = 0'
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 @dataclass

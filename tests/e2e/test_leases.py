@@ -19,14 +19,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.mirrors import SYNCD, bucket_tree, env, syncd, tree, write_config
+from tests.mirrors import SYNCD, bucket_tree, env, syncd, tree, wait_for, write_config
 from tests.servers import S3Server
 
 TTL, INTERVAL, DEADLINE, MARGIN = 2.0, 0.25, 1.2, 0.8
@@ -125,15 +125,6 @@ class Cluster:
                 out.setdefault(e["gen"], set()).add(d.name)
         assert all(len(names) == 1 for names in out.values()), out
         return {gen: names.pop() for gen, names in out.items()}
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 def assert_one_writer_at_a_time(cluster: Cluster, frozen: dict[str, float] | None = None

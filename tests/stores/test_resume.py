@@ -28,6 +28,7 @@ from syncd.stores.s3 import S3Store
 from syncd.stores.volume import VolumeStore
 from syncd.verify import META_PREFIX, OWN_ALGO, hash_bytes
 from tests.mirrors import MiB
+from tests.servers import S3Server
 
 PART = 5 * MiB
 SIZE = 24 * MiB + 123  # five parts, the last one short
@@ -131,11 +132,17 @@ async def _pull(volume: VolumeStore, src: S3Store, entry: Entry) -> tuple[Staged
     return staged, tap
 
 
-async def test_download_resumes_from_verified_parts_after_cancel(s3, bucket, tmp_path):
+async def _shard(s3: S3Server, bucket: str, tmp_path: Path) -> tuple[bytes, VolumeStore]:
+    """One large object in the bucket and an empty, checked volume."""
     data = os.urandom(SIZE)
     s3.client().put_object(Bucket=bucket, Key="m/shard.bin", Body=data)
     volume = _volume(tmp_path)
     await volume.check(writable=True)
+    return data, volume
+
+
+async def test_download_resumes_from_verified_parts_after_cancel(s3, bucket, tmp_path):
+    data, volume = await _shard(s3, bucket, tmp_path)
     async with S3Store(_s3cfg(s3), TRANSFER, bucket, "m/") as src:
         entry = (await src.list()).entries["shard.bin"]
         kept = await _interrupted_download(volume, src, entry)
@@ -148,10 +155,7 @@ async def test_download_resumes_from_verified_parts_after_cancel(s3, bucket, tmp
 
 
 async def test_download_fetches_again_a_kept_part_whose_bytes_changed(s3, bucket, tmp_path):
-    data = os.urandom(SIZE)
-    s3.client().put_object(Bucket=bucket, Key="m/shard.bin", Body=data)
-    volume = _volume(tmp_path)
-    await volume.check(writable=True)
+    data, volume = await _shard(s3, bucket, tmp_path)
     async with S3Store(_s3cfg(s3), TRANSFER, bucket, "m/") as src:
         entry = (await src.list()).entries["shard.bin"]
         kept = await _interrupted_download(volume, src, entry)
