@@ -67,11 +67,11 @@ class Setup:
         return self.server.client()
 
     def config(self, direction: str, vol: Path, *, extra: str = "", endpoint: str | None = None,
-               name: str = "c.toml", prefix: str = "models") -> Path:
+               name: str = "c.toml", prefix: str = "models", transfer: str = "") -> Path:
         lease = "volume"  # rclone cannot hold an S3 lease; S3 leases are tested elsewhere
         return write_config(self.tmp / name, endpoint or self.server.endpoint_url, self.bucket,
                             direction=direction, root=vol, lease=lease, top=FAST, extra=extra,
-                            prefix=prefix)
+                            prefix=prefix, transfer=transfer)
 
     def start(self, cfg: Path, name: str = "d", **extra_env: str) -> Daemon:
         log = self.tmp / f"{name}.log"
@@ -312,3 +312,42 @@ def test_daemon_rides_out_an_s3_outage_and_catches_up(kind: str, tmp_path: Path)
             if d.proc.poll() is None:
                 d.proc.kill()
         server.stop()
+
+
+def _kept_parts(vol: Path) -> int:
+    """Completed parts the interrupted download's progress record names."""
+    best = 0
+    for sidecar in (vol / ".syncd" / "tmp").glob("resume-*.part.json"):
+        try:
+            best = max(best, len(json.loads(sidecar.read_bytes()).get("parts", {})))
+        except ValueError:
+            continue  # being replaced
+    return best
+
+
+def test_a_download_killed_midway_resumes_without_fetching_completed_bytes(
+        setup: Setup, tmp_path: Path, throttle_proxy: Any) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    size = 40 * MiB
+    data = os.urandom(size)
+    setup.put("big.bin", data)
+    slow = throttle_proxy(setup.server.port, rate_bytes_per_s=4 * MiB)
+    cfg1 = setup.config("pull", vol, endpoint=slow.endpoint_url, transfer="concurrency = 2")
+    first = setup.start(cfg1, "first")  # two parts at a time: they complete one pair by one
+    wait_for(lambda: _kept_parts(vol) >= 3, what="three parts on disk")
+    first.stop(signal.SIGKILL)
+    assert not (vol / "big.bin").exists()
+    fast = throttle_proxy(setup.server.port)  # counts the bytes of the second run
+    cfg = setup.config("pull", vol, endpoint=fast.endpoint_url, name="c2.toml")
+    second = setup.start(cfg, "second")
+    wait_for(lambda: (vol / "big.bin").exists(), what="the download finished")
+    assert (vol / "big.bin").read_bytes() == data
+    (published,) = [e for e in second.events("copy_published") if e["key"] == "big.bin"]
+    resumed = published["resumed"]
+    assert resumed >= 3 * 5 * MiB  # three 5 MiB parts were kept
+    done = wait_for(lambda: second.events("pass_done"), what="the pass summary")
+    assert done[0]["resumed"] == resumed
+    assert done[0]["streamed"] == size - resumed  # only the missing bytes were downloaded
+    assert fast.bytes_to_client < size - resumed + 1 * MiB  # ... as the wire saw it too
+    assert second.stop() == 0
