@@ -3,8 +3,10 @@
 It starts `rclone serve s3` (moto when rclone is missing) on 127.0.0.1 with throw-away
 credentials, seeds a bucket with a small deterministic model, writes a config whose pull mirror
 fills a directory standing in for /runpod-volume/models and whose push mirror sends a training
-checkpoint back, then runs the real binary as an operator would: `syncd sync --once`, then
-`syncd check`. The server is stopped by its own pid whatever happens.
+checkpoint back, then runs the real binary as an operator would: the daemon `syncd run`,
+`syncd wait tiny-llama` until the model is published on the volume, a look at the bucket
+until the checkpoint's manifest is there, SIGTERM to the daemon, then `syncd check`. The
+server is stopped by its own pid whatever happens.
 
 Everything lives under one directory. rclone keeps the bucket on disk there, so a second run
 finds bucket, volume and state record as the first left them and copies nothing: idempotence,
@@ -20,6 +22,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import struct
 import sys
@@ -29,6 +32,7 @@ from math import prod
 from pathlib import Path
 
 from syncd import config as config_mod
+from syncd.artifacts import MANIFEST_NAME
 from syncd.errors import NotFound, SyncdError
 from syncd.keys import RESERVED_DIR
 from syncd.listing import Algo, Checksum, Entry
@@ -41,6 +45,8 @@ BUCKET = "syncd-demo"
 DATACENTER = "LOCAL"
 MODEL_PREFIX = "models"
 CHECKPOINT_PREFIX = "checkpoints"
+CHECKPOINT_STEP = "run-001/step-000100"
+MODEL = "tiny-llama"
 HOST = "127.0.0.1"
 ACCESS_KEY = "AKIASYNCDDEMO0000001"
 REGION = "us-east-1"
@@ -124,7 +130,7 @@ def sample_model(seed: int = SEED) -> dict[str, bytes]:
 def sample_checkpoint(seed: int = SEED) -> dict[str, bytes]:
     """What a training job left on the volume, keyed relative to the push mirror's root."""
     rng = random.Random(seed + 1)
-    step = "run-001/step-000100"
+    step = CHECKPOINT_STEP
     return {
         f"{step}/adapter_model.safetensors": _safetensors(
             rng, {"lora_A.weight": (16, 8192), "lora_B.weight": (8192, 16)}),
@@ -170,6 +176,8 @@ bucket = {q(bucket)}
 prefix = {q(MODEL_PREFIX)}
 direction = "pull"
 delete = true
+# Every top-level directory is one model, published whole: workers see a version or the next.
+artifacts = ["*"]
 volumes = {{ {DATACENTER} = {q(str(layout.volume))} }}
 
 [[mirrors]]
@@ -181,6 +189,10 @@ include = ["**/*.safetensors", "**/*.json"]
 # A push mirror's lease defaults to an object in the bucket, which needs a server that
 # honours conditional writes; the demo's local rclone does not, so it leases the volume.
 lease = "volume"
+# Every step directory is one checkpoint: pushed once all its files are quiet for a second,
+# then its manifest.
+artifacts = ["*/step-*"]
+settle_s = 1.0
 volumes = {{ {DATACENTER} = {q(str(layout.checkpoints))} }}
 """
 
@@ -403,34 +415,59 @@ def _child_env(server: LocalServer | None) -> dict[str, str]:
     return env
 
 
-async def _syncd(args: list[str], env: Mapping[str, str], echo: Echo) -> int:
-    """Run the real `syncd` as an operator would, bounded in time."""
+async def _spawn(args: list[str], env: Mapping[str, str], echo: Echo
+                 ) -> asyncio.subprocess.Process:
+    """Start the real `syncd` as an operator would."""
     script = Path(sys.executable).parent / "syncd"
     command = [str(script)] if script.is_file() else [
         sys.executable, "-c", "from syncd.cli import main; main()"]
     echo(f"$ syncd {' '.join(args)}")
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         *command, "--log-level", "warning", *args, env=dict(env),
         stdin=asyncio.subprocess.DEVNULL)
+
+
+async def _finish(proc: asyncio.subprocess.Process, what: str) -> int:
+    """Its exit code, bounded in time; killed if it overstays."""
     try:
         async with asyncio.timeout(STEP_TIMEOUT_S):
             return await proc.wait()
     except TimeoutError:
-        raise DemoError(f"`syncd {args[0]}` did not finish within {STEP_TIMEOUT_S:.0f}s") from None
+        raise DemoError(f"`syncd {what}` did not finish within {STEP_TIMEOUT_S:.0f}s") from None
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
 
 
+async def _syncd(args: list[str], env: Mapping[str, str], echo: Echo) -> int:
+    return await _finish(await _spawn(args, env, echo), args[0])
+
+
+async def _until_pushed(store: S3Store, key: str) -> Snapshot:
+    """The push mirror's objects once `key` (a manifest, written last) is among them."""
+    for _ in range(int(STEP_TIMEOUT_S / 0.2)):  # polling a server: no event to wait on
+        listed = await _listed(store, CHECKPOINT_PREFIX)
+        if key in listed:
+            return listed
+        await asyncio.sleep(0.2)
+    raise DemoError(f"the checkpoint was not pushed within {STEP_TIMEOUT_S:.0f}s")
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 def _on_volume(root: Path) -> Snapshot:
-    """Files under a mirror root, not syncd's own: key -> (size, (inode, mtime))."""
-    paths = (p for p in sorted(root.rglob("*"))
-             if p.relative_to(root).parts[0] != RESERVED_DIR and p.is_file())
-    return {p.relative_to(root).as_posix(): (st.st_size, (st.st_ino, st.st_mtime_ns))
-            for p in paths for st in [p.stat()]}
+    """Files under a mirror root as a worker sees them (through artifact links), not
+    syncd's own: key -> (size, (inode, mtime))."""
+    out: Snapshot = {}
+    for top, dirs, files in os.walk(root, followlinks=True):
+        if Path(top) == root and RESERVED_DIR in dirs:
+            dirs.remove(RESERVED_DIR)
+        for name in files:
+            p = Path(top) / name
+            st = p.stat()
+            out[p.relative_to(root).as_posix()] = (st.st_size, (st.st_ino, st.st_mtime_ns))
+    return dict(sorted(out.items()))
 
 
 def _report(before: Snapshot, after: Snapshot, echo: Echo) -> None:
@@ -483,15 +520,29 @@ async def run(directory: Path, *, endpoint: str | None = None, bucket: str = BUC
                  f"({written} object(s) uploaded now, {len(model) - written} already there)")
             pulled = _on_volume(layout.volume)
             pushed = await _listed(store, CHECKPOINT_PREFIX)
-            if code := await _syncd(["sync", "--once", "-c", str(layout.config)], env, echo):
-                echo(f"demo: `syncd sync --once` exited with {code}")
-                return code
-            echo(f"demo: pulled s3://{bucket}/{MODEL_PREFIX}/ -> {layout.volume}"
-                 " (stands in for /runpod-volume/models)")
-            _report(pulled, _on_volume(layout.volume), echo)
-            _check_bytes(layout.volume, model, echo)
-            echo(f"demo: pushed {layout.checkpoints} -> s3://{bucket}/{CHECKPOINT_PREFIX}/")
-            _report(pushed, await _listed(store, CHECKPOINT_PREFIX), echo)
+            daemon = await _spawn(["run", "-c", str(layout.config)], env, echo)
+            try:
+                if code := await _syncd(["wait", MODEL, "--timeout", str(STEP_TIMEOUT_S),
+                                         "-c", str(layout.config)], env, echo):
+                    echo(f"demo: `syncd wait` exited with {code}")
+                    return code
+                echo(f"demo: the daemon pulled s3://{bucket}/{MODEL_PREFIX}/ -> "
+                     f"{layout.volume} (stands in for /runpod-volume/models); {MODEL} is "
+                     "published whole, behind one link")
+                _report(pulled, _on_volume(layout.volume), echo)
+                _check_bytes(layout.volume, model, echo)
+                manifest = f"{CHECKPOINT_STEP}/{MANIFEST_NAME}"
+                now = await _until_pushed(store, manifest)
+                echo(f"demo: the daemon pushed {layout.checkpoints} -> "
+                     f"s3://{bucket}/{CHECKPOINT_PREFIX}/ once the checkpoint settled, "
+                     "its manifest last")
+                _report(pushed, now, echo)
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                stopped = await _finish(daemon, "run")
+            echo(f"demo: SIGTERM: the daemon released its leases and exited with {stopped}")
+            if stopped:
+                return stopped
         if code := await _syncd(["check", "-c", str(layout.config)], env, echo):
             echo(f"demo: `syncd check` exited with {code}")
             return code

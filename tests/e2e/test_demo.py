@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -9,9 +10,11 @@ import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from syncd.artifacts import MANIFEST_NAME, Manifest
 from syncd.demo import (
     BUCKET,
     CHECKPOINT_PREFIX,
+    CHECKPOINT_STEP,
     Layout,
     MiB,
     find_server,
@@ -31,9 +34,14 @@ def _demo(directory: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _tree(root: Path) -> dict[str, Path]:
-    """Files under a mirror root, without syncd's own .syncd/ directory."""
-    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).parts[0] != ".syncd"}
+    """Files under a mirror root as a worker sees them (through artifact links), without
+    syncd's own .syncd/ directory."""
+    out = {}
+    for top, dirs, files in os.walk(root, followlinks=True):
+        if Path(top) == root and ".syncd" in dirs:
+            dirs.remove(".syncd")
+        out.update({(Path(top) / f).relative_to(root).as_posix(): Path(top) / f for f in files})
+    return dict(sorted(out.items()))
 
 
 def _identity(files: dict[str, Path]) -> dict[str, tuple[int, int]]:
@@ -66,13 +74,19 @@ def test_demo_syncs_sample_model_both_ways_then_reruns_copying_nothing(tmp_path)
     pushed: dict[str, Path] = {}
     if find_server()[0] == "rclone":  # rclone keeps the bucket on disk, one dir per bucket
         pushed = _tree(layout.bucket_root / BUCKET / CHECKPOINT_PREFIX)
+        manifest = Manifest.from_bytes(pushed.pop(f"{CHECKPOINT_STEP}/{MANIFEST_NAME}")
+                                       .read_bytes())
+        assert {f"{CHECKPOINT_STEP}/{k}" for k in manifest.files} == set(checkpoint)
         assert {k: p.read_bytes() for k, p in pushed.items()} == checkpoint
     _assert_server_stopped(layout.config)
 
     second = _demo(tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert _identity(_tree(layout.volume)) == _identity(volume)  # nothing pulled again
-    assert _identity(_tree(layout.bucket_root / BUCKET / CHECKPOINT_PREFIX)) == _identity(pushed)
+    again = _tree(layout.bucket_root / BUCKET / CHECKPOINT_PREFIX)
+    again.pop(f"{CHECKPOINT_STEP}/{MANIFEST_NAME}", None)
+    assert _identity(again) == _identity(pushed)
     assert not list((layout.volume / ".syncd" / "tmp").iterdir())
     assert "in sync" in second.stdout
+    assert "published whole" in first.stdout and "exited with 0" in first.stdout
     _assert_server_stopped(layout.config)
