@@ -131,15 +131,23 @@ class Manifest:
     def from_bytes(cls, data: bytes) -> Manifest:
         try:
             body = json.loads(data)
-            if body.get("syncd_manifest") != MANIFEST_VERSION:
-                raise ManifestError(f"unknown manifest version {body.get('syncd_manifest')!r}")
-            files = {str(k): FileRecord(int(v["size"]), str(v["etag"]), str(v["checksum"]))
+            version = body.get("syncd_manifest")
+            if type(version) is not int or version != MANIFEST_VERSION:
+                raise ManifestError(f"unknown manifest version {version!r}")
+            files = {str(k): FileRecord(_size(v["size"]), str(v["etag"]), str(v["checksum"]))
                      for k, v in body["files"].items()}
             return cls(str(body["artifact"]), files, int(body.get("gen", 0)))
         except ManifestError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
+                RecursionError) as exc:
             raise ManifestError(f"unreadable manifest: {exc}") from None
+
+
+def _size(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"size {value!r} is not a byte count")
+    return value
 
 
 def disagreement(manifest: Manifest, files: Mapping[str, Entry]) -> str | None:

@@ -59,8 +59,12 @@ class Beat:
 class Health:
     stall_s: float
     clock: Callable[[], float] = time.monotonic
-    loop_beat: float = field(default_factory=time.monotonic)
+    loop_beat: float = -1.0  # set from `clock` at construction
     mirrors: dict[str, Beat] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.loop_beat < 0:
+            self.loop_beat = self.clock()
 
     def beat(self) -> None:
         self.loop_beat = self.clock()

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
+from syncd.errors import StoreError
 from syncd.keys import RESERVED_DIR
 from syncd.listing import Entry, fingerprint
 from syncd.stores.base import Fence
@@ -166,6 +167,11 @@ class Versions:
                         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                     except FileNotFoundError:
                         st = None
+                    if st is not None and not (stat.S_ISDIR(st.st_mode)
+                                               or stat.S_ISLNK(st.st_mode)):
+                        raise StoreError(f"{self.store.root / self.artifact} is a file, not "
+                                         "an artifact directory; not replaced",
+                                         store=self.store.name, key=self.artifact)
                     if st is None or not stat.S_ISDIR(st.st_mode):
                         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
                         old = None
@@ -211,7 +217,7 @@ class Versions:
                     os.fsync(dfd)
             finally:
                 os.close(dfd)
-        with contextlib.suppress(FileNotFoundError), self.store._translated(self.artifact):
+        with self.store._translated(self.artifact), contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(remove)
 
     async def remove(self, version: str) -> None:

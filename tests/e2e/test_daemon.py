@@ -351,3 +351,22 @@ def test_a_download_killed_midway_resumes_without_fetching_completed_bytes(
     assert done[0]["streamed"] == size - resumed  # only the missing bytes were downloaded
     assert fast.bytes_to_client < size - resumed + 1 * MiB  # ... as the wire saw it too
     assert second.stop() == 0
+
+
+def test_an_artifact_with_a_marker_file_is_pushed_only_once_the_marker_appears(
+        setup: Setup, tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    (vol / "ckpt-1").mkdir(parents=True)
+    cfg = setup.config("push", vol, extra='artifacts = ["ckpt-*"]\nmarker = "_COMPLETE"\n'
+                                          "settle_s = 0")
+    (vol / "loose.txt").write_bytes(b"not in any artifact")
+    (vol / "ckpt-1" / "weights.bin").write_bytes(os.urandom(300_000))
+    daemon = setup.start(cfg)
+    wait_for(lambda: "loose.txt" in _objects(setup), what="the loose file pushed")
+    time.sleep(1.5)  # several passes
+    assert not any(k.startswith("ckpt-1/") for k in _objects(setup))
+    (vol / "ckpt-1" / "_COMPLETE").write_bytes(b"")
+    wait_for(lambda: "ckpt-1/.syncd-manifest.json" in _objects(setup), what="the manifest")
+    assert set(_objects(setup)) == {"loose.txt", "ckpt-1/weights.bin", "ckpt-1/_COMPLETE",
+                                    "ckpt-1/.syncd-manifest.json"}
+    assert daemon.stop() == 0
