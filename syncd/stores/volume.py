@@ -294,10 +294,12 @@ class VolumeStore:
         except FileNotFoundError:  # someone removed .syncd/tmp under us
             os.makedirs(self.tmp_dir, exist_ok=True)
             fd = os.open(path, flags, 0o644)
+        fresh = True  # nothing worth keeping in the file (yet)
         try:
             st = os.fstat(fd)
             recorded = part_records(record) if same_head(record, head) else {}
             if recorded and st.st_size == size:
+                fresh = False
                 self._check_space(max(0, size - st.st_blocks * 512))
             else:
                 recorded = {}
@@ -306,8 +308,13 @@ class VolumeStore:
                 self._check_space(size)
                 os.ftruncate(fd, 0)
                 _allocate(fd, size)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if fresh or (isinstance(exc, OSError) and exc.errno in _SPACE_ERRNOS):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # an empty or space-starved file must not hold the disk
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(sidecar_of(path))
             raise
         return fd, PartialDownload(path, head, recorded, algos)
 
