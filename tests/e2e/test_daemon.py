@@ -370,3 +370,41 @@ def test_an_artifact_with_a_marker_file_is_pushed_only_once_the_marker_appears(
     assert set(_objects(setup)) == {"loose.txt", "ckpt-1/weights.bin", "ckpt-1/_COMPLETE",
                                     "ckpt-1/.syncd-manifest.json"}
     assert daemon.stop() == 0
+
+
+def test_a_change_event_pushes_long_before_the_next_rescan(setup: Setup, tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    cfg = setup.config("push", vol, extra="settle_s = 0.5")
+    cfg.write_text(cfg.read_text().replace("poll_interval_s = 0.3", "poll_interval_s = 120"))
+    daemon = setup.start(cfg)
+    wait_for(lambda: daemon.events("pass_done"), what="the first pass")
+    time.sleep(0.5)
+    (vol / "new.bin").write_bytes(b"written after the first pass")
+    started = time.monotonic()
+    wait_for(lambda: "new.bin" in _objects(setup), timeout=20, what="the event-driven push")
+    assert time.monotonic() - started < 20  # the rescan is two minutes away
+    assert daemon.stop() == 0
+
+
+def test_a_failing_mirror_never_stops_the_others(setup: Setup, tmp_path: Path) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    cfg = setup.config("pull", good)
+    cfg.write_text(cfg.read_text() + f"""
+[[mirrors]]
+name = "broken"
+bucket = "no-such-bucket-{os.urandom(4).hex()}"
+direction = "pull"
+volumes = {{ dc1 = "{bad}" }}
+""")
+    setup.put("one.bin", b"1")
+    daemon = setup.start(cfg)
+    wait_for(lambda: (good / "one.bin").exists(), what="the good mirror syncing")
+    wait_for(lambda: len([e for e in daemon.events("pass_failed")
+                          if e.get("mirror") == "broken"]) >= 2, what="the broken one retrying")
+    setup.put("two.bin", b"2")
+    wait_for(lambda: (good / "two.bin").exists(), what="the good mirror still syncing")
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
