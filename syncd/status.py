@@ -51,6 +51,19 @@ class MirrorStatus:
                           sort_keys=True).encode()
 
 
+REFRESH_S = 300.0  # an unchanged status is still rewritten this often (its times move on)
+
+
+def content(st: MirrorStatus) -> bytes:
+    """The status without its clocks: what a pass must persist when it changes."""
+    body = asdict(st)
+    for key in ("updated_wall", "last_ok_wall"):
+        body.pop(key)
+    for art in body["artifacts"].values():
+        art.pop("checked_wall")
+    return json.dumps(body, sort_keys=True).encode()
+
+
 def path_for(root: Path, mirror: str) -> Path:
     return root / RESERVED_DIR / "status" / f"{mirror}.json"
 

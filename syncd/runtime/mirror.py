@@ -181,6 +181,7 @@ async def cycle(
                    await status.load(sides.root, mirror.name), memory or Memory(), on_bytes,
                    stopping)
         before = dict(run.record)
+        status_before = status.content(run.status)
         try:
             if sides.pull:
                 from syncd.runtime.artifact_pull import pull
@@ -202,7 +203,10 @@ async def cycle(
             if kept != before:  # a no-op pass writes nothing
                 fence.check()
                 await state.save(sides.root, mirror.name, kept)
-            run.status.updated_wall = time.time()
-            with contextlib.suppress(OSError):
-                await status.save(sides.root, run.status)
+            now = time.time()
+            if (status.content(run.status) != status_before
+                    or now - run.status.updated_wall > status.REFRESH_S):
+                run.status.updated_wall = now  # a no-op pass writes nothing most times
+                with contextlib.suppress(OSError):
+                    await status.save(sides.root, run.status)
         return plan, stats
