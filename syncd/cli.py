@@ -245,8 +245,9 @@ def wait(
     config: ConfigOpt = None,
     mirror: MirrorOpt = None,
 ) -> None:
-    """Wait until the current version of an artifact is published and verified on the
-    volume, then print the directory to load it from (exit 0); exit 13 on timeout.
+    """Wait until an artifact is published and verified on the volume; print its directory.
+
+    Exit 0 with the directory to load the artifact from; exit 13 on timeout.
 
     Load from the printed directory: it stays as it is, even when a newer version is
     published, for the mirror's keep_versions_s."""
@@ -260,6 +261,51 @@ def wait(
         return 0
 
     _run(main)
+
+
+def _health_url(config: Path | None) -> str:
+    path = config or os.environ.get(config_mod.ENV_CONFIG)
+    listen = (config_mod.load(path).http.listen if path
+              else os.environ.get("SYNCD_HTTP__LISTEN", config_mod.DEFAULT_LISTEN))
+    if not listen:
+        raise ConfigError("the HTTP endpoint is off (http.listen is empty)", field="http.listen")
+    try:
+        host, port = config_mod.host_port(listen)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="http.listen") from None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard: ask loopback
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+
+
+@app.command()
+def health(
+    url: Annotated[str | None, typer.Option("--url", help="The /healthz URL (default: from "
+                                                          "the config's http.listen).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS")] = 5.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Ask a running daemon whether it is healthy: exit 0 if so, 1 if not.
+
+    For container HEALTHCHECKs and scripts: it reads /healthz at the config's http.listen."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        target = url or _health_url(config)
+    except SyncdError as exc:
+        _fail(str(exc), int(exc.exit_code))
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as reply:
+            body = json.loads(reply.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}")
+        stuck, stalled = detail.get("loop_stuck_s"), [
+            n for n, m in detail.get("mirrors", {}).items() if m.get("stalled")]
+        _fail(f"unhealthy (HTTP {exc.code}): event loop late {stuck}s, stalled mirrors: "
+              f"{', '.join(stalled) or 'none'}", int(ExitCode.ERROR))
+    except (OSError, ValueError) as exc:
+        _fail(f"no answer from {target}: {getattr(exc, 'reason', exc)}", int(ExitCode.ERROR))
+    typer.echo(f"healthy ({len(body.get('mirrors', {}))} mirrors)")
 
 
 def _lease_rows(cfg: config_mod.Config) -> dict[tuple[str, ...], list[config_mod.MirrorConfig]]:

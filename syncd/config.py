@@ -37,6 +37,18 @@ _NOT_OVERLAID = {ENV_CONFIG, "SYNCD_LOG_FORMAT"}
 MiB = 1 << 20
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
+DEFAULT_LISTEN = "127.0.0.1:9847"
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    """"HOST:PORT" ("[::1]:PORT" for IPv6) -> (host, port); ValueError names the problem."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{listen!r} is not HOST:PORT (for example {DEFAULT_LISTEN})")
+    return host, int(port)
+
+
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
 
@@ -96,6 +108,23 @@ class DaemonConfig(_Model):
     grace_s: float = Field(30.0, ge=0)
     retry_max_s: float = Field(60.0, gt=0)
     stall_s: float = Field(600.0, gt=0)
+
+
+class HttpConfig(_Model):
+    """The daemon's HTTP endpoint: /metrics, /healthz, /readyz. Loopback unless widened (a
+    pod's probes and Prometheus need `0.0.0.0:PORT`); "" turns it off."""
+
+    listen: str = DEFAULT_LISTEN
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            host_port(v)
+        return v
+
+    def address(self) -> tuple[str, int] | None:
+        return host_port(self.listen) if self.listen else None
 
 
 class MirrorConfig(_Model):
@@ -167,6 +196,7 @@ class Config(_Model):
     transfer: TransferConfig = TransferConfig()
     lease: LeaseConfig = LeaseConfig()
     daemon: DaemonConfig = DaemonConfig()
+    http: HttpConfig = HttpConfig()
     mirrors: tuple[MirrorConfig, ...] = Field(min_length=1)
     source: str = Field("", exclude=True)
 

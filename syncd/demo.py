@@ -401,9 +401,10 @@ async def seed(store: S3Store, prefix: str, files: Mapping[str, bytes]) -> int:
 # --- the binary ------------------------------------------------------------------------------
 
 def _child_env(server: LocalServer | None) -> dict[str, str]:
-    """The user's environment minus SYNCD_*; with a local server, also minus AWS_* settings."""
+    """The user's environment minus SYNCD_* (but the log format and the HTTP address); with a
+    local server, also minus AWS_* settings."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SYNCD_") or k == "SYNCD_LOG_FORMAT"}
+           if not k.startswith("SYNCD_") or k in ("SYNCD_LOG_FORMAT", "SYNCD_HTTP__LISTEN")}
     if server is None:
         return env
     env = {k: v for k, v in env.items() if not k.startswith("AWS_")}

@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from syncd.errors import (
     AccessDenied,
@@ -65,6 +65,37 @@ class Stats:
         return max(time.monotonic() - self.started, 1e-9)
 
 
+class Meter(Protocol):
+    """Where a transfer reports what it does as it happens (the daemon's metrics)."""
+
+    def streamed(self, n: int) -> None: ...
+
+    def begun(self) -> None: ...
+
+    def ended(self, seconds: float, *, published: bool, verified: bool,
+              error: BaseException | None) -> None: ...
+
+    def deleted(self, n: int) -> None: ...
+
+
+class _NoMeter:
+    def streamed(self, n: int) -> None:
+        pass
+
+    def begun(self) -> None:
+        pass
+
+    def ended(self, seconds: float, *, published: bool, verified: bool,
+              error: BaseException | None) -> None:
+        pass
+
+    def deleted(self, n: int) -> None:
+        pass
+
+
+NO_METER: Meter = _NoMeter()
+
+
 class _Counted:
     """A Source whose reads report their bytes (progress, metrics)."""
 
@@ -113,7 +144,7 @@ class Transfer:
     def __init__(
         self, src: Store, dst: Store, record: Record, fence: Fence, *, concurrency: int,
         log: Log, on_bytes: Callable[[int], None] | None = None, journal: Journal = NULL,
-        stopping: Callable[[], bool] = lambda: False,
+        stopping: Callable[[], bool] = lambda: False, meter: Meter = NO_METER,
     ) -> None:
         self.src = src
         self.dst = dst
@@ -125,9 +156,11 @@ class Transfer:
         self._on_bytes = on_bytes
         self.journal = journal
         self.stopping = stopping  # once true, no new action starts; those in flight finish
+        self.meter = meter
 
     def _bytes(self, n: int) -> None:
         self.stats.streamed_bytes += n
+        self.meter.streamed(n)
         if self._on_bytes is not None:
             self._on_bytes(n)
 
@@ -157,19 +190,25 @@ class Transfer:
             if self.stopping():
                 self.stats.skipped += 1
                 continue
+            began, verified, error = time.monotonic(), None, None
+            self.meter.begun()
             try:
                 if isinstance(action, Adopt) and await self._adopt(action):
                     continue
-                await self._copy(action.key, action.src, str(action.reason))
+                verified = await self._copy(action.key, action.src, str(action.reason))
             except SyncdError as exc:
-                if _fatal(exc):
+                if _fatal(exc):  # the pass reports it
                     raise
+                error = exc
                 self.stats.failed += 1
                 # kept for the summary only: drop the frames, which would keep streams alive
                 exc.__traceback__ = exc.__context__ = exc.__cause__ = None
                 self.stats.errors.append(exc)
                 self.log.error("copy_failed", key=action.key, error=str(exc),
                                kind=type(exc).__name__)
+            finally:
+                self.meter.ended(time.monotonic() - began, published=verified is not None,
+                                 verified=bool(verified), error=error)
 
     async def _adopt(self, action: Adopt) -> bool:
         """True when the destination already holds the source's bytes (now recorded)."""
@@ -182,7 +221,8 @@ class Transfer:
         self.log.info("copy_adopted", key=action.key, reason=str(action.reason))
         return True
 
-    async def _copy(self, key: str, entry: Entry, reason: str) -> None:
+    async def _copy(self, key: str, entry: Entry, reason: str) -> bool:
+        """Stage, verify, publish; whether a checksum the source vouches for was matched."""
         source: Source = _Counted(await self.src.open(entry), self._bytes)
         staged = await self.dst.stage(source, frozenset(), self.fence.generation)
         try:
@@ -215,6 +255,7 @@ class Transfer:
         self.log.info("copy_published", key=key, bytes=staged.size, reason=reason,
                       verified=verified, resumed=staged.resumed,
                       algo=str(claim.algo) if claim else None)
+        return verified
 
     async def _delete(self, deletes: list[Delete]) -> None:
         keys = [d.key for d in deletes]
@@ -224,3 +265,4 @@ class Transfer:
             self.record.pop(key, None)
             self.log.info("delete_done", key=key)
         self.stats.deleted += len(keys)
+        self.meter.deleted(len(keys))

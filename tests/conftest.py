@@ -9,7 +9,8 @@ Fixture API
 ``bucket``                           fresh, uniquely named, empty bucket on ``s3``.
 ``throttle_proxy``                   factory ``(target_port, rate_bytes_per_s=None)`` ->
                                      :class:`ThrottleProxy`; all closed at teardown.
-``clean_aws_env`` (autouse)          test credentials, no config files, no SYNCD_* vars.
+``clean_aws_env`` (autouse)          test credentials, no config files, no SYNCD_* vars
+                                     (but SYNCD_HTTP__LISTEN=127.0.0.1:0).
 
 Async tests run on an event loop in debug mode (see :func:`pytest_configure`).
 """
@@ -69,9 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def clean_aws_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Every test sees only the test credentials: no profile, no config files, no SYNCD_*."""
+    """Every test sees only the test credentials: no profile, no config files, no SYNCD_*
+    but one: daemons bind their HTTP endpoint to an ephemeral port, so several can run."""
     for name in env_names_with_prefix(("AWS_", "SYNCD_")):
         monkeypatch.delenv(name)
+    monkeypatch.setenv("SYNCD_HTTP__LISTEN", "127.0.0.1:0")
     missing = tmp_path_factory.getbasetemp() / "no-such-aws-config"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)

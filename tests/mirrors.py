@@ -76,7 +76,8 @@ def env(**extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SYNCD_"))}
     out.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
                AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
-               AWS_SHARED_CREDENTIALS_FILE="/nonexistent", SYNCD_LOG_FORMAT="json")
+               AWS_SHARED_CREDENTIALS_FILE="/nonexistent", SYNCD_LOG_FORMAT="json",
+               SYNCD_HTTP__LISTEN="127.0.0.1:0")
     out.update(extra)
     return out
 

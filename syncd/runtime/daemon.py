@@ -8,9 +8,15 @@ writes made by other hosts of a network filesystem). A failing pass is retried w
 and jitter; one mirror failing never stops the others, and no transient error ends the process.
 
 Signals: SIGTERM/SIGINT stop starting transfers, give those in flight `grace_s` to finish
-(an unfinished download or upload resumes on the next start), release every lease and exit 0.
-SIGHUP reloads the config file: an invalid one is rejected with one log line and the old one
-keeps running; a valid one restarts the mirror loops, keeping the leases of unchanged targets.
+(an unfinished download or upload resumes on the next start; a second signal skips the
+grace), release every lease and exit 0. SIGHUP reloads the config file: an invalid one is
+rejected with one log line and the old one keeps running; a valid one restarts the mirror
+loops, keeping the leases of unchanged targets.
+
+Operations: the HTTP endpoint (/metrics, /healthz, /readyz) is bound before anything else,
+so a taken port fails the start at once. Under systemd (Type=notify) READY=1 is sent once
+every lease is held, in standby or known unreachable; STATUS= follows the mirrors; WATCHDOG=1
+comes from a task on the event loop, so a blocked loop gets the process restarted.
 """
 
 from __future__ import annotations
@@ -30,10 +36,16 @@ from syncd.config import Config, MirrorConfig
 from syncd.errors import LeaseLost, SyncdError, first_error
 from syncd.keys import RESERVED_DIR
 from syncd.ops import logging as logs
+from syncd.ops.http import Server, Verdict
+from syncd.ops.metrics import LeaseState, Metrics, MirrorState, Snapshot
+from syncd.ops.notify import Notifier
+from syncd.plan import Plan, Reason, Skip
 from syncd.runtime import mirror as mirror_mod
+from syncd.runtime import readiness
 from syncd.runtime.health import LOOP_STUCK_S, Beat, Health
 from syncd.runtime.leases import Keeper, Leases, Session, target_key
 from syncd.settle import Quiet
+from syncd.transfer import Stats
 
 Log = Any
 Key = tuple[str, ...]
@@ -75,6 +87,7 @@ class MirrorLoop:
         self.keeper = keeper
         self.memory = memory
         self.beat: Beat = daemon.health.mirror(mirror.name)
+        self.meter = daemon.metrics.mirror(mirror.name, mirror.direction)
         self.poke = asyncio.Event()  # a change event on the volume (push)
         self.log = logs.get(mirror=mirror.name, direction=mirror.direction,
                             target=keeper.lease.target)
@@ -94,19 +107,27 @@ class MirrorLoop:
                     return
                 self.beat.passing()
                 error: str | None = None
+                began = time.monotonic()
                 try:
-                    await self._pass(session)
+                    done = await self._pass(session)
                 except LeaseLost as exc:
                     self.log.error("pass_fenced", error=str(exc))
                     if self.keeper.lease.gen == session.fence.generation:
                         self.keeper.lease.lose(str(exc))
                     self.beat.done(str(exc))
+                    self.meter.passed(time.monotonic() - began, result="fenced")
                     await _first(session.ended.wait(), self.daemon.wake.wait())
                     continue
                 except SyncdError as exc:
                     error = str(exc)
                     self.log.error("pass_failed", error=error, kind=type(exc).__name__,
                                    retry=attempt + 1)
+                    self.meter.failed(exc)
+                    self.meter.passed(time.monotonic() - began, result="failed")
+                    self.memory.failing(time.monotonic())
+                else:
+                    if done is not None:
+                        self._measured(time.monotonic() - began, *done)
                 self.beat.done(error)
                 delay = self._next_delay(attempt if error else None)
                 attempt = attempt + 1 if error else 0
@@ -137,15 +158,21 @@ class MirrorLoop:
             delay = min(delay, max(0.05, self.memory.due - time.monotonic()))
         return delay
 
-    async def _pass(self, session: Session) -> None:
-        """One pass under `session`, cancelled if the generation ends before it finishes.
-        Mirrors sharing a target take turns: their passes share staging and the commit."""
+    def _measured(self, seconds: float, plan: Plan, stats: Stats) -> None:
+        guarded = sum(1 for a in plan.of_type(Skip) if a.reason == Reason.DELETE_GUARD)
+        self.meter.passed(seconds, result="partial" if stats.failed else "ok",
+                          refused=len(plan.refused), deletes_held=guarded)
+
+    async def _pass(self, session: Session) -> tuple[Plan, Stats] | None:
+        """One pass under `session`, cancelled if the generation ends before it finishes
+        (None then). Mirrors sharing a target take turns: their passes share staging and
+        the commit."""
         keeper, log = self.keeper, self.log
         async with keeper.turn:
             work = asyncio.create_task(mirror_mod.cycle(
                 self.config, self.mirror, log=log, fence=session.fence,
                 journal=keeper.lease.journal, memory=self.memory, on_bytes=self.beat.progress,
-                stopping=lambda: self.daemon.stopping))
+                stopping=lambda: self.daemon.stopping, meter=self.meter))
             ended = asyncio.create_task(session.ended.wait())
             try:
                 await asyncio.wait({work, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -156,13 +183,14 @@ class MirrorLoop:
                     log.warning("pass_cancelled", reason="lease generation ended or stopping")
                 await asyncio.wait({work})  # its cleanup finishes; our own cancel still raises
             if work.cancelled():
-                return
+                return None
             plan, stats = work.result()
             await keeper.lease.commit(session.fence.generation)
         log.info("pass_done", copied=stats.copied, bytes=stats.copied_bytes,
                  streamed=stats.streamed_bytes, resumed=stats.resumed_bytes,
                  deleted=stats.deleted, failed=stats.failed, gen=session.fence.generation,
                  **plan.counts())
+        return plan, stats
 
     async def watch(self) -> None:
         """Poke the loop on change events under the volume root (syncd's own dir aside)."""
@@ -184,6 +212,10 @@ class Daemon:
         self.names = names
         self.log = logs.get()
         self.health = Health(config.daemon.stall_s)
+        self.metrics = Metrics()
+        self.metrics.watch(self.snapshot)
+        self.notify = Notifier()
+        self.mirrors: dict[str, MirrorConfig] = {}
         self.stopping = False
         self.wake = asyncio.Event()  # set to end every wait at once (stop, reload)
         self.keepers: dict[Key, Keeper] = {}
@@ -191,29 +223,100 @@ class Daemon:
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.memories: dict[str, mirror_mod.Memory] = {}
         self._stop = asyncio.Event()
+        self._force = asyncio.Event()  # a second stop signal: skip the grace period
         self._reload = asyncio.Event()
+
+    def _on_stop_signal(self) -> None:
+        if self._stop.is_set():
+            self.log.warning("stop_forced", detail="second signal: transfers in flight are "
+                                                   "cancelled now and resume on the next start")
+            self._force.set()
+        self._stop.set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
-        ticker = asyncio.create_task(self._tick(), name="heartbeat")
+        http = self._http()
+        if http is not None:
+            await http.start()
+        background = [asyncio.create_task(self._tick(), name="heartbeat")]
+        if self.notify.ping_every_s is not None:
+            background.append(asyncio.create_task(self._ping(self.notify.ping_every_s),
+                                                  name="watchdog-ping"))
         watchdog = _LoopWatchdog(self.health, self.log)
-        async with Leases(self.config, self.log) as leases:
-            self.leases = leases
-            try:
-                await self._start(select(self.config, self.names))
-                self.log.info("daemon_started", mirrors=sorted(self.loops),
-                              holder=leases.holder.id, pid=leases.holder.pid)
-                await self._serve()
-            finally:
-                await self._drain()
-                await self._release(list(self.keepers))
-                ticker.cancel()
-                watchdog.stop()
+        try:
+            async with Leases(self.config, self.log) as leases:
+                self.leases = leases
+                try:
+                    await self._start(select(self.config, self.names))
+                    await self._settled()
+                    self.notify.ready(self.status_line())
+                    self.log.info("daemon_started", mirrors=sorted(self.loops),
+                                  holder=leases.holder.id, pid=leases.holder.pid,
+                                  http=f"{http.host}:{http.port}" if http else None)
+                    await self._serve()
+                finally:
+                    self.notify.stopping()
+                    await self._drain()
+                    await self._release(list(self.keepers))
+        finally:
+            for task in background:
+                task.cancel()
+            watchdog.stop()
+            if http is not None:
+                await http.stop()
+            self.notify.close()
         self.log.info("daemon_stopped")
         return 0
+
+    def _http(self) -> Server | None:
+        address = self.config.http.address()
+        if address is None:
+            return None
+        return Server(*address, metrics=self.metrics.render, health=self.healthz,
+                      ready=self.readyz)
+
+    async def _settled(self) -> None:
+        """Until every lease is held, in standby or known unreachable (or a keeper fails)."""
+        waits = [k.settled.wait() for k in self.keepers.values()]
+        await _first(asyncio.gather(*waits), self._keeper_failure(), self._stop.wait())
+
+    def healthz(self) -> Verdict:
+        snap = self.health.snapshot()
+        return Verdict(bool(snap["ok"]), snap)
+
+    async def readyz(self) -> Verdict:
+        return await readiness.check(self.config, list(self.mirrors.values()))
+
+    def snapshot(self) -> Snapshot:
+        """The live state the metrics serve at each scrape."""
+        now = time.monotonic()
+        mirrors = []
+        for name, m in sorted(self.mirrors.items()):
+            memory = self.memories.get(name) or mirror_mod.Memory()
+            beat = self.health.mirrors.get(name)
+            mirrors.append(MirrorState(name, m.direction, memory.count_pending(),
+                                       memory.lag_s(now), bool(beat and beat.stalled()),
+                                       dict(memory.artifacts)))
+        leases = [LeaseState(k.lease.target, k.state == "held" and k.lease.held, k.last_gen)
+                  for k in self.keepers.values()]
+        return Snapshot(mirrors, leases, self.health.loop_stuck_s())
+
+    def status_line(self) -> str:
+        """One line for systemctl status: what each mirror does, and the leases."""
+        parts = []
+        for name in sorted(self.mirrors):
+            beat = self.health.mirrors.get(name)
+            state = beat.state if beat else "starting"
+            if beat and beat.stalled():
+                state += " STALLED"
+            elif beat and beat.last_error:
+                state += " failing"
+            parts.append(f"{name} {state}")
+        held = sum(1 for k in self.keepers.values() if k.state == "held")
+        return f"{'; '.join(parts)} | leases held {held}/{len(self.keepers)}"
 
     async def _serve(self) -> None:
         """Until SIGTERM/SIGINT; reloads on SIGHUP; raises what a keeper cannot recover from."""
@@ -237,10 +340,15 @@ class Daemon:
             await asyncio.Event().wait()
 
     async def _start(self, mirrors: list[MirrorConfig]) -> None:
+        self.mirrors = {m.name: m for m in mirrors}
         for m in mirrors:
             key = target_key(self.config, m)
             if key not in self.keepers:
-                keeper = Keeper(await self.leases.lease(m), self.log)
+                lease = await self.leases.lease(m)
+                sharing = ",".join(n.name for n in mirrors
+                                   if target_key(self.config, n) == key)
+                keeper = Keeper(lease, self.log.bind(target=lease.target, mirror=sharing),
+                                observe=self.metrics.lease_changed)
                 self.keepers[key] = keeper
                 self.keeper_tasks[key] = asyncio.create_task(
                     keeper.run(), name=f"lease {keeper.lease.target}")
@@ -254,7 +362,9 @@ class Daemon:
         self.wake.set()
         tasks = list(self.loops.values())
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.config.daemon.grace_s)
+            await _first(asyncio.wait(tasks), self._force.wait(),
+                         within=self.config.daemon.grace_s)
+            pending = [t for t in tasks if not t.done()]
             if pending:
                 self.log.warning("grace_expired", mirrors=sorted(
                     n for n, t in self.loops.items() if t in pending))
@@ -289,6 +399,9 @@ class Daemon:
         except SyncdError as exc:
             self.log.error("config_rejected", error=str(exc), kept=self.config.source)
             return
+        self.notify.reloading()
+        if new.http != self.config.http:
+            self.log.warning("http_unchanged", detail="http.listen changes on restart only")
         await self._drain()
         self.stopping = False
         self.wake = asyncio.Event()
@@ -301,11 +414,23 @@ class Daemon:
             del self.memories[name]
             self.health.mirrors.pop(name, None)
         await self._start(mirrors)
+        await self._settled()
+        self.notify.ready(self.status_line())
         self.log.info("config_reloaded", mirrors=sorted(self.loops))
+
+    async def _ping(self, every_s: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop blocked longer than WatchdogSec
+        sends nothing, and systemd restarts the process."""
+        while True:
+            self.notify.watchdog()
+            await asyncio.sleep(every_s)
 
     async def _tick(self) -> None:
         reported: set[str] = set()
+        line = ""
         while True:
+            if line != (line := self.status_line()):
+                self.notify.status(line)
             self.health.beat()
             stalled = set(self.health.stalled())
             for name in sorted(stalled - reported):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,14 +146,27 @@ class Session:
 
 
 class Keeper:
-    """Holds one lease for a long-running process (standby until it can take it)."""
+    """Holds one lease for a long-running process (standby until it can take it).
 
-    def __init__(self, lease: Lease, log: Log) -> None:
+    `settled` is set once the first attempt has an outcome (held, standby, or the backend
+    unreachable and being retried): the daemon reports READY then. `observe` hears every
+    transition ("acquired", "lost", "released") for the metrics."""
+
+    def __init__(self, lease: Lease, log: Log,
+                 observe: Callable[[str, str], None] = lambda _t, _e: None) -> None:
         self.lease = lease
         self.log = log
         self.session: Session | None = None
         self.turn = asyncio.Lock()  # one pass at a time on this target
+        self.settled = asyncio.Event()
+        self.last_gen = 0  # the generation this instance last held
+        self.state = "starting"  # starting, unavailable, standby, held
+        self._observe = observe
         self._changed = asyncio.Event()
+
+    def _lost(self) -> None:
+        self.state = "standby"
+        self._observe(self.lease.target, "lost")
 
     async def wait_session(self) -> Session:
         while self.session is None or self.session.ended.is_set():
@@ -181,6 +194,8 @@ class Keeper:
                 if not exc.retryable:
                     raise
                 log.warning("lease_unavailable", target=lease.target, error=str(exc))
+                self.state = "unavailable"
+                self.settled.set()
                 await asyncio.sleep(next_delay(attempt, base=interval, cap=60.0,
                                                rand=random.random()))
                 attempt += 1
@@ -190,27 +205,34 @@ class Keeper:
                 log.error("lease_lost", target=lease.target, gen=lease.gen,
                           reason=lease.lost_reason)
                 self._announce(None)
+                self._lost()
                 lease.drop()
             if lease.record is None:
+                self.state = "standby"
                 try:
                     reason = await lease.try_acquire()
                 except LeaseLost as exc:
                     log.error("lease_lost", target=lease.target, error=str(exc))
+                    self._lost()
                     lease.drop()
                     reason = None
                 except SyncdError as exc:
                     log.warning("lease_unavailable", target=lease.target, error=str(exc))
+                    self.state = "unavailable"
                     reason = None
                 if reason is not None:
                     log.info("lease_acquired", target=lease.target, gen=lease.gen,
                              reason=reason)
+                    self.state, self.last_gen = "held", lease.gen
+                    self._observe(lease.target, "acquired")
                     self._announce(Session(lease.fence()))
                     last_holder = None
-                elif lease.view is not None:
+                elif lease.view is not None and self.state == "standby":
                     holder = lease.view.record.holder if lease.view.record else lease.view.corrupt
                     if holder != last_holder:
                         log.info("lease_standby", detail=describe_holder(lease, lease.view))
                         last_holder = holder
+                self.settled.set()
                 await asyncio.sleep(interval * (0.75 + random.random() / 2))
                 continue
             ok = False
@@ -225,4 +247,6 @@ class Keeper:
         self._announce(None)
         if self.lease.record is not None:
             await self.lease.release()
+            self.state = "released"
+            self._observe(self.lease.target, "released")
             self.log.info("lease_released", target=self.lease.target)

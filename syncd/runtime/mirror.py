@@ -21,15 +21,17 @@ from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
-from syncd.plan import Plan, Policy, Reason, compute
+from syncd.plan import Plan, Policy, Reason, Skip, compute
 from syncd.resume import ResumeBook
 from syncd.stores.base import Fence, OpenFence, Store
 from syncd.stores.s3 import STALE_UPLOAD_S, S3Store
 from syncd.stores.versions import LEGACY, Versions
 from syncd.stores.volume import VolumeStore
-from syncd.transfer import Log, Stats, Transfer
+from syncd.transfer import NO_METER, Log, Meter, Stats, Transfer
 
 CLEAN_EVERY_S = 3600.0  # how often a daemon looks for abandoned multipart uploads
+HELD = frozenset({Reason.NOT_SETTLED, Reason.ARTIFACT_INCOMPLETE})
+FAILING = "(pass failing)"  # the pending entry that ages while whole passes fail
 
 
 def policy_of(mirror: MirrorConfig) -> Policy:
@@ -66,6 +68,33 @@ class Memory:
     manifests: dict[str, tuple[str, artifacts.Manifest]] = field(default_factory=dict)
     due: float | None = None  # push: when the next waiting file settles (monotonic)
     cleaned: float | None = None  # push: when abandoned uploads were last looked for
+    pending: dict[str, float] = field(default_factory=dict)  # unsynced -> first seen (mono)
+    artifacts: dict[str, int] = field(default_factory=dict)  # pull: artifacts by state
+
+    def lag_s(self, now: float) -> float:
+        return now - min(self.pending.values()) if self.pending else 0.0
+
+    def count_pending(self) -> int:
+        return len(self.pending) - (FAILING in self.pending)
+
+    def failing(self, now: float) -> None:
+        """A whole pass failed: what it would have synced is unknown, and ages from now."""
+        self.pending.setdefault(FAILING, now)
+
+
+def note_pending(memory: Memory, plan: Plan, stats: Stats, st: status.MirrorStatus,
+                 now: float) -> None:
+    """What the pass left unsynced (failed, still being written, artifacts not at their
+    wanted version), each with when it was first seen, for the lag metric."""
+    keys = {a.key for a in plan.of_type(Skip) if a.reason in HELD}
+    keys.update(k for e in stats.errors if isinstance(k := getattr(e, "key", None), str))
+    keys.update(f"artifact:{n}" for n, a in st.artifacts.items()
+                if not a.ready and a.state != status.GONE)
+    memory.pending = {k: memory.pending.get(k, now) for k in keys}
+    memory.artifacts = {}
+    for art in st.artifacts.values():
+        if art.state != status.GONE:
+            memory.artifacts[art.state] = memory.artifacts.get(art.state, 0) + 1
 
 
 @contextlib.asynccontextmanager
@@ -132,12 +161,14 @@ class Pass:
     memory: Memory
     on_bytes: Callable[[int], None] | None
     stopping: Callable[[], bool]
+    meter: Meter = NO_METER
     listed: set[str] = field(default_factory=set)  # keys whose record entries stay
 
     def transfer(self, src: Store, dst: Store) -> Transfer:
         return Transfer(src, dst, self.record, self.fence,
                         concurrency=self.config.transfer.concurrency, log=self.log,
-                        on_bytes=self.on_bytes, journal=self.journal, stopping=self.stopping)
+                        on_bytes=self.on_bytes, journal=self.journal, stopping=self.stopping,
+                        meter=self.meter)
 
     def plan(self, src: Listing, dst: Listing, policy: Policy,
              hold: Callable[[str], Reason | None] | None = None) -> Plan:
@@ -161,7 +192,7 @@ async def cycle(
     config: Config, mirror: MirrorConfig, *, log: Log, fence: Fence | None = None,
     journal: Journal = NULL, on_plan: Callable[[Plan], None] | None = None,
     on_bytes: Callable[[int], None] | None = None, memory: Memory | None = None,
-    stopping: Callable[[], bool] = lambda: False,
+    stopping: Callable[[], bool] = lambda: False, meter: Meter = NO_METER,
 ) -> tuple[Plan, Stats]:
     fence = fence or OpenFence()
     async with opened(config, mirror, write=True) as sides:
@@ -179,7 +210,7 @@ async def cycle(
         run = Pass(config, mirror, sides, fence, journal, log,
                    await state.load(sides.root, mirror.name),
                    await status.load(sides.root, mirror.name), memory or Memory(), on_bytes,
-                   stopping)
+                   stopping, meter)
         before = dict(run.record)
         status_before = status.content(run.status)
         try:
@@ -193,6 +224,7 @@ async def cycle(
             run.status.error = str(exc)
             raise
         else:
+            note_pending(run.memory, plan, stats, run.status, time.monotonic())
             run.status.error = stats.errors[0].message if stats.errors else None
             run.status.deletes_refused = plan.refused_deletes
             if not stats.failed:
