@@ -145,7 +145,8 @@ def sync(
     async def passes(cfg: config_mod.Config, leases: Leases) -> int:
         worst: SyncdError | None = None
         for m in _mirrors(cfg, mirror):
-            log = logs.get(mirror=m.name, direction=m.direction)
+            log = logs.get(mirror=m.name, direction=m.direction,
+                           target=target_name(target_key(cfg, m)))
             if dry_run:
                 async with mirror_mod.opened(cfg, m, write=False) as sides:
                     plan, _ = await mirror_mod.plan_for(sides, m)

@@ -445,6 +445,45 @@ async def _syncd(args: list[str], env: Mapping[str, str], echo: Echo) -> int:
     return await _finish(await _spawn(args, env, echo), args[0])
 
 
+def _listen(env: dict[str, str]) -> str:
+    """The daemon's HTTP address: the user's, else a loopback port that was free just now."""
+    listen = env.get("SYNCD_HTTP__LISTEN", "")
+    if not listen or listen.endswith(":0"):
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            listen = f"{HOST}:{sock.getsockname()[1]}"
+    env["SYNCD_HTTP__LISTEN"] = listen
+    return listen
+
+
+def _fetch(url: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def _show_operations(listen: str, echo: Echo) -> None:
+    """What an operator's probes and Prometheus see of the running daemon."""
+    base = f"http://{listen.replace('0.0.0.0', HOST)}"
+    code, body = await asyncio.to_thread(_fetch, f"{base}/readyz")
+    ready = json.loads(body)
+    arts = [f"{m}/{a}: {s['state']}" for m, st in ready["mirrors"].items()
+            for a, s in st["artifacts"].items()]
+    echo(f"demo: GET {base}/readyz -> {code}, ready={ready['ready']} ({', '.join(arts)})")
+    _, metrics = await asyncio.to_thread(_fetch, f"{base}/metrics")
+    shown = [ln for ln in metrics.decode().splitlines()
+             if ln.startswith(("syncd_transferred_bytes_total", "syncd_lease_held",
+                               "syncd_replication_lag_seconds"))]
+    echo(f"demo: GET {base}/metrics (Prometheus), a few of its lines:")
+    for line in shown:
+        echo(f"  {line}")
+
+
 async def _until_pushed(store: S3Store, key: str) -> Snapshot:
     """The push mirror's objects once `key` (a manifest, written last) is among them."""
     for _ in range(int(STEP_TIMEOUT_S / 0.2)):  # polling a server: no event to wait on
@@ -521,6 +560,7 @@ async def run(directory: Path, *, endpoint: str | None = None, bucket: str = BUC
                  f"({written} object(s) uploaded now, {len(model) - written} already there)")
             pulled = _on_volume(layout.volume)
             pushed = await _listed(store, CHECKPOINT_PREFIX)
+            listen = _listen(env)
             daemon = await _spawn(["run", "-c", str(layout.config)], env, echo)
             try:
                 if code := await _syncd(["wait", MODEL, "--timeout", str(STEP_TIMEOUT_S),
@@ -532,6 +572,7 @@ async def run(directory: Path, *, endpoint: str | None = None, bucket: str = BUC
                      "published whole, behind one link")
                 _report(pulled, _on_volume(layout.volume), echo)
                 _check_bytes(layout.volume, model, echo)
+                await _show_operations(listen, echo)
                 manifest = f"{CHECKPOINT_STEP}/{MANIFEST_NAME}"
                 now = await _until_pushed(store, manifest)
                 echo(f"demo: the daemon pushed {layout.checkpoints} -> "

@@ -345,9 +345,7 @@ class Daemon:
             key = target_key(self.config, m)
             if key not in self.keepers:
                 lease = await self.leases.lease(m)
-                sharing = ",".join(n.name for n in mirrors
-                                   if target_key(self.config, n) == key)
-                keeper = Keeper(lease, self.log.bind(target=lease.target, mirror=sharing),
+                keeper = Keeper(lease, lease.log,
                                 observe=self.metrics.lease_changed)
                 self.keepers[key] = keeper
                 self.keeper_tasks[key] = asyncio.create_task(

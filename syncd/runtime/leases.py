@@ -81,10 +81,13 @@ class Leases:
         """The mirror's lease, created on first use (not yet prepared)."""
         key = target_key(self.config, mirror)
         if key not in self._leases:
+            sharing = ",".join(m.name for m in self.config.mirrors
+                               if self.config.volume_root(m) is not None
+                               and target_key(self.config, m) == key)
             self._leases[key] = Lease(
                 await self.backend(key), timing_of(self.config), self.holder,
                 detect_dead=self.config.lease.detect_dead_holders, journal=self.journal,
-                log=self.log)
+                log=self.log.bind(target=target_name(key), mirror=sharing))
         return self._leases[key]
 
 

@@ -89,4 +89,6 @@ def test_demo_syncs_sample_model_both_ways_then_reruns_copying_nothing(tmp_path)
     assert not list((layout.volume / ".syncd" / "tmp").iterdir())
     assert "in sync" in second.stdout
     assert "published whole" in first.stdout and "exited with 0" in first.stdout
+    assert "/readyz -> 200, ready=True" in first.stdout
+    assert "syncd_transferred_bytes_total{" in first.stdout
     _assert_server_stopped(layout.config)

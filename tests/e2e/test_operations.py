@@ -178,8 +178,12 @@ def test_promtool_accepts_the_metrics_output(setup: Setup, tmp_path: Path,
     assert daemon.stop() == 0
 
 
-def test_no_credential_appears_in_logs_or_http_bodies(setup: Setup, tmp_path: Path,
-                                                      throttle_proxy: Any) -> None:
+PROCESS_EVENTS = {"daemon_started", "daemon_stopped", "config_reloaded", "config_rejected",
+                  "stop_forced", "event_loop_stuck", "http_unchanged"}
+
+
+def test_logs_name_mirror_and_target_and_never_a_credential(setup: Setup, tmp_path: Path,
+                                                            throttle_proxy: Any) -> None:
     daemon, proxy, _, cfg = _published(setup, tmp_path, throttle_proxy)
     proxy.resume()
     base = daemon.http()
@@ -196,6 +200,12 @@ def test_no_credential_appears_in_logs_or_http_bodies(setup: Setup, tmp_path: Pa
                "wrong-secret stderr": wrong.stderr,
                **{f"http body {i}": b for i, b in enumerate(bodies)}}
     assert len(outputs["daemon log"]) > 2000  # debug logs of a whole sync were produced
+    events = daemon.events()
+    assert {e["event"] for e in events} >= {"lease_acquired", "plan_computed", "pass_done"}
+    for e in events:
+        assert "level" in e and "timestamp" in e, e
+        if e["event"] not in PROCESS_EVENTS:
+            assert e.get("mirror") == "m" and e.get("target"), e
     for where, data in outputs.items():
         for secret in (SECRET_KEY, SECRET_KEY[::-1], ACCESS_KEY):
             assert secret.encode() not in data, f"{secret[:4]}... found in {where}"
