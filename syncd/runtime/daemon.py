@@ -251,8 +251,8 @@ class Daemon:
                 self.leases = leases
                 try:
                     await self._start(select(self.config, self.names))
-                    await self._settled()
-                    self.notify.ready(self.status_line())
+                    if await self._settled():
+                        self.notify.ready(self.status_line())
                     self.log.info("daemon_started", mirrors=sorted(self.loops),
                                   holder=leases.holder.id, pid=leases.holder.pid,
                                   http=f"{http.host}:{http.port}" if http else None)
@@ -278,10 +278,14 @@ class Daemon:
         return Server(*address, metrics=self.metrics.render, health=self.healthz,
                       ready=self.readyz)
 
-    async def _settled(self) -> None:
-        """Until every lease is held, in standby or known unreachable (or a keeper fails)."""
+    async def _settled(self) -> bool:
+        """Until every lease is held, in standby or known unreachable: True; False when a
+        keeper fails or a stop comes first (then READY=1 would be a lie)."""
         waits = [k.settled.wait() for k in self.keepers.values()]
         await _first(asyncio.gather(*waits), self._keeper_failure(), self._stop.wait())
+        failed = any(t.done() for t in self.keeper_tasks.values())
+        return not failed and not self._stop.is_set() and all(
+            k.settled.is_set() for k in self.keepers.values())
 
     def healthz(self) -> Verdict:
         snap = self.health.snapshot()
@@ -412,8 +416,8 @@ class Daemon:
             del self.memories[name]
             self.health.mirrors.pop(name, None)
         await self._start(mirrors)
-        await self._settled()
-        self.notify.ready(self.status_line())
+        if await self._settled():
+            self.notify.ready(self.status_line())
         self.log.info("config_reloaded", mirrors=sorted(self.loops))
 
     async def _ping(self, every_s: float) -> None:
