@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import report, workloads
+from bench import report, rest, workloads
 from bench.measure import stop_live_child
 from bench.proxy import CountingProxy, self_test
 from bench.records import RunRecord
@@ -36,9 +36,9 @@ from bench.server import (
 from bench.tools import ALL_TOOLS, S3Loc, Target, Tool, make_tools
 from bench.workloads import GiB, KiB, Materialized, MiB, materialize
 
-ALL_WORKLOADS = ("W1", "W1c", "W2", "W3", "W4", "W5", "W6")
+ALL_WORKLOADS = ("W1", "W1c", "W2", "W3", "W4", "W5", "W6", "W7")
 ROLES = {"W1": ("w1",), "W1c": ("w1",), "W2": ("w2",), "W3": ("w3",), "W4": ("w4",),
-         "W5": ("w3", "w5shard"), "W6": ("w6a", "w6b")}
+         "W5": ("w3", "w5shard"), "W6": ("w6a", "w6b"), "W7": ("w4",)}
 OUT = Path(__file__).resolve().parent / "out"  # bench/out/, git-ignored
 DEFAULT_WORKDIR = OUT / "work"
 DEFAULT_JSON = OUT / "results.json"
@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=None,
                    help="timed runs per workload and tool (default: 3, quick: 1)")
     p.add_argument("--workloads", type=_csv(ALL_WORKLOADS), default=list(ALL_WORKLOADS),
-                   help="comma-separated subset of W1..W6 (default: all)")
+                   help="comma-separated subset of W1..W7 (default: all)")
     p.add_argument("--tools", type=_csv(ALL_TOOLS), default=list(ALL_TOOLS),
                    help=f"comma-separated subset of {','.join(ALL_TOOLS)} (default: all)")
     p.add_argument("--directions", type=_csv(("pull", "push")), default=["pull", "push"],
@@ -77,6 +77,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "default: on in full mode, off with --quick")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply data sizes and object counts (e.g. 0.25 for the test)")
+    p.add_argument("--rest-window", type=float, default=None, metavar="S",
+                   dest="rest_window_s",
+                   help=f"W7: seconds the daemon at rest is measured (default: "
+                        f"{rest.FULL_WINDOW_S:.0f}, quick: {rest.QUICK_WINDOW_S:.0f}, the "
+                        f"shortest that always holds a pass at syncd's default "
+                        f"{rest.POLL_INTERVAL_S:.0f} s poll interval)")
     p.add_argument("--endpoint", default=None, metavar="URL",
                    help="use this S3 endpoint instead of a local rclone serve s3 "
                         "(credentials from AWS_* in the environment)")
@@ -95,10 +101,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.runs = 1 if args.quick else 3
     if args.small_push is None:
         args.small_push = not args.quick
+    if args.rest_window_s is None:
+        args.rest_window_s = rest.QUICK_WINDOW_S if args.quick else rest.FULL_WINDOW_S
     if not 1 <= args.runs <= 100:
         p.error("--runs must be 1..100")
     if not 0.001 <= args.scale <= 10:
         p.error("--scale must be in 0.001..10")
+    if not 1 <= args.rest_window_s <= 3600:
+        p.error("--rest-window must be 1..3600 seconds")
     return args
 
 
@@ -109,7 +119,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def describe(sizes: workloads.Sizes, chosen: Sequence[str]) -> str:
+def describe(sizes: workloads.Sizes, chosen: Sequence[str], rest_window_s: float) -> str:
     a, b = sizes.w6_counts
     parts = {
         "W1": f"W1 1 x {_size(sizes.w1_bytes)}",
@@ -121,6 +131,8 @@ def describe(sizes: workloads.Sizes, chosen: Sequence[str]) -> str:
         "W4": f"W4 {sizes.w4_count} x 1-4 KiB",
         "W5": "W5 W3 with 1 shard replaced",
         "W6": f"W6 {a} and {b} x 256 B-2 KiB",
+        "W7": f"W7 syncd run at rest over the W4 set ({sizes.w4_count} x 1-4 KiB), "
+              f"{rest_window_s:.0f} s window, default poll interval",
     }
     return "; ".join(parts[wl] for wl in chosen)
 
@@ -259,7 +271,9 @@ def _main(args: argparse.Namespace, live: Live) -> int:
     bench = Bench(workdir=workdir, session=session, bucket=args.bucket,
                   target=Target(endpoint, creds, workdir), client=client, tools=tools,
                   mats=mats, runs=args.runs, server=server, proxy=proxy,
-                  count_target=count_target, notes=notes)
+                  count_target=count_target, rest_window_s=args.rest_window_s, notes=notes)
+    if "W7" in args.workloads and not any(t.family == "syncd" for t in tools):
+        notes.append("W7 (the daemon at rest) runs syncd only, which --tools left out")
 
     def label(role: str) -> str:
         return f"W6-{workloads.count_label(mats[role].dataset.count)}"
@@ -289,9 +303,9 @@ def _main(args: argparse.Namespace, live: Live) -> int:
         "settings": {
             "mode": "quick" if args.quick else "full", "runs": args.runs, "scale": args.scale,
             "workloads": args.workloads, "tools": args.tools, "directions": args.directions,
-            "small_push": args.small_push,
+            "small_push": args.small_push, "rest_window_s": args.rest_window_s,
             "endpoint": server_version, "session": session,
-            "data": describe(sizes, args.workloads) + (
+            "data": describe(sizes, args.workloads, args.rest_window_s) + (
                 "" if args.small_push or "push" not in args.directions
                 or not {"W4", "W6"} & set(args.workloads)
                 else "; W4 and W6 pull only (--small-push to push)"),

@@ -6,20 +6,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Row kinds: "transfer" rows are reported in MB/s (higher is better), "seconds" rows (no-op
-# re-syncs and W5's one-shard re-sync) in seconds (lower is better).
+# re-syncs and W5's one-shard re-sync) in seconds (lower is better); the "rest" row (W7, the
+# daemon at rest) in % of one core (lower is better), reported in a table of its own.
 TRANSFER = "transfer"
 SECONDS = "seconds"
+REST = "rest"
 
 
 @dataclass(slots=True)
 class RunRecord:
     run: int
     row: str  # "W1", "W4 no-op", "W6-10k first", ...
-    workload: str  # W1..W6
+    workload: str  # W1..W7
     direction: str  # pull | push
     tool: str
     phase: str  # timed | prime | count
-    kind: str  # TRANSFER | SECONDS
+    kind: str  # TRANSFER | SECONDS | REST
     bytes: int  # bytes of the workload (what MB/s divides)
     files: int
     status: str = "ok"  # ok | FAILED
@@ -43,6 +45,9 @@ class RunRecord:
     proxy_bytes_to_server: int | None = None
     check: dict[str, Any] | None = None
     syncd_summary: dict[str, float] | None = None
+    # REST rows: wall_s is the window, user_s/sys_s the daemon's CPU in it, maxrss_kib its
+    # VmHWM; this holds the rest (CPU %, passes, VmRSS, time to stop, CPU trace, ...).
+    daemon: dict[str, Any] | None = None
     argv: list[str] = field(default_factory=list)
     log_dir: str = ""
 

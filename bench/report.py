@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.records import SECONDS, RunRecord
+from bench.records import REST, SECONDS, RunRecord
 from bench.tools import PEERS
 
 MB = 1_000_000
@@ -85,11 +85,15 @@ class Row:
         return sum(not r.ok for r in self.records)
 
     def values(self) -> list[float]:
-        """MB/s for transfer rows, seconds for seconds rows: the row's metric per ok run."""
+        """MB/s for transfer rows, seconds for seconds rows, % of one core for the daemon at
+        rest: the row's metric per ok run."""
         out = []
         for r in self.ok_records:
             assert r.wall_s is not None
-            out.append(r.wall_s if self.kind == SECONDS else r.bytes / MB / r.wall_s)
+            if self.kind == REST:
+                out.append(float((r.daemon or {})["cpu_pct"]))
+            else:
+                out.append(r.wall_s if self.kind == SECONDS else r.bytes / MB / r.wall_s)
         return out
 
     @property
@@ -109,7 +113,7 @@ class Row:
         vals = self.values()
         return {
             "row": self.row, "direction": self.direction, "tool": self.tool,
-            "unit": "s" if self.kind == SECONDS else "MB/s",
+            "unit": UNITS.get(self.kind, "MB/s"),
             "median": self.median, "min": min(vals) if vals else None,
             "max": max(vals) if vals else None, "runs": len(self.records),
             "failed": self.failed, "ratio_vs_best_peer": self.ratio,
@@ -119,6 +123,30 @@ class Row:
             "median_server_cpu_s": self.med("server_cpu_s"),
             "requests": _requests(self.records),
             "median_moved_bytes": self.med("moved_bytes"),
+            **({"daemon": self.rest_json()} if self.kind == REST else {}),
+        }
+
+    def rest_json(self) -> dict[str, Any]:
+        """The daemon-at-rest numbers of every run, and whether the target was met."""
+        runs = [r.daemon for r in self.records if r.daemon]
+        pct = self.values()
+        target = runs[0]["target_pct"] if runs else None
+        hwm = [d["vmhwm_kib"] for d in runs if d.get("vmhwm_kib")]
+        rss = [d["vmrss_kib"] for d in runs if d.get("vmrss_kib")]
+        return {
+            "cpu_pct_median": statistics.median(pct) if pct else None,
+            "cpu_pct_max": max(pct) if pct else None, "target_pct": target,
+            "target_met": bool(pct) and self.clean and target is not None
+                          and max(pct) < target,
+            "window_s": [d["window_s"] for d in runs],
+            "passes": [d["passes"] for d in runs],
+            "requests": [r.requests for r in self.records if r.daemon],
+            "poll_interval_s": runs[0]["poll_interval_s"] if runs else None,
+            "max_rss_mib": round(max(hwm) / 1024, 1) if hwm else None,
+            "rss_at_end_mib": round(max(rss) / 1024, 1) if rss else None,
+            "first_pass_s": [d.get("first_pass_s") for d in runs],
+            "stop_s": [d.get("stop_s") for d in runs],
+            "exit_codes": [r.returncode for r in self.records if r.daemon],
         }
 
 
@@ -187,6 +215,7 @@ def _files_per_s(row: Row) -> str:
     return f" ({rate:.0f} files/s)"
 
 
+UNITS = {SECONDS: "s", REST: "% of one core"}
 HEADER = ("| workload | dir | tool | median | min-max | vs best peer | wall s | max RSS MB "
           "| client CPU s | CPU s/GiB | server CPU s | requests | moved MB | check |")
 RULE = "|" + "---|" * 14
@@ -240,15 +269,17 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], records: Sequence[RunRec
     ]
     for name, version in m["versions"].items():
         lines.append(f"- {name}: {version}")
-    lines += [f"- data: {s['data']}", "", HEADER, RULE]
-    lines += [row_line(r) for r in rows]
-    lines += ["", "Columns: median/min-max are MB/s (workload bytes / wall time) or seconds "
-              "(no-op and W5 re-syncs); *vs best peer* is syncd over the best clean s5cmd/"
-              "rclone variant (>= 1.0: syncd wins); *max RSS* of the client process; *CPU* "
-              "is user+system of the client; *server CPU* and *moved MB* (bytes the server "
-              "wrote: sent on a pull, stored on a push) come from the server's /proc "
-              "counters; *requests* were counted by a proxy on a repeat of the no-op "
-              "(first run)."]
+    lines.append(f"- data: {s['data']}")
+    main = [r for r in rows if r.kind != REST]
+    if main:  # W7 alone has only its own table
+        lines += ["", HEADER, RULE, *(row_line(r) for r in main)]
+        lines += ["", "Columns: median/min-max are MB/s (workload bytes / wall time) or seconds "
+                  "(no-op and W5 re-syncs); *vs best peer* is syncd over the best clean s5cmd/"
+                  "rclone variant (>= 1.0: syncd wins); *max RSS* of the client process; *CPU* "
+                  "is user+system of the client; *server CPU* and *moved MB* (bytes the server "
+                  "wrote: sent on a pull, stored on a push) come from the server's /proc "
+                  "counters; *requests* were counted by a proxy on a repeat of the no-op "
+                  "(first run)."]
     summaries = [r for r in records if r.tool == "syncd" and r.phase == "timed"
                  and r.workload == "W5" and r.syncd_summary]
     if summaries:
@@ -257,6 +288,7 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], records: Sequence[RunRec
             sm = r.syncd_summary or {}
             lines.append(f"- run {r.run + 1}: {int(sm.get('files', 0))} files, "
                          f"{sm.get('mb', 0):.1f} MB copied")
+    lines += rest_table([r for r in rows if r.kind == REST])
     failed = [r for r in records if not r.ok]
     if failed:
         lines += ["", "## Failures", ""]
@@ -269,6 +301,53 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], records: Sequence[RunRec
         lines += ["", "## Notes", ""]
         lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+REST_HEADER = ("| workload | tool | CPU % of one core | target | window s | passes | requests "
+               "| max RSS MB | RSS MB at end | server CPU s | stop s | exit | check |")
+
+
+def rest_table(rows: Sequence[Row]) -> list[str]:
+    """W7 in a table of its own: its columns are not the transfer table's."""
+    if not rows:
+        return []
+    lines = ["", "## Daemon at rest", "",
+             "`syncd run` (default `[daemon]` settings: a pass every 30 s +-10 %) over objects "
+             "already in sync, measured from the end of its first pass. Only syncd runs it: "
+             "s5cmd and rclone have no daemon mode.", "", REST_HEADER, "|" + "---|" * 13]
+    for row in rows:
+        j = row.rest_json()
+        pct = row.values()
+        if pct:
+            cpu = f"{statistics.median(pct):.2f} %" + (
+                f" ({min(pct):.2f}-{max(pct):.2f})" if len(pct) > 1 else "")
+            target = f"< {j['target_pct']:g} %: " + ("**met**" if j["target_met"]
+                                                     else "**not met**")
+        else:
+            cpu, target = ("FAILED" if row.failed else "-"), "-"
+        check = ("not run" if not row.records else
+                 f"**FAILED** {row.failed}/{len(row.records)}" if row.failed
+                 else f"ok {len(row.records)}/{len(row.records)}")
+        lines.append(
+            f"| {row.row} | {row.tool} | {cpu} | {target} | {_join(j['window_s'], 1)} | "
+            f"{_join(j['passes'])} | {_join(j['requests'])} | {_num(j['max_rss_mib'])} | "
+            f"{_num(j['rss_at_end_mib'])} | {_num(row.med('server_cpu_s'), 2)} | "
+            f"{_join(j['stop_s'], 2)} | {_join(j['exit_codes'])} | {check} |")
+    lines += ["", "CPU: utime+stime of the daemon (/proc/<pid>/stat) over the window, as % of "
+              "one core; *passes*: its `pass_done` log lines in the window; *requests*: what "
+              "it sent in the window (counting proxy); *max RSS*: VmHWM, its peak since it "
+              "started (first pass included); *RSS at end*: VmRSS at the window's end; "
+              "*stop s*: SIGTERM to exit (it must exit 0 within its 30 s grace period); "
+              "*check*: the volume is still complete and byte-identical afterwards."]
+    return lines
+
+
+def _join(values: Sequence[Any], digits: int | None = None) -> str:
+    """One value per run, "/"-separated; "-" for none."""
+    if not values or all(v is None for v in values):
+        return "-"
+    return "/".join("-" if v is None else (f"{v:.{digits}f}" if digits is not None else str(v))
+                    for v in values)
 
 
 def _load(values: list[float] | None) -> str:
@@ -289,6 +368,7 @@ def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row],
         "version": 1,
         **meta,
         "rows": [r.to_json() for r in rows],
+        "daemon_at_rest": [r.to_json() for r in rows if r.kind == REST],
         "runs": [r.to_json() for r in records],
         "failures": sum(not r.ok for r in records),
         "notes": list(notes),

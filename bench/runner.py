@@ -57,6 +57,7 @@ class Bench:
     server: LocalServer | None = None
     proxy: CountingProxy | None = None
     count_target: Target | None = None  # through the proxy
+    rest_window_s: float = 60.0  # W7: how long the daemon at rest is measured
     records: list[RunRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

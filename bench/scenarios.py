@@ -8,6 +8,8 @@
 - changed shard (W5): every tool first syncs W3 untimed into its own directory; then one
   shard is replaced in the source; then each tool's re-sync is timed: only that shard
   should move (the server's byte counters and syncd's summary line say what did).
+- at rest (W7, syncd only): ``syncd run`` over the synced W4 set, measured over a window
+  (bench/rest.py).
 
 Destinations are removed once checked (pushed prefixes deleted); logs stay.
 """
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import rest
 from bench.records import SECONDS, TRANSFER, RunRecord
 from bench.runner import Bench, seed_remote, wait_past_second
 from bench.tools import (
@@ -38,11 +41,11 @@ LIMIT_WORKLOADS = frozenset({"W1", "W3"})
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    workload: str  # W1..W6
+    workload: str  # W1..W7
     label: str  # row name stem: "W1", "W6-10k"
     role: str  # data set role: w1 w2 w3 w4 w6a w6b
     direction: str  # pull | push
-    kind: str  # copy | noop | first-noop | changed
+    kind: str  # copy | noop | first-noop | changed | rest
 
     @property
     def slug(self) -> str:
@@ -57,6 +60,8 @@ class Scenario:
             return [(self.label, n) for n in names]
         if self.kind == "noop":
             return [(f"{self.label} no-op", n) for n in names]
+        if self.kind == "rest":  # s5cmd and rclone have no daemon mode
+            return [(rest.row_name(self.label), n) for n in names if n == "syncd"]
         if self.kind == "first-noop":
             return ([(f"{self.label} first", n) for n in names]
                     + [(f"{self.label} no-op", n) for n in names])
@@ -64,7 +69,8 @@ class Scenario:
 
 
 def run_scenario(b: Bench, sc: Scenario, run: int) -> None:
-    {"copy": _copy, "noop": _noop, "first-noop": _noop, "changed": _changed}[sc.kind](b, sc, run)
+    {"copy": _copy, "noop": _noop, "first-noop": _noop, "changed": _changed,
+     "rest": rest.at_rest}[sc.kind](b, sc, run)
 
 
 def _record(sc: Scenario, run: int, row: str, tool: Tool, phase: str, kind: str,
@@ -257,7 +263,7 @@ def plan(workloads: list[str], directions: list[str], labels: Callable[[str], st
          small_push: bool) -> list[Scenario]:
     """The scenarios of the selected workloads and directions, in run order.
 
-    W5 is pull only. W4 and W6 push only with ``small_push`` (the default in full mode):
+    W5 and W7 are pull only. W4 and W6 push only with ``small_push`` (the default in full mode):
     pushing thousands of tiny objects with five tools is what would stretch --quick past
     its time budget.
     """
@@ -272,6 +278,8 @@ def plan(workloads: list[str], directions: list[str], labels: Callable[[str], st
                 out.append(Scenario(wl, wl, "w4", direction, "noop"))
             elif wl == "W5" and direction == "pull":
                 out.append(Scenario(wl, wl, "w3", direction, "changed"))
+            elif wl == "W7" and direction == "pull":
+                out.append(Scenario(wl, wl, "w4", direction, "rest"))
             elif wl == "W6" and (direction == "pull" or small_push):
                 for role in ("w6a", "w6b"):
                     out.append(Scenario(wl, labels(role), role, direction, "first-noop"))

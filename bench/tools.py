@@ -5,7 +5,8 @@ fresh destination uses the tool's copy command; a re-sync (no-op and W5) uses it
 command. Credentials go in the environment only (never argv, never a file of ours that a
 tool could rewrite): AWS_* for syncd and s5cmd, RCLONE_CONFIG_BENCH_* for rclone.
 
-- ``syncd``: default settings, a generated TOML config, ``syncd sync --once -c CFG``.
+- ``syncd``: default settings, a generated TOML config, ``syncd sync --once -c CFG``; for
+  W7 (the daemon at rest) ``syncd run -c CFG``.
 - ``s5cmd`` / ``s5cmd-tuned``: ``cp`` / ``sync``; tuned adds ``--numworkers 32`` and
   ``-c 2 -p 64``.
 - ``rclone`` / ``rclone-tuned``: ``copy`` / ``sync`` to a remote defined purely by
@@ -136,6 +137,19 @@ class Tool:
                                            f"bench:{dest.bucket}/{dest.prefix}", resync),
                               rclone_env(target, conf_dir))
         raise ValueError(f"{self.name} cannot push")
+
+    def daemon(self, target: Target, src: S3Loc, dest: Path, *, conf_dir: Path) -> Invocation:
+        """``syncd run``: the pull mirror of ``pull()`` with default ``[daemon]`` settings
+        (poll interval, grace), its HTTP endpoint on a port of the kernel's choosing (it can
+        never collide), and nothing of a systemd around the harness."""
+        if self.family != "syncd" or self.binary is None:
+            raise ValueError(f"{self.name} has no daemon mode")
+        cfg = write_syncd_config(conf_dir / "syncd-run.toml", target, src, dest, "pull")
+        env = _syncd_env(target)
+        env["SYNCD_HTTP__LISTEN"] = "127.0.0.1:0"
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(name, None)
+        return Invocation([str(self.binary), "run", "-c", str(cfg)], env)
 
     def _s5cmd(self, target: Target, command: str, src: str, dest: str) -> list[str]:
         assert self.binary is not None

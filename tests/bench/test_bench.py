@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import pytest
 
 from bench import verify
-from bench.measure import run_child
+from bench.measure import Background, proc_cpu, proc_memory_kib, run_child
 from bench.proxy import CountingProxy, RequestParser
+from bench.rest import EventLog, count
 from bench.server import LocalServer, find_binary, s3_client
 from bench.tools import check_limit_output, plan_ranges
 from bench.workloads import Dataset, FileSpec, file_bytes, materialize
@@ -28,7 +30,7 @@ SYNC_TOOLS = TOOLS[:-1]
 # --- the harness end to end ----------------------------------------------------------------
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(280)
 def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     for tool in ("rclone", "s5cmd", "syncd", "curl"):  # installed by the dev extras / .ci/run
         assert find_binary(tool) is not None, f"{tool} is missing: run ./dev test or .ci/run"
@@ -37,7 +39,7 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--scale", "0.1",
          "--workdir", str(tmp_path / "work"), "--json", str(out), "--markdown", str(md)],
-        cwd=REPO, capture_output=True, text=True, timeout=220, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=260, check=False,
         env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -81,6 +83,23 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
         if key[2] == "syncd":
             assert row["ratio_vs_best_peer"] is not None, key
 
+    # W7: syncd run at rest, measured over its window, stopped cleanly, volume intact.
+    assert not any(key[0] == "W7 at rest" and key[2] != "syncd" for key in rows)
+    rest = rows[("W7 at rest", "pull", "syncd")]
+    assert rest["unit"] == "% of one core" and rest["failed"] == 0 and rest["runs"] == 1
+    assert data["daemon_at_rest"] == [rest]
+    d = rest["daemon"]
+    assert d["cpu_pct_median"] is not None and 0 <= d["cpu_pct_median"] < 100
+    assert d["window_s"][0] >= data["settings"]["rest_window_s"]
+    assert d["passes"][0] >= 1  # the window is longer than the default poll interval
+    assert d["poll_interval_s"] == 30
+    assert d["requests"][0] is not None and d["requests"][0] >= d["passes"][0]
+    assert d["exit_codes"] == [0] and d["stop_s"][0] < 30
+    assert 0 < d["max_rss_mib"] < 4096
+    (timed,) = [r for r in data["runs"] if r["row"] == "W7 at rest" and r["phase"] == "timed"]
+    assert timed["check"]["ok"] and timed["daemon"]["errors"] == []
+    assert timed["daemon"]["cpu_s"] == pytest.approx(timed["user_s"] + timed["sys_s"], abs=0.01)
+
     # W5: every tool moved about one shard, not the model.
     shard = data["datasets"]["w5shard"]["bytes"]
     for run in data["runs"]:
@@ -93,6 +112,8 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     text = md.read_text()
     assert text in proc.stdout
     assert "| W1 | pull | syncd |" in text and "limit (curl)" in text
+    assert "## Daemon at rest" in text and "| W7 at rest | syncd |" in text
+    assert "| W7 at rest | pull |" not in text  # not in the transfer table
 
 
 # --- the checker catches what it must ------------------------------------------------------
@@ -270,6 +291,49 @@ def test_a_hung_tool_is_ended_at_its_timeout(tmp_path: Path) -> None:
     assert res.timed_out
     assert res.returncode != 0
     assert res.wall_s < 10
+
+
+def test_proc_readers_report_cpu_and_memory_of_a_live_pid() -> None:
+    cpu = proc_cpu(os.getpid())
+    assert cpu is not None and cpu.total_s > 0
+    memory = proc_memory_kib(os.getpid())
+    assert 0 < memory["VmRSS"] <= memory["VmHWM"]
+    assert proc_cpu(2**22 + 1) is None and proc_memory_kib(2**22 + 1) == {}  # > pid_max
+
+
+def test_background_kills_a_daemon_still_running_after_its_grace(tmp_path: Path) -> None:
+    child = Background.start(["/bin/sh", "-c", "trap '' TERM; echo up >&2; sleep 30"],
+                             env=dict(os.environ), cwd=tmp_path, log_dir=tmp_path, name="d")
+    try:
+        deadline = time.monotonic() + 10
+        while b"up" not in child.stderr.read_bytes():  # the trap is set
+            assert time.monotonic() < deadline and child.alive()
+            time.sleep(0.01)
+        code, took = child.terminate(0.3)
+        assert code is None and took >= 0.3  # still running after the grace: ended, reaped
+        assert not child.alive() and child.returncode is not None
+    finally:
+        child.close()
+    quick = Background.start(["/bin/sleep", "30"], env=dict(os.environ), cwd=tmp_path,
+                             log_dir=tmp_path, name="s")
+    try:
+        code, took = quick.terminate(10)
+        assert code == -15 and took < 5  # SIGTERM ends it
+    finally:
+        quick.close()
+
+
+def test_event_log_counts_whole_json_lines_as_they_are_appended(tmp_path: Path) -> None:
+    path = tmp_path / "run.stderr"
+    log = EventLog(path)
+    assert log.read() == []  # not there yet
+    path.write_text('{"event": "pass_done"}\nnot json\n{"event": "pass_d')
+    assert count(log.read(), "pass_done") == 1
+    with path.open("a") as fh:
+        fh.write('one"}\n{"event": "pass_done", "level": "info"}\n')
+    events = log.read()
+    assert [e["event"] for e in events] == ["pass_done", "pass_done"]
+    assert log.read() == []
 
 
 def test_limit_plan_and_its_check() -> None:

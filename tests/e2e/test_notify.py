@@ -21,23 +21,13 @@ from typing import Any
 
 import pytest
 
+from tests.daemons import FAST
 from tests.mirrors import SYNCD, env, syncd, wait_for, write_config
 from tests.notify import Message, NotifySocket
 from tests.servers import S3Server, find_free_port
 
 WATCHDOG_USEC = 2_000_000
 WATCHDOG_S = WATCHDOG_USEC / 1e6
-TIMING = """
-[lease]
-ttl_s = 3
-renew_interval_s = 0.3
-renew_deadline_s = 2
-skew_margin_s = 0.5
-[daemon]
-poll_interval_s = 0.3
-grace_s = 1
-retry_max_s = 1
-"""
 
 
 def is_ready(m: Message) -> bool:
@@ -76,7 +66,7 @@ class Setup:
 
     def config(self, name: str, *, poll_interval_s: float = 0.3) -> Path:
         http = f'[http]\nlisten = "127.0.0.1:{find_free_port()}"'
-        timing = TIMING.replace("poll_interval_s = 0.3", f"poll_interval_s = {poll_interval_s}")
+        timing = FAST.replace("poll_interval_s = 0.3", f"poll_interval_s = {poll_interval_s}")
         return write_config(self.tmp / f"{name}.toml", self.server.endpoint_url, self.bucket,
                             direction="pull", root=self.volume, lease="volume",
                             top=f"{timing}\n{http}")
