@@ -138,7 +138,9 @@ def test_clean_aws_env_exposes_only_test_credentials() -> None:
         assert not Path(os.environ[var]).exists()
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SYNCD_CONFIG", "SYNCD_DATACENTER"):
         assert var not in os.environ
-    assert not [name for name in os.environ if name.startswith("SYNCD_")]
+    # one SYNCD_ variable on purpose: daemons take ephemeral HTTP ports, so several can run
+    assert [name for name in os.environ if name.startswith("SYNCD_")] == ["SYNCD_HTTP__LISTEN"]
+    assert os.environ["SYNCD_HTTP__LISTEN"] == "127.0.0.1:0"
 
     creds = boto3.session.Session().get_credentials()
     assert creds is not None
