@@ -36,6 +36,7 @@ from syncd import __version__
 DURATION_BUCKETS_S = (0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
                       900.0, 1800.0, 3600.0)
 
+TRANSITIONS = ("acquired", "lost", "released")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -47,12 +48,18 @@ def kind_of(exc: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class MirrorState:
+    """What the last pass left, for a mirror whose lease this instance holds: a standby's
+    numbers would be stale, so it reports none and the holder's are the only ones."""
+
     name: str
     direction: str
     pending: int  # objects (or artifacts) known to differ, not yet synced
     lag_s: float  # age of the oldest of them; 0 when in sync
     stalled: bool
     artifacts: dict[str, int] = field(default_factory=dict)  # state -> count
+    refused: int = 0  # keys the last pass refused
+    deletes_held: int = 0  # deletes the guard held back in the last pass
+    active: bool = True  # this instance holds the mirror's lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +100,25 @@ class _Live(Collector):
         arts = GaugeMetricFamily(
             "syncd_artifacts", "Artifacts of a pull mirror by state (ready, building, held, "
             "failed).", labels=["mirror", "state"])
+        refused = GaugeMetricFamily(
+            "syncd_refused_keys", "Keys the last pass refused to touch (unsafe names such as "
+            "'../x' or absolute paths, path conflicts).", labels=["mirror"])
+        held_back = GaugeMetricFamily(
+            "syncd_deletes_held", "Deletes the delete guard held back in the last pass.",
+            labels=["mirror"])
+        active = GaugeMetricFamily(
+            "syncd_mirror_active", "1 while this instance holds the mirror's lease and works "
+            "on it; its pending, lag, artifact and refusal series exist only then.",
+            labels=["mirror"])
         for m in snap.mirrors:
+            stalled.add_metric([m.name], 1.0 if m.stalled else 0.0)
+            active.add_metric([m.name], 1.0 if m.active else 0.0)
+            if not m.active:
+                continue
             pending.add_metric([m.name], m.pending)
             lag.add_metric([m.name], m.lag_s)
-            stalled.add_metric([m.name], 1.0 if m.stalled else 0.0)
+            refused.add_metric([m.name], m.refused)
+            held_back.add_metric([m.name], m.deletes_held)
             for state, n in sorted(m.artifacts.items()):
                 arts.add_metric([m.name, state], n)
         held = GaugeMetricFamily(
@@ -111,17 +133,18 @@ class _Live(Collector):
         loop = GaugeMetricFamily(
             "syncd_event_loop_lag_seconds", "How late the event loop's once-a-second "
             "heartbeat is; a blocked loop stops every mirror.", value=snap.loop_lag_s)
-        yield from (pending, lag, stalled, arts, held, gen, loop)
+        yield from (pending, lag, stalled, active, arts, refused, held_back, held, gen, loop)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, datacenter: str = "") -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no rule reads `_created`
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         Info("syncd_build", "The running syncd's version.", registry=r).info(
-            {"version": __version__, "python": platform.python_version()})
+            {"version": __version__, "python": platform.python_version(),
+             "datacenter": datacenter})
         md = ["mirror", "direction"]
         self.bytes = Counter(
             "syncd_transferred_bytes", "Bytes received from the source as they stream, "
@@ -155,12 +178,6 @@ class Metrics:
         self.last_success = Gauge(
             "syncd_last_success_timestamp_seconds", "Unix time of the end of the mirror's "
             "last pass without errors.", ["mirror"], registry=r)
-        self.refused = Gauge(
-            "syncd_refused_keys", "Keys the last pass refused to touch (unsafe names such as "
-            "'../x' or absolute paths, path conflicts).", ["mirror"], registry=r)
-        self.deletes_held = Gauge(
-            "syncd_deletes_held", "Deletes the delete guard held back in the last pass.",
-            ["mirror"], registry=r)
         self.lease_transitions = Counter(
             "syncd_lease_transitions", "Lease changes of this instance (acquired, lost, "
             "released).", ["target", "transition"], registry=r)
@@ -171,6 +188,11 @@ class Metrics:
 
     def mirror(self, name: str, direction: str) -> MirrorMeter:
         return MirrorMeter(self, name, direction)
+
+    def lease_known(self, target: str) -> None:
+        """Every transition of a target starts at 0, so the first one shows in increase()."""
+        for transition in TRANSITIONS:
+            self.lease_transitions.labels(target, transition)
 
     def lease_changed(self, target: str, transition: str) -> None:
         self.lease_transitions.labels(target, transition).inc()
@@ -192,8 +214,6 @@ class MirrorMeter:
         self._pass_seconds = m.pass_seconds.labels(*labels)
         self._in_flight = m.in_flight.labels(*labels)
         self._last_success = m.last_success.labels(name)
-        self._refused = m.refused.labels(name)
-        self._deletes_held = m.deletes_held.labels(name)
         self._integrity = m.verification_failures.labels(name)
         self._errors, self._passes, self._name = m.errors, m.passes, name
         self._integrity.inc(0)  # present from the start: alerts compare with earlier values
@@ -225,12 +245,8 @@ class MirrorMeter:
     def deleted(self, n: int) -> None:
         self._deleted.inc(n)
 
-    def passed(self, seconds: float, *, result: str, refused: int = 0,
-               deletes_held: int = 0) -> None:
+    def passed(self, seconds: float, *, result: str) -> None:
         self._passes.labels(self._name, result).inc()
         self._pass_seconds.observe(seconds)
         if result == "ok":
             self._last_success.set(time.time())
-        if result != "fenced":
-            self._refused.set(refused)
-            self._deletes_held.set(deletes_held)

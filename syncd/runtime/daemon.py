@@ -39,7 +39,7 @@ from syncd.ops import logging as logs
 from syncd.ops.http import Server, Verdict
 from syncd.ops.metrics import LeaseState, Metrics, MirrorState, Snapshot
 from syncd.ops.notify import Notifier
-from syncd.plan import Plan, Reason, Skip
+from syncd.plan import Plan
 from syncd.runtime import mirror as mirror_mod
 from syncd.runtime import readiness
 from syncd.runtime.health import LOOP_STUCK_S, Beat, Health
@@ -127,7 +127,8 @@ class MirrorLoop:
                     self.memory.failing(time.monotonic())
                 else:
                     if done is not None:
-                        self._measured(time.monotonic() - began, *done)
+                        self.meter.passed(time.monotonic() - began,
+                                          result="partial" if done[1].failed else "ok")
                 self.beat.done(error)
                 delay = self._next_delay(attempt if error else None)
                 attempt = attempt + 1 if error else 0
@@ -157,11 +158,6 @@ class MirrorLoop:
         if self.memory.due is not None:
             delay = min(delay, max(0.05, self.memory.due - time.monotonic()))
         return delay
-
-    def _measured(self, seconds: float, plan: Plan, stats: Stats) -> None:
-        guarded = sum(1 for a in plan.of_type(Skip) if a.reason == Reason.DELETE_GUARD)
-        self.meter.passed(seconds, result="partial" if stats.failed else "ok",
-                          refused=len(plan.refused), deletes_held=guarded)
 
     async def _pass(self, session: Session) -> tuple[Plan, Stats] | None:
         """One pass under `session`, cancelled if the generation ends before it finishes
@@ -212,7 +208,7 @@ class Daemon:
         self.names = names
         self.log = logs.get()
         self.health = Health(config.daemon.stall_s)
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.active_datacenter())
         self.metrics.watch(self.snapshot)
         self.notify = Notifier()
         self.mirrors: dict[str, MirrorConfig] = {}
@@ -301,9 +297,11 @@ class Daemon:
         for name, m in sorted(self.mirrors.items()):
             memory = self.memories.get(name) or mirror_mod.Memory()
             beat = self.health.mirrors.get(name)
-            mirrors.append(MirrorState(name, m.direction, memory.count_pending(),
-                                       memory.lag_s(now), bool(beat and beat.stalled()),
-                                       dict(memory.artifacts)))
+            keeper = self.keepers.get(target_key(self.config, m))
+            mirrors.append(MirrorState(
+                name, m.direction, memory.count_pending(), memory.lag_s(now),
+                bool(beat and beat.stalled()), dict(memory.artifacts), memory.refused,
+                memory.deletes_held, active=keeper is not None and keeper.state == "held"))
         leases = [LeaseState(k.lease.target, k.state == "held" and k.lease.held, k.last_gen)
                   for k in self.keepers.values()]
         return Snapshot(mirrors, leases, self.health.loop_stuck_s())
@@ -351,6 +349,7 @@ class Daemon:
                 lease = await self.leases.lease(m)
                 keeper = Keeper(lease, lease.log,
                                 observe=self.metrics.lease_changed)
+                self.metrics.lease_known(lease.target)
                 self.keepers[key] = keeper
                 self.keeper_tasks[key] = asyncio.create_task(
                     keeper.run(), name=f"lease {keeper.lease.target}")

@@ -70,6 +70,8 @@ class Memory:
     cleaned: float | None = None  # push: when abandoned uploads were last looked for
     pending: dict[str, float] = field(default_factory=dict)  # unsynced -> first seen (mono)
     artifacts: dict[str, int] = field(default_factory=dict)  # pull: artifacts by state
+    refused: int = 0  # keys the last pass refused
+    deletes_held: int = 0  # deletes the guard held back in the last pass
 
     def lag_s(self, now: float) -> float:
         return now - min(self.pending.values()) if self.pending else 0.0
@@ -86,6 +88,8 @@ def note_pending(memory: Memory, plan: Plan, stats: Stats, st: status.MirrorStat
                  now: float) -> None:
     """What the pass left unsynced (failed, still being written, artifacts not at their
     wanted version), each with when it was first seen, for the lag metric."""
+    memory.refused = len(plan.refused)
+    memory.deletes_held = sum(1 for a in plan.of_type(Skip) if a.reason == Reason.DELETE_GUARD)
     keys = {a.key for a in plan.of_type(Skip) if a.reason in HELD}
     keys.update(k for e in stats.errors if isinstance(k := getattr(e, "key", None), str))
     keys.update(f"artifact:{n}" for n, a in st.artifacts.items()

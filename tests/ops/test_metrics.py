@@ -49,7 +49,9 @@ def test_every_syncd_metric_has_the_prefix_and_a_conventional_suffix() -> None:
         if f.type == "histogram":
             assert f.name.endswith("_seconds"), f.name
     assert value(metrics, "syncd_build_info", version=__version__,
-                 python=platform.python_version()) == 1
+                 python=platform.python_version(), datacenter="") == 1
+    assert value(Metrics("EU-RO-1"), "syncd_build_info", version=__version__,
+                 python=platform.python_version(), datacenter="EU-RO-1") == 1
 
 
 def test_mirror_meter_counts_bytes_objects_and_leaves_nothing_in_flight() -> None:
@@ -84,17 +86,14 @@ def test_mirror_meter_counts_a_verification_failure_as_an_error_of_kind_integrit
                  direction="pull") == 0
 
 
-def test_passes_set_last_success_only_when_ok_and_keep_refusals_of_the_last_pass() -> None:
+def test_passes_set_last_success_only_when_ok() -> None:
     metrics = Metrics()
     meter = metrics.mirror("ckpt", "push")
     meter.passed(1.0, result="failed")
     assert value(metrics, "syncd_last_success_timestamp_seconds", mirror="ckpt") == 0
-    meter.passed(1.0, result="ok", refused=2, deletes_held=7)
+    meter.passed(1.0, result="ok")
     assert (value(metrics, "syncd_last_success_timestamp_seconds", mirror="ckpt") or 0) > 0
-    assert value(metrics, "syncd_refused_keys", mirror="ckpt") == 2
-    assert value(metrics, "syncd_deletes_held", mirror="ckpt") == 7
-    meter.passed(1.0, result="fenced")  # a fenced pass saw nothing worth reporting
-    assert value(metrics, "syncd_refused_keys", mirror="ckpt") == 2
+    meter.passed(1.0, result="fenced")
     for result, n in (("ok", 1), ("failed", 1), ("fenced", 1)):
         assert value(metrics, "syncd_sync_passes_total", mirror="ckpt", result=result) == n
     assert value(metrics, "syncd_sync_duration_seconds_count", mirror="ckpt",
@@ -106,7 +105,7 @@ def test_live_state_is_read_at_scrape_time() -> None:
     metrics = Metrics()
     metrics.watch(lambda: Snapshot(
         [MirrorState("models", "pull", 3 if state["lag"] else 0, state["lag"], False,
-                     {"ready": 2, "building": 1})],
+                     {"ready": 2, "building": 1}, refused=2, deletes_held=7)],
         [LeaseState("s3://b/models", bool(state["held"]), 4)], loop_lag_s=0.25))
     assert value(metrics, "syncd_replication_lag_seconds", mirror="models") == 0
     state.update(lag=42.5, held=False)
@@ -117,10 +116,26 @@ def test_live_state_is_read_at_scrape_time() -> None:
     assert value(metrics, "syncd_artifacts", mirror="models", state="building") == 1
     assert value(metrics, "syncd_mirror_stalled", mirror="models") == 0
     assert value(metrics, "syncd_event_loop_lag_seconds") == 0.25
+    assert value(metrics, "syncd_refused_keys", mirror="models") == 2
+    assert value(metrics, "syncd_deletes_held", mirror="models") == 7
+    assert value(metrics, "syncd_mirror_active", mirror="models") == 1
 
 
-def test_lease_transitions_are_counted_by_target_and_kind() -> None:
+def test_a_standby_reports_no_stale_pass_state_for_a_mirror_it_does_not_hold() -> None:
     metrics = Metrics()
+    metrics.watch(lambda: Snapshot([MirrorState("models", "pull", 4, 900.0, False,
+                                                {"ready": 1}, 1, 1, active=False)]))
+    assert value(metrics, "syncd_mirror_active", mirror="models") == 0
+    assert value(metrics, "syncd_mirror_stalled", mirror="models") == 0
+    for name in ("syncd_pending_objects", "syncd_replication_lag_seconds",
+                 "syncd_refused_keys", "syncd_deletes_held"):
+        assert value(metrics, name, mirror="models") is None, name
+
+
+def test_lease_transitions_are_counted_by_target_and_kind_from_zero() -> None:
+    metrics = Metrics()
+    metrics.lease_known("/vol")
+    assert value(metrics, "syncd_lease_transitions_total", target="/vol", transition="lost") == 0
     for t in ("acquired", "lost", "acquired", "released"):
         metrics.lease_changed("/vol", t)
     assert value(metrics, "syncd_lease_transitions_total", target="/vol",
