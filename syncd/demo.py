@@ -470,7 +470,14 @@ def _fetch(url: str) -> tuple[int, bytes]:
 async def _show_operations(listen: str, echo: Echo) -> None:
     """What an operator's probes and Prometheus see of the running daemon."""
     base = f"http://{listen.replace('0.0.0.0', HOST)}"
-    code, body = await asyncio.to_thread(_fetch, f"{base}/readyz")
+    for _ in range(int(STEP_TIMEOUT_S / 0.1)):  # `syncd wait` may answer from an earlier
+        try:                                    # run's status before this daemon listens
+            code, body = await asyncio.to_thread(_fetch, f"{base}/readyz")
+            break
+        except OSError:
+            await asyncio.sleep(0.1)
+    else:
+        raise DemoError(f"the daemon's HTTP endpoint {base} did not answer")
     ready = json.loads(body)
     arts = [f"{m}/{a}: {s['state']}" for m, st in ready["mirrors"].items()
             for a, s in st["artifacts"].items()]
