@@ -1,6 +1,8 @@
-"""The S3 store (aiobotocore): paged listing, streamed and ranged GETs, single or multipart PUT.
+"""The S3 store (aiobotocore): paged listing, streamed and ranged GETs, small records, deletes.
 
-Only this package imports botocore; `_translated()` maps its errors into the SyncdError tree.
+Writing (single or multipart PUT, resumed uploads) is `s3_upload.Uploads`, which the store
+hands its client, error translation and slots. Only this package imports botocore;
+`_translated()` maps its errors into the SyncdError tree.
 Server quirks handled here (measured in shared/design/leases.md, Part B):
 - rclone answers a ranged GET with 200 and the whole object's checksum header, so botocore's
   response validation is off and syncd hashes the bytes itself (`verify.py`);
@@ -13,12 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
-import sys
-import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any
 
@@ -43,16 +41,15 @@ from syncd.errors import (
     SourceChanged,
     StoreError,
     Unreachable,
-    first_error,
 )
 from syncd.keys import RESERVED_DIR, is_directory_marker, relative_key
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
-from syncd.parts import effective_part_size, part_ranges
-from syncd.resume import PartialUpload, Progress, ResumeBook, record_name, same_head, worth_resuming
+from syncd.resume import ResumeBook
 from syncd.stores.base import Capabilities, Fence, Source, Staged
 from syncd.stores.s3_http import S3Http, S3HttpError, head_fields
-from syncd.stores.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
-from syncd.verify import META_PREFIX, OWN_ALGO, Digest, vouched
+from syncd.stores.s3_upload import Uploads
+from syncd.stores.sigv4 import EMPTY_SHA256, Credentials
+from syncd.verify import vouched
 
 _ACCESS_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -64,15 +61,11 @@ _RETRY_CODES = {
 }
 
 
-GEN_META = "syncd-gen"
 _OWN = f"{RESERVED_DIR}/"  # syncd's own objects under the prefix (lease, commit): not data
 
 # Ask for stored checksums; syncd checks them itself (botocore's validation is never on).
 _CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
 STALE_UPLOAD_S = 24 * 3600.0  # an upload record this old is not resumed: aborted, restarted
-# ListMultipartUploads answers meaning "nothing to list": rclone says NoSuchUpload for a
-# bucket without pending uploads; other servers may not implement the call at all.
-_NO_UPLOAD_LISTING = {"NoSuchUpload", "NotImplemented", "501", "MethodNotAllowed", "405"}
 
 
 class S3Store:
@@ -97,8 +90,9 @@ class S3Store:
         self._http: S3Http | None = None
         self._creds: Any = None
         self._boto_session: Any = None
-        self._book = resume  # multipart uploads recorded here survive a restart
-        self._stale_upload_s = stale_upload_s
+        self._uploads = Uploads(
+            self, transfer, control=self._control, translated=self._translated,
+            slots=self._slots, book=resume, stale_upload_s=stale_upload_s)
 
     async def __aenter__(self) -> S3Store:
         style = self._s3.addressing_style
@@ -348,198 +342,11 @@ class S3Store:
         if seen != expected:
             raise Interrupted(f"{self.name}{key}: stream ended after {seen} of {expected} bytes",
                               store=self.name, key=key)
-
-    # --- writing -----------------------------------------------------------------------------
+    # --- writing: s3_upload.Uploads ---------------------------------------------------------
 
     async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
         """Single PUT: bytes held in memory until publish. Large: parts of an uncompleted MPU."""
-        algos = frozenset({OWN_ALGO, Algo.CRC32C, *want})
-        if source.size <= self._transfer.multipart_threshold:
-            await self.budget.take(source.size)  # held until publish or discard
-            try:
-                digest = Digest(algos)
-                buf = await _read_exactly(source, 0, source.size, digest)
-            except BaseException:
-                await self.budget.give(source.size)
-                raise
-            sums = digest.results()
-            meta = {f"{META_PREFIX}{OWN_ALGO}": sums[OWN_ALGO], **_gen_meta(generation)}
-            return Staged(source.key, source.size, sums, source, buf, meta)
-        return await self._stage_multipart(source, algos, generation)
-
-    async def _stage_multipart(
-        self, source: Source, algos: frozenset[Algo], generation: int
-    ) -> Staged:
-        """Parts of an uncompleted upload. With a resume book, the upload is recorded, and a
-        later run continues it: parts the server still holds are neither read nor sent."""
-        key = source.key
-        ranges = part_ranges(source.size, int(self._transfer.part_size))
-        head = await self._upload_head(source)
-        upload = await self._resumed(key, head, ranges, algos) if head else None
-        if upload is None:
-            upload = await self._create(source, generation)
-        try:
-            if head is not None and upload.progress is None:
-                await self._record(upload, head)
-            async with upload.autosave():
-                await self._send_parts(source, upload, ranges, algos)
-            sums = upload.checksums(ranges)
-            if sums[OWN_ALGO] != upload.promised:
-                raise SourceChanged(f"{key} changed while it was uploaded", store=self.name,
-                                    key=key)
-            return Staged(key, source.size, sums, source, upload, upload.metadata,
-                          resumed=upload.resumed)
-        except BaseException as exc:
-            await self._end_upload(key, upload, exc)
-            raise
-
-    async def _upload_head(self, source: Source) -> dict[str, Any] | None:
-        """What an upload record must match to resume: the object, and the file's size and
-        stat signature (a rewritten checkpoint is a new upload). None without a book, or
-        for a source that is not a file."""
-        if self._book is None:
-            return None
-        ident = await source.identity()
-        if ident.mtime_ns is None:
-            return None
-        return {"bucket": self.bucket, "object_key": self.object_key(source.key),
-                "size": source.size, "signature": list(ident.stat_signature()),
-                "part_size": effective_part_size(source.size, int(self._transfer.part_size))}
-
-    async def _resumed(
-        self, key: str, head: dict[str, Any], ranges: Sequence[tuple[int, int]],
-        algos: frozenset[Algo],
-    ) -> PartialUpload | None:
-        """The recorded upload of this very file, if it is fresh and the server still has
-        it; a record that does not match (or is stale) has its upload aborted."""
-        assert self._book is not None
-        name = record_name(self.bucket, self.object_key(key))
-        record = await asyncio.to_thread(self._book.load, name)
-        if record is None:
-            return None
-        upload_id = record.get("upload_id")
-        upload = None
-        if same_head(record, head) and not self._stale(record) and isinstance(upload_id, str):
-            listed = await self._listed_parts(key, upload_id)
-            if listed is not None:
-                upload = PartialUpload.resume(record, listed, ranges, algos)
-        if upload is None:
-            if isinstance(upload_id, str):
-                await self._abort(self.object_key(key), upload_id)
-            await asyncio.to_thread(self._book.delete, name)
-            return None
-        upload.record = name
-        upload.progress = Progress(record, functools.partial(self._book.save, name),
-                                   upload.done)
-        return upload
-
-    def _stale(self, record: dict[str, Any]) -> bool:
-        initiated = record.get("initiated")
-        if not isinstance(initiated, int | float):
-            return True
-        return time.time() - initiated >= self._stale_upload_s
-
-    async def _listed_parts(
-        self, key: str, upload_id: str
-    ) -> dict[int, tuple[str | None, int]] | None:
-        """The parts the server holds for the upload (ETag, size), or None once it is gone."""
-        client = await self._control()
-        parts: dict[int, tuple[str | None, int]] = {}
-        marker = 0
-        with self._translated(key):
-            while True:
-                try:
-                    page = await client.list_parts(
-                        Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id,
-                        PartNumberMarker=marker)
-                except ClientError as exc:
-                    if _code(exc) == "NoSuchUpload":
-                        return None
-                    raise
-                for part in page.get("Parts") or []:
-                    parts[int(part["PartNumber"])] = (normalize_etag(part.get("ETag")),
-                                                      int(part.get("Size", -1)))
-                following = int(page.get("NextPartNumberMarker") or 0)
-                if not page.get("IsTruncated") or following <= marker:
-                    return parts
-                marker = following
-
-    async def _create(self, source: Source, generation: int) -> PartialUpload:
-        promised = await source.digest(OWN_ALGO)  # metadata must be set before the 1st part
-        meta = {f"{META_PREFIX}{OWN_ALGO}": promised.value, **_gen_meta(generation)}
-        with self._translated(source.key):
-            created = await (await self._control()).create_multipart_upload(
-                Bucket=self.bucket, Key=self.object_key(source.key), Metadata=meta,
-                ChecksumAlgorithm="CRC32C",
-            )
-        return PartialUpload(created["UploadId"], promised.value, meta)
-
-    async def _record(self, upload: PartialUpload, head: dict[str, Any]) -> None:
-        """Write the new upload into the book before its first part is sent."""
-        assert self._book is not None
-        name = record_name(self.bucket, str(head["object_key"]))
-        upload.record = name
-        upload.progress = Progress(
-            {**head, "upload_id": upload.upload_id, "promised": upload.promised,
-             "metadata": upload.metadata, "initiated": time.time()},
-            functools.partial(self._book.save, name))
-        await upload.progress.flush(force=True)
-
-    async def _send_parts(
-        self, source: Source, upload: PartialUpload, ranges: Sequence[tuple[int, int]],
-        algos: frozenset[Algo],
-    ) -> None:
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for i, (start, end) in enumerate(ranges):
-                    if i + 1 not in upload.done:
-                        tg.create_task(self._upload_part(source, upload, i + 1, start, end,
-                                                         algos))
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-
-    async def _upload_part(
-        self, source: Source, upload: PartialUpload, number: int, start: int, end: int,
-        algos: frozenset[Algo],
-    ) -> None:
-        digest = Digest(algos, start)
-        await self.budget.take(end - start)
-        try:
-            async with self._slots:
-                buf = await _read_exactly(source, start, end, digest)
-                crc = digest.results()[Algo.CRC32C]
-                with self._translated(source.key):
-                    resp = await self.http.send(
-                        "PUT", self.bucket, self.object_key(source.key), body=buf,
-                        query=[("partNumber", str(number)), ("uploadId", upload.upload_id)],
-                        headers={"x-amz-checksum-crc32c": crc}, payload_hash=UNSIGNED_PAYLOAD)
-                    resp.release()
-        finally:
-            await self.budget.give(end - start)
-        upload.add(number, resp.headers.get("ETag", ""), digest, algos)
-
-    async def _end_upload(self, key: str, upload: PartialUpload, exc: BaseException | None
-                          ) -> None:
-        """An upload that will not be published now: kept, with its record, when it was
-        interrupted and is recorded (the next run continues it); else aborted."""
-        if upload.progress is not None and worth_resuming(exc):
-            await upload.progress.flush()
-            return
-        await self._abort(self.object_key(key), upload.upload_id)
-        await self._forget(upload)
-
-    async def _forget(self, upload: PartialUpload) -> None:
-        if self._book is not None and upload.record is not None:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self._book.delete, upload.record)
-
-    async def _abort(self, object_key: str, upload_id: str) -> bool:
-        try:
-            await asyncio.shield((await self._control()).abort_multipart_upload(
-                Bucket=self.bucket, Key=object_key, UploadId=upload_id))
-        except Exception:
-            return False
-        return True
+        return await self._uploads.stage(source, want, generation)
 
     async def abort_stale_uploads(self, older_than_s: float) -> int:
         """Abort uploads under the prefix that no run will continue: initiated more than
@@ -547,85 +354,10 @@ class S3Store:
         before its record was written, a file since deleted, a stale record). Returns how
         many were aborted. moto reports every upload as initiated in 2010: there any
         upload without a record counts as old."""
-        protected = await self._protected_uploads()
-        now = datetime.now(UTC)
-        aborted = 0
-        for object_key, upload_id, initiated in await self._pending_uploads():
-            if upload_id in protected or (now - initiated).total_seconds() < older_than_s:
-                continue
-            aborted += await self._abort(object_key, upload_id)
-        return aborted
-
-    async def _protected_uploads(self) -> set[str]:
-        """Upload ids a fresh record in the book will resume (any store's: the book is the
-        volume's). This store's stale records are deleted: their uploads are fair game."""
-        if self._book is None:
-            return set()
-        await asyncio.to_thread(self._book.sweep, self._stale_upload_s)
-        records = await asyncio.to_thread(self._book.records)
-        protected: set[str] = set()
-        for name, record in records.items():
-            mine = (record.get("bucket") == self.bucket
-                    and str(record.get("object_key", "")).startswith(self.prefix))
-            if mine and self._stale(record):
-                await asyncio.to_thread(self._book.delete, name)
-            elif isinstance(record.get("upload_id"), str):
-                protected.add(record["upload_id"])
-        return protected
-
-    async def _pending_uploads(self) -> Sequence[tuple[str, str, datetime]]:
-        """Every uncompleted upload under the prefix (ListMultipartUploads, paged); those
-        the server does not date are left out."""
-        client = await self._control()
-        found: dict[str, tuple[str, str, datetime]] = {}
-        markers: dict[str, str] = {}
-        with self._translated():
-            while True:
-                try:
-                    page = await client.list_multipart_uploads(
-                        Bucket=self.bucket, Prefix=self.prefix, **markers)
-                except ClientError as exc:
-                    if _code(exc) in _NO_UPLOAD_LISTING:
-                        return list(found.values())
-                    raise
-                for up in page.get("Uploads") or []:
-                    if isinstance(up.get("Initiated"), datetime):
-                        found.setdefault(up["UploadId"], (up["Key"], up["UploadId"],
-                                                          up["Initiated"]))
-                following = {"KeyMarker": str(page.get("NextKeyMarker") or ""),
-                             "UploadIdMarker": str(page.get("NextUploadIdMarker") or "")}
-                if not page.get("IsTruncated") or not following["KeyMarker"] or (
-                        following == markers):
-                    return list(found.values())
-                markers = following
+        return await self._uploads.abort_stale_uploads(older_than_s)
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
-        key = staged.key
-        if not isinstance(staged.handle, PartialUpload):  # one PUT of the bytes in memory
-            fence.check()
-            headers = {f"x-amz-meta-{k}": v for k, v in staged.metadata.items()}
-            headers["x-amz-checksum-crc32c"] = staged.checksums[Algo.CRC32C]
-            with self._translated(key):
-                resp = await self.http.send("PUT", self.bucket, self.object_key(key),
-                                            body=staged.handle, headers=headers,
-                                            payload_hash=UNSIGNED_PAYLOAD, guard=fence.check)
-                resp.release()
-            staged.handle = None
-            await self.budget.give(staged.size)
-            return Entry(key, staged.size, etag=normalize_etag(resp.headers.get("ETag")),
-                         checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
-        upload: PartialUpload = staged.handle
-        fence.check()
-        with self._translated(key):
-            await (await self._control()).complete_multipart_upload(
-                Bucket=self.bucket, Key=self.object_key(key), UploadId=upload.upload_id,
-                MultipartUpload={"Parts": upload.completion()},
-            )
-        staged.handle = None
-        await self._forget(upload)
-        head = await self.head(key)
-        return Entry(key, staged.size, etag=normalize_etag(head.get("ETag")),
-                     checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
+        return await self._uploads.publish(staged, fence)
 
     async def flush(self) -> None:
         return None  # a completed PUT is durable
@@ -633,11 +365,7 @@ class S3Store:
     async def discard(self, staged: Staged) -> None:
         """Callers discard from their exception handler (`sys.exception()` is why): a
         recorded upload that was only interrupted stays for the next run to complete."""
-        if isinstance(staged.handle, PartialUpload):
-            await self._end_upload(staged.key, staged.handle, sys.exception())
-        elif staged.handle is not None:
-            await self.budget.give(staged.size)
-        staged.handle = None
+        await self._uploads.discard(staged)
 
     async def delete(self, keys: Sequence[str], fence: Fence) -> None:
         for i in range(0, len(keys), 1000):
@@ -656,31 +384,6 @@ class S3Store:
                     f"could not delete {len(errors)} object(s), first "
                     f"{first.get('Key')}: {first.get('Code')}", store=self.name,
                 )
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _gen_meta(generation: int) -> dict[str, str]:
-    """The writer's lease generation, so an audit can tell which writer published what."""
-    return {GEN_META: str(generation)} if generation else {}
-
-
-async def _read_exactly(source: Source, start: int, end: int, digest: Digest) -> bytearray:
-    """[start, end) of `source` into one preallocated buffer (one copy per chunk), hashed."""
-    buf = bytearray(end - start)
-    view = memoryview(buf)
-    at = 0
-    async for chunk in source.read(start, end):
-        if at + len(chunk) > len(buf):
-            raise SourceChanged(f"{source.key} grew while it was read", key=source.key)
-        view[at:at + len(chunk)] = chunk
-        digest.update(chunk)
-        at += len(chunk)
-    if at != len(buf):
-        raise SourceChanged(f"{source.key} shrank while it was read", key=source.key)
-    return buf
 
 
 _UNSET = object()

@@ -74,10 +74,7 @@ class Versions:
 
     def builder(self, version: str) -> VolumeStore:
         """A store rooted at `version`'s directory that stages in the volume's tmp."""
-        s = self.store
-        return VolumeStore(self.path(version), part_size=s._part_size,
-                           multipart_threshold=s._threshold, min_free_bytes=s._min_free,
-                           tmp_dir=s.tmp_dir)
+        return self.store.at(self.path(version))
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ fsynced and verified there, and become visible in one `rename()` into place: a c
 moment leaves the old file or the new one, never a partial one. Paths are opened one
 component at a time with O_NOFOLLOW relative to the parent's descriptor, so neither a hostile
 key nor a symlink planted on the volume can make syncd read or write outside the root.
-All filesystem calls run off the event loop.
+All filesystem calls run off the event loop. Staging (space, parts, resumable partial
+downloads) is `volume_download.Downloads`; this module confines, lists, renames, deletes.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ import contextlib
 import errno
 import os
 import stat
-import sys
-import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, MutableSequence, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiofiles.os
 
@@ -32,29 +30,15 @@ from syncd.errors import (
     SourceChanged,
     StoreError,
     UnsafeKey,
-    first_error,
 )
 from syncd.keys import RESERVED_DIR, unsafe_reason
-from syncd.listing import Algo, Checksum, Entry, Listing, fingerprint
-from syncd.parts import effective_part_size, part_ranges
-from syncd.resume import (
-    PartialDownload,
-    fresh_partials,
-    is_partial,
-    part_records,
-    partial_name,
-    read_record,
-    same_head,
-    sidecar_of,
-    worth_resuming,
-)
+from syncd.listing import Algo, Checksum, Entry, Listing
+from syncd.resume import is_partial, sidecar_of
 from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
-from syncd.stores.staging import WRITE_BATCH, InOrderHash, hash_and_write
-from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
+from syncd.stores.volume_download import SPACE_ERRNOS, Downloads
+from syncd.verify import OWN_ALGO, Digest
 
-SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 RESUME_MAX_AGE_S = 24 * 3600.0  # a partial download untouched this long is a leftover
 
@@ -86,10 +70,18 @@ class VolumeStore:
         self._threshold = multipart_threshold
         self._min_free = min_free_bytes
         self._slots = asyncio.Semaphore(concurrency)
-        self._free, self._free_at = 0, -1.0
         self._unflushed: set[str] = set()
-        self._resume_max_age_s = resume_max_age_s
-        self._partials: set[str] = set()  # partial downloads staged now, by file name
+        self._downloads = Downloads(
+            self.root, self.tmp_dir, name=self.name, translated=self._translated,
+            part_size=part_size, multipart_threshold=multipart_threshold,
+            min_free_bytes=min_free_bytes, resume_max_age_s=resume_max_age_s)
+
+    def at(self, root: Path) -> VolumeStore:
+        """A store rooted at `root` inside this volume (an artifact version) that stages
+        in this store's tmp, with its part size, threshold and free-space floor."""
+        return VolumeStore(root, part_size=self._part_size,
+                           multipart_threshold=self._threshold, min_free_bytes=self._min_free,
+                           tmp_dir=self.tmp_dir)
 
     async def __aenter__(self) -> VolumeStore:
         return self
@@ -110,7 +102,7 @@ class VolumeStore:
     def os_error(self, exc: OSError, key: str | None = None) -> StoreError:
         where = str(self.root / key) if key else str(self.root)
         reason = exc.strerror or type(exc).__name__
-        if exc.errno in _SPACE_ERRNOS:
+        if exc.errno in SPACE_ERRNOS:
             return NoSpace(f"volume {self.root} is full while writing {where}", store=self.name,
                            key=key, hint="free space on the volume or grow it")
         if exc.errno in _ACCESS_ERRNOS:
@@ -142,23 +134,7 @@ class VolumeStore:
     async def clean_temporaries(self) -> int:
         """Remove staging leftovers of an earlier crash; returns how many. Partial downloads
         with a readable sidecar stay for `resume_max_age_s`, so the next pass resumes them."""
-        def clean() -> int:
-            if self.tmp_dir.is_symlink():
-                raise StoreError(f"{self.tmp_dir} is a symlink; refusing to clean it",
-                                 store=self.name)
-            with contextlib.suppress(FileNotFoundError), os.scandir(self.tmp_dir) as it:
-                files = [e.name for e in it if e.is_file(follow_symlinks=False)]
-                keep = fresh_partials(self.tmp_dir, files, time.time(), self._resume_max_age_s)
-                keep.update(*((p, sidecar_of(self.tmp_dir / p).name) for p in self._partials))
-                removed = 0
-                for name in set(files) - keep:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.tmp_dir / name)
-                        removed += 1
-                return removed
-            return 0
-        with self._translated():
-            return await asyncio.to_thread(clean)
+        return await self._downloads.clean_temporaries()
 
     # --- listing -----------------------------------------------------------------------------
 
@@ -246,255 +222,10 @@ class VolumeStore:
         await source.identity()
         return Checksum(algo, digest.results()[algo])
 
-    # --- writing -----------------------------------------------------------------------------
-
-    def _check_space(self, size: int) -> None:
-        """Refuse to start a write that would leave less than `min_free_bytes`. Small writes
-        reuse a reading under half a second old; ENOSPC from the write itself still counts."""
-        now = time.monotonic()
-        if size >= SMALL_BYTES or now - self._free_at > 0.5:
-            st = os.statvfs(self.tmp_dir)
-            self._free, self._free_at = st.f_bavail * st.f_frsize, now
-        if self._free < size + self._min_free:
-            raise OSError(errno.ENOSPC, "not enough free space")
-        self._free -= size
-
-    def _create_temp(self) -> tuple[int, str]:
-        path = str(self.tmp_dir / f"{uuid.uuid4().hex}.part")
-        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC
-        try:
-            return os.open(path, flags, 0o644), path
-        except FileNotFoundError:  # someone removed .syncd/tmp under us
-            os.makedirs(self.tmp_dir, exist_ok=True)
-            return os.open(path, flags, 0o644), path
-
-    def _reserve(self, size: int) -> tuple[int, str]:
-        self._check_space(size)
-        fd, path = self._create_temp()
-        try:
-            _allocate(fd, size)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        return fd, path
-
-    def _reserve_partial(
-        self, name: str, head: dict[str, Any], algos: frozenset[Algo],
-    ) -> tuple[int, PartialDownload]:
-        """Open (or create) the download's resumable staging file. Its sidecar's parts are
-        kept for verification only when it describes this very download and the file has
-        its full size; otherwise the file starts over, sidecar first."""
-        path = self.tmp_dir / name
-        size = int(head["size"])
-        record = read_record(sidecar_of(path))
-        flags = os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags, 0o644)
-        except FileNotFoundError:  # someone removed .syncd/tmp under us
-            os.makedirs(self.tmp_dir, exist_ok=True)
-            fd = os.open(path, flags, 0o644)
-        fresh = True  # nothing worth keeping in the file (yet)
-        try:
-            st = os.fstat(fd)
-            recorded = part_records(record) if same_head(record, head) else {}
-            if recorded and st.st_size == size:
-                fresh = False
-                self._check_space(max(0, size - st.st_blocks * 512))
-            else:
-                recorded = {}
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(sidecar_of(path))
-                self._check_space(size)
-                os.ftruncate(fd, 0)
-                _allocate(fd, size)
-        except BaseException as exc:
-            os.close(fd)
-            if fresh or (isinstance(exc, OSError) and exc.errno in _SPACE_ERRNOS):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)  # an empty or space-starved file must not hold the disk
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(sidecar_of(path))
-            raise
-        return fd, PartialDownload(path, head, recorded, algos)
-
-    def _write_small(self, chunks: Sequence[bytes], size: int, digest: Digest) -> str:
-        """Hash, create, write, fsync and close in one worker call: a small file costs one
-        hand-off to a thread instead of four."""
-        self._check_space(size)
-        fd, path = self._create_temp()
-        try:
-            hash_and_write(fd, chunks, 0, digest)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
-        return path
+    # --- writing: staging is volume_download.Downloads ------------------------------------
 
     async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
-        algos = frozenset({OWN_ALGO, *want})
-        if source.size <= SMALL_BYTES:
-            with self._translated(source.key):
-                sums, path = await self._small(source, algos)
-            return Staged(source.key, source.size, sums, source, path)
-        if source.size > self._threshold:
-            return await self._stage_parts(source, algos)
-        with self._translated(source.key):
-            fd, path = await asyncio.to_thread(self._reserve, source.size)
-        try:
-            with self._translated(source.key):
-                sums = await self._single(fd, source, algos)
-                await asyncio.to_thread(os.fsync, fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
-        os.close(fd)
-        return Staged(source.key, source.size, sums, source, path)
-
-    async def _stage_parts(self, source: Source, algos: frozenset[Algo]) -> Staged:
-        """A large file in ranged parts. When the source names its version (an ETag), the
-        staging file is named after the destination and a sidecar records finished parts,
-        so an interrupted download resumes from the bytes it already has."""
-        algos = algos | _algo(await source.vouched())
-        head = await self._download_head(source)
-        name = partial_name(str(self.root / source.key))
-        partial: PartialDownload | None = None
-        with self._translated(source.key):
-            if head is not None and name not in self._partials:
-                fd, partial = await asyncio.to_thread(self._reserve_partial, name, head, algos)
-                self._partials.add(name)
-            else:  # no version to resume against, or this store stages that file already
-                fd, path = await asyncio.to_thread(self._reserve, source.size)
-        if partial is not None:
-            path = str(partial.path)
-        try:
-            with self._translated(source.key):
-                sums = await self._parallel(fd, source, algos, partial)
-                await asyncio.to_thread(os.fsync, fd)
-                if partial is not None:  # a publication that fails still resumes it all
-                    await partial.progress.flush()
-        except BaseException as exc:
-            os.close(fd)
-            await self._abandon(path, partial, exc)
-            raise
-        os.close(fd)
-        resumed = partial.resumed if partial else 0
-        return Staged(source.key, source.size, sums, source, path, resumed=resumed)
-
-    async def _download_head(self, source: Source) -> dict[str, Any] | None:
-        """What a sidecar must match to resume: this source version, size and part size."""
-        ident = await source.identity()
-        version = ident.etag or (fingerprint(ident) if ident.mtime_ns is not None else None)
-        if not version:
-            return None
-        return {"key": source.key, "size": source.size, "version": version,
-                "part_size": effective_part_size(source.size, self._part_size)}
-
-    async def _abandon(self, path: str, partial: PartialDownload | None,
-                       exc: BaseException | None) -> None:
-        """A staging file that failed: a partial download worth resuming keeps its file and
-        saves its sidecar for the next run; anything else is removed."""
-        try:
-            if partial is not None and worth_resuming(exc):
-                await partial.progress.flush()
-            else:
-                await asyncio.to_thread(_remove_staging, Path(path))
-        finally:
-            self._partials.discard(Path(path).name)
-
-    async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[dict[Algo, str], str]:
-        chunks: list[bytes] = []
-        got = 0
-        async with contextlib.aclosing(source.read()) as stream:
-            async for chunk in stream:
-                chunks.append(chunk)
-                got += len(chunk)
-        if got != source.size:
-            raise SourceChanged(f"{source.key}: got {got} bytes, expected {source.size}",
-                                store=self.name, key=source.key)
-        digest = Digest(algos | _algo(await source.vouched()))
-        path = await asyncio.to_thread(self._write_small, chunks, got, digest)
-        return digest.results(), path
-
-    async def _single(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
-        """One stream; the hash set is fixed after the first chunk, when a single GET has
-        told which checksum the object carries."""
-        async with contextlib.aclosing(source.read()) as chunks:
-            first = await anext(chunks, None)
-            digest = Digest(algos | _algo(await source.vouched()))
-            await self._fill(fd, source, 0, source.size, digest, _prepend(first, chunks))
-        return digest.results()
-
-    async def _parallel(
-        self, fd: int, source: Source, algos: frozenset[Algo], partial: PartialDownload | None,
-    ) -> dict[Algo, str]:
-        """Ranged parts written at their offsets; CRCs per part, combined. MD5/SHA cannot be
-        combined, so an in-order hasher follows the completed prefix of the file on a worker
-        thread (hashlib releases the GIL) instead of re-reading it all at the end; it reads
-        kept parts from the file like downloaded ones."""
-        crcs = frozenset(a for a in algos if a in CRC_ALGOS)
-        ranges = part_ranges(source.size, self._part_size)
-        digests = [Digest(crcs, start) for start, _ in ranges]
-        follower = InOrderHash(fd, ranges, algos - crcs) if algos - crcs else None
-        saving = partial.progress.autosave() if partial else contextlib.nullcontext()
-        try:
-            async with saving, asyncio.TaskGroup() as tg:
-                if follower is not None:
-                    tg.create_task(follower.run())
-                for i in range(len(ranges)):
-                    tg.create_task(self._part(fd, source, i, ranges[i], digests, partial,
-                                              follower.done if follower else None))
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        sums = combine(digests)
-        if follower is not None:
-            sums.update(follower.digest.results())
-        return sums
-
-    async def _part(
-        self, fd: int, source: Source, i: int, span: tuple[int, int],
-        digests: MutableSequence[Digest], partial: PartialDownload | None,
-        on_done: Callable[[int], None] | None,
-    ) -> None:
-        """One part: kept when the partial file still holds it intact, else downloaded."""
-        start, end = span
-        kept = await partial.keep(fd, i, start, end) if partial else None
-        if kept is not None:
-            digests[i] = kept
-        else:
-            await self._fill(fd, source, start, end, digests[i])
-        if partial is not None:
-            partial.done(i, digests[i])
-        if on_done is not None:
-            on_done(i)
-
-    async def _fill(
-        self, fd: int, source: Source, start: int, end: int, digest: Digest,
-        chunks: AsyncGenerator[bytes, None] | None = None,
-    ) -> None:
-        """Stream [start, end) into the file; chunks are batched so one worker-thread call
-        hashes and writes WRITE_BATCH bytes with pwritev (no joining copy)."""
-        offset = start
-        batch: list[bytes] = []
-        batch_len = 0
-        async with contextlib.aclosing(chunks or source.read(start, end)) as stream:
-            async for chunk in stream:
-                batch.append(chunk)
-                batch_len += len(chunk)
-                if batch_len >= WRITE_BATCH:
-                    await _settled(hash_and_write, fd, batch, offset, digest)
-                    offset += batch_len
-                    batch, batch_len = [], 0
-        if batch:
-            await _settled(hash_and_write, fd, batch, offset, digest)
-            offset += batch_len
-        if offset != end:
-            raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
-                                store=self.name, key=source.key)
+        return await self._downloads.stage(source, want, generation)
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
         def rename() -> os.stat_result:
@@ -521,7 +252,7 @@ class VolumeStore:
                 if isinstance(refused, LeaseLost):
                     raise refused from None
                 raise
-        self._partials.discard(Path(staged.handle).name)
+        self._downloads.published(Path(staged.handle))
         staged.handle = None
         return _entry(staged.key, st)
 
@@ -547,13 +278,7 @@ class VolumeStore:
         """Callers discard from their exception handler (`sys.exception()` is why): a
         complete partial download that only missed its publication (cancelled, lease lost)
         stays for the next run; bytes that failed verification never do."""
-        if staged.handle:
-            path = Path(staged.handle)
-            if not (is_partial(path) and worth_resuming(sys.exception())):
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(_remove_staging, path)
-            self._partials.discard(path.name)
-            staged.handle = None
+        await self._downloads.discard(staged)
 
     async def delete(self, keys: Sequence[str], fence: Fence) -> None:
         def remove(key: str) -> None:
@@ -577,48 +302,6 @@ class VolumeStore:
         for key in keys:
             with self._translated(key):
                 await asyncio.to_thread(remove, key)
-
-
-async def _settled(fn: Callable[..., None], *args: Any) -> None:
-    """`fn` on a worker thread; a cancelled caller still waits for it to return. A write
-    that outlived its caller could land after the descriptor was closed and its number
-    reused (by the sidecar being saved, by another staging file)."""
-    thread = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        await asyncio.shield(thread)
-    except asyncio.CancelledError:
-        await asyncio.wait({thread})
-        raise
-
-
-def _allocate(fd: int, size: int) -> None:
-    if size:
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
-            if exc.errno in _SPACE_ERRNOS:
-                raise
-            os.ftruncate(fd, size)  # the filesystem cannot preallocate
-
-
-def _remove_staging(path: Path) -> None:
-    """A staging file, and the sidecar of a partial download."""
-    for p in (path, sidecar_of(path)) if is_partial(path) else (path,):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p)
-
-
-def _algo(claim: Checksum | None) -> frozenset[Algo]:
-    return frozenset({claim.algo}) if claim else frozenset()
-
-
-async def _prepend(
-    first: bytes | None, rest: AsyncGenerator[bytes, None]
-) -> AsyncGenerator[bytes, None]:
-    if first is not None:
-        yield first
-        async for chunk in rest:
-            yield chunk
 
 
 def _entry(key: str, st: os.stat_result) -> Entry:
