@@ -5,7 +5,7 @@
 #     -v /etc/syncd/syncd.toml:/etc/syncd/syncd.toml:ro \
 #     -v /runpod-volume:/runpod-volume \
 #     -e SYNCD_DATACENTER=EU-RO-1 -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY \
-#     -p 9847:9847 syncd
+#     -p 127.0.0.1:9847:9847 syncd
 #
 # Nothing in the image is site-specific: the config file is mounted at $SYNCD_CONFIG, every field
 # can be overridden with SYNCD_* variables, and credentials come from the standard AWS chain

@@ -287,26 +287,45 @@ def health(
 ) -> None:
     """Ask a running daemon whether it is healthy: exit 0 if so, 1 if not.
 
-    For container HEALTHCHECKs and scripts: it reads /healthz at the config's http.listen."""
-    import urllib.error
-    import urllib.request
-
+    For container HEALTHCHECKs and scripts: it reads /healthz at the config's http.listen.
+    Every failure, a config it cannot read included, exits 1 (what HEALTHCHECK expects)."""
     try:
         target = url or _health_url(config)
     except SyncdError as exc:
-        _fail(str(exc), int(exc.exit_code))
+        _fail(str(exc), int(ExitCode.ERROR))
+    ok, line = _probe(target, timeout)
+    if not ok:
+        _fail(line, int(ExitCode.ERROR))
+    typer.echo(line)
+
+
+def _probe(target: str, timeout: float) -> tuple[bool, str]:
+    """GET /healthz, bypassing any proxy from the environment: (healthy, one line)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(target, timeout=timeout) as reply:
-            body = json.loads(reply.read() or b"{}")
+        with opener.open(target, timeout=timeout) as reply:
+            code, raw = reply.status, reply.read()
     except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}")
-        stuck, stalled = detail.get("loop_stuck_s"), [
-            n for n, m in detail.get("mirrors", {}).items() if m.get("stalled")]
-        _fail(f"unhealthy (HTTP {exc.code}): event loop late {stuck}s, stalled mirrors: "
-              f"{', '.join(stalled) or 'none'}", int(ExitCode.ERROR))
-    except (OSError, ValueError) as exc:
-        _fail(f"no answer from {target}: {getattr(exc, 'reason', exc)}", int(ExitCode.ERROR))
-    typer.echo(f"healthy ({len(body.get('mirrors', {}))} mirrors)")
+        code, raw = exc.code, exc.read()
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return False, f"no answer from {target}: {getattr(exc, 'reason', None) or exc}"
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return False, f"{target} (HTTP {code}) did not answer like syncd's /healthz"
+    mirrors = body.get("mirrors")
+    mirrors = mirrors if isinstance(mirrors, dict) else {}
+    if code != 200:
+        stalled = [n for n, m in mirrors.items() if isinstance(m, dict) and m.get("stalled")]
+        return False, (f"unhealthy (HTTP {code}): event loop late {body.get('loop_stuck_s')}s,"
+                       f" stalled mirrors: {', '.join(stalled) or 'none'}")
+    return True, f"healthy ({len(mirrors)} mirrors)"
 
 
 def _lease_rows(cfg: config_mod.Config) -> dict[tuple[str, ...], list[config_mod.MirrorConfig]]:

@@ -57,6 +57,12 @@ class ConfigError(SyncdError):
         self.field = field
 
 
+class ListenFailed(SyncdError):
+    """The HTTP endpoint could not bind. Often passing (the previous process still holds the
+    port during a restart), so it exits 1 and systemd's Restart=on-failure tries again,
+    unlike a config error, which no restart can fix."""
+
+
 class StoreError(SyncdError):
     """A store operation failed; `store` names the bucket or volume, `key` the object."""
 

@@ -68,9 +68,19 @@ def path_for(root: Path, mirror: str) -> Path:
     return root / RESERVED_DIR / "status" / f"{mirror}.json"
 
 
-def read(root: Path, mirror: str) -> MirrorStatus:
+def read(root: Path, mirror: str, *, strict: bool = False) -> MirrorStatus:
+    """The status, or an empty one when there is none yet. `strict` lets an unreadable
+    file (permissions, I/O errors) raise instead of passing for "no pass has finished"."""
     try:
-        data: dict[str, Any] = json.loads(path_for(root, mirror).read_bytes())
+        raw = path_for(root, mirror).read_bytes()
+    except FileNotFoundError:
+        return MirrorStatus(mirror)
+    except OSError:
+        if strict:
+            raise
+        return MirrorStatus(mirror)
+    try:
+        data: dict[str, Any] = json.loads(raw)
         if data.get("version") != VERSION:
             return MirrorStatus(mirror)
         arts = {k: ArtifactStatus(**v) for k, v in data.get("artifacts", {}).items()}
@@ -78,7 +88,7 @@ def read(root: Path, mirror: str) -> MirrorStatus:
             mirror, float(data.get("updated_wall", 0)), data.get("last_ok_wall"),
             data.get("error"), data.get("deletes_refused"), arts,
             {a: {v: float(t) for v, t in vs.items()} for a, vs in data.get("retired", {}).items()})
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError):
         return MirrorStatus(mirror)
 
 

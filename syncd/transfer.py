@@ -77,6 +77,9 @@ class Meter(Protocol):
 
     def deleted(self, n: int) -> None: ...
 
+    def failed(self, error: BaseException) -> None:
+        """A failure outside any one transfer (a build that does not match its manifest)."""
+
 
 class _NoMeter:
     def streamed(self, n: int) -> None:
@@ -90,6 +93,9 @@ class _NoMeter:
         pass
 
     def deleted(self, n: int) -> None:
+        pass
+
+    def failed(self, error: BaseException) -> None:
         pass
 
 

@@ -17,13 +17,32 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from syncd.errors import ConfigError
+from syncd.errors import ListenFailed
+from syncd.ops import logging as logs
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """An answer to "healthy?" or "ready?": 200 or 503, and a JSON body saying why."""
+
     ok: bool
     body: dict[str, Any]
+
+
+@web.middleware
+async def _logged(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A failing handler answers a JSON 500 and logs one event, not a bare traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # one bad scrape must not kill the endpoint
+        logs.get().error("http_handler_failed", path=request.path,
+                         error=f"{type(exc).__name__}: {exc}")
+        return web.json_response({"error": "internal error", "path": request.path},
+                                 status=500)
 
 
 def _json(verdict: Verdict) -> web.Response:
@@ -33,11 +52,14 @@ def _json(verdict: Verdict) -> web.Response:
 
 
 class Server:
+    """The endpoint's lifecycle: bound by `start` (so errors come before READY=1), closed by
+    `stop`. It only calls the three readers it is given."""
+
     def __init__(self, host: str, port: int, *, metrics: Callable[[], bytes],
                  health: Callable[[], Verdict], ready: Callable[[], Awaitable[Verdict]]) -> None:
         self.host, self.port = host, port
         self._metrics, self._health, self._ready = metrics, health, ready
-        app = web.Application()
+        app = web.Application(middlewares=[_logged])
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/healthz", self._get_health)
         app.router.add_get("/readyz", self._get_ready)
@@ -51,15 +73,14 @@ class Server:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise ConfigError(f"cannot listen on {self.host}:{self.port}: "
-                              f"{exc.strerror or exc}", field="http.listen",
-                              hint="pick a free port, or set http.listen = \"\" to turn "
-                                   "the endpoint off") from None
+            raise ListenFailed(f"http.listen: cannot listen on {self.host}:{self.port}: "
+                               f"{exc.strerror or exc}",
+                               hint="pick a free port, or set http.listen = \"\" to turn "
+                                    "the endpoint off") from None
         if self.port == 0:  # an ephemeral port (tests): report the real one
-            server = getattr(site, "_server", None)
-            sockets = getattr(server, "sockets", None) or []
-            if sockets:
-                self.port = sockets[0].getsockname()[1]
+            for address in self._runner.addresses:
+                self.port = int(address[1])
+                break
 
     async def stop(self) -> None:
         await self._runner.cleanup()

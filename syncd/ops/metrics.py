@@ -164,7 +164,7 @@ class Metrics:
             "syncd_verification_failures", "Objects whose received bytes did not match the "
             "source's checksum (never published).", ["mirror"], registry=r)
         self.passes = Counter(
-            "syncd_sync_passes", "Sync passes by result (ok, failed, fenced).",
+            "syncd_sync_passes", "Sync passes by result (ok, partial, failed, fenced).",
             ["mirror", "result"], registry=r)
         self.transfer_seconds = Histogram(
             "syncd_transfer_duration_seconds", "Time to stage, verify and publish one object.",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from syncd import artifacts, status
 from syncd.artifacts import Group, Manifest, ManifestError
+from syncd.errors import IntegrityError
 from syncd.listing import Entry, Listing, fingerprint
 from syncd.plan import Plan, Policy
 from syncd.runtime.mirror import Pass, policy_of
@@ -190,7 +191,9 @@ async def _incomplete(run: Pass, build: Build, stats: Stats) -> str | None:
             named = build.manifest.files[key[len(build.group.name) + 1:]].checksum
             if rec.checksum != named:
                 stats.failed += 1
-                return f"{key}: checksum {rec.checksum} differs from the manifest's {named}"
+                why = f"{key}: checksum {rec.checksum} differs from the manifest's {named}"
+                run.meter.failed(IntegrityError(why))
+                return why
     extra = sorted(set(have.entries) - set(want.entries))
     if extra:
         return f"{extra[0]} should not be in the build"

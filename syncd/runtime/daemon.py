@@ -58,6 +58,8 @@ def select(config: Config, names: list[str] | None) -> list[MirrorConfig]:
     return [m for m in chosen if dc in m.volumes]
 
 
+RELEASE_FORCED_S = 3.0  # lease releases after a second stop signal
+
 async def _first(*aws: Any, within: float | None = None) -> None:
     """Wait until the first of several awaitables finishes (or the timeout); cancel the rest."""
     tasks = [asyncio.ensure_future(a) for a in aws]
@@ -105,7 +107,7 @@ class MirrorLoop:
                 session = await self._session()
                 if session is None:
                     return
-                self.beat.passing()
+                self.beat.waiting()
                 error: str | None = None
                 began = time.monotonic()
                 try:
@@ -165,6 +167,7 @@ class MirrorLoop:
         the commit."""
         keeper, log = self.keeper, self.log
         async with keeper.turn:
+            self.beat.passing()  # the stall clock starts once the pass may move bytes
             work = asyncio.create_task(mirror_mod.cycle(
                 self.config, self.mirror, log=log, fence=session.fence,
                 journal=keeper.lease.journal, memory=self.memory, on_bytes=self.beat.progress,
@@ -211,6 +214,7 @@ class Daemon:
         self.metrics = Metrics(config.active_datacenter())
         self.metrics.watch(self.snapshot)
         self.notify = Notifier()
+        self.ready_reader = readiness.Reader()
         self.mirrors: dict[str, MirrorConfig] = {}
         self.stopping = False
         self.wake = asyncio.Event()  # set to end every wait at once (stop, reload)
@@ -263,6 +267,7 @@ class Daemon:
             watchdog.stop()
             if http is not None:
                 await http.stop()
+            self.ready_reader.close()
             self.notify.close()
         self.log.info("daemon_stopped")
         return 0
@@ -288,7 +293,7 @@ class Daemon:
         return Verdict(bool(snap["ok"]), snap)
 
     async def readyz(self) -> Verdict:
-        return await readiness.check(self.config, list(self.mirrors.values()))
+        return await self.ready_reader.check(self.config, list(self.mirrors.values()))
 
     def snapshot(self) -> Snapshot:
         """The live state the metrics serve at each scrape."""
@@ -301,8 +306,8 @@ class Daemon:
             mirrors.append(MirrorState(
                 name, m.direction, memory.count_pending(), memory.lag_s(now),
                 bool(beat and beat.stalled()), dict(memory.artifacts), memory.refused,
-                memory.deletes_held, active=keeper is not None and keeper.state == "held"))
-        leases = [LeaseState(k.lease.target, k.state == "held" and k.lease.held, k.last_gen)
+                memory.deletes_held, active=keeper is not None and keeper.holding))
+        leases = [LeaseState(k.lease.target, k.holding, k.last_gen)
                   for k in self.keepers.values()]
         return Snapshot(mirrors, leases, self.health.loop_stuck_s())
 
@@ -317,7 +322,7 @@ class Daemon:
             elif beat and beat.last_error:
                 state += " failing"
             parts.append(f"{name} {state}")
-        held = sum(1 for k in self.keepers.values() if k.state == "held")
+        held = sum(1 for k in self.keepers.values() if k.holding)
         return f"{'; '.join(parts)} | leases held {held}/{len(self.keepers)}"
 
     async def _serve(self) -> None:
@@ -375,20 +380,28 @@ class Daemon:
         self.loops.clear()
 
     async def _release(self, keys: list[Key]) -> None:
-        """Release leases (bounded: a hung endpoint must not hold the exit; the lease then
-        simply expires)."""
+        """Release leases, all at once and bounded: a hung endpoint must not hold the exit
+        past systemd's TimeoutStopSec (such a lease simply expires). After a second stop
+        signal the bound is short: the operator wants out now."""
+        keepers = []
         for key in keys:
             task = self.keeper_tasks.pop(key, None)
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            keeper = self.keepers.pop(key)
-            try:
-                async with asyncio.timeout(self.config.lease.renew_deadline_s):
-                    await keeper.release()
-            except (TimeoutError, SyncdError) as exc:
-                self.log.warning("lease_release_failed", target=keeper.lease.target,
-                                 error=str(exc) or type(exc).__name__)
+            keepers.append(self.keepers.pop(key))
+        if not keepers:
+            return
+        bound = RELEASE_FORCED_S if self._force.is_set() else self.config.lease.renew_deadline_s
+        await asyncio.gather(*(self._release_one(k, bound) for k in keepers))
+
+    async def _release_one(self, keeper: Keeper, bound: float) -> None:
+        try:
+            async with asyncio.timeout(bound):
+                await keeper.release()
+        except (TimeoutError, SyncdError) as exc:
+            self.log.warning("lease_release_failed", target=keeper.lease.target,
+                             error=str(exc) or f"no answer within {bound:g} s")
 
     async def _reload_config(self) -> None:
         try:
@@ -403,7 +416,10 @@ class Daemon:
         self.notify.reloading()
         if new.http != self.config.http:
             self.log.warning("http_unchanged", detail="http.listen changes on restart only")
+            new = new.model_copy(update={"http": self.config.http})
         await self._drain()
+        if self._stop.is_set():  # a stop during the drain: the shutdown path takes over
+            return
         self.stopping = False
         self.wake = asyncio.Event()
         kept = {target_key(new, m) for m in mirrors}

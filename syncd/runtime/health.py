@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-STANDBY, PASSING, IDLE = "standby", "passing", "idle"
+STANDBY, WAITING, PASSING, IDLE = "standby", "waiting", "passing", "idle"
+_NEVER_STALLED = (STANDBY, WAITING)
 LOOP_STUCK_S = 10.0
 
 
@@ -32,6 +33,11 @@ class Beat:
 
     def standby(self) -> None:
         self.state = STANDBY
+
+    def waiting(self) -> None:
+        """Queued behind another mirror's pass on the same target: as long as that pass is
+        alive (its own beat says so), waiting is not a stall."""
+        self.state = WAITING
 
     def passing(self) -> None:
         self.state, self.deadline = PASSING, self.clock() + self.stall_s
@@ -52,7 +58,7 @@ class Beat:
         self.state, self.deadline = IDLE, self.clock() + for_s + self.stall_s
 
     def stalled(self) -> bool:
-        return self.state != STANDBY and self.clock() > self.deadline
+        return self.state not in _NEVER_STALLED and self.clock() > self.deadline
 
 
 @dataclass(slots=True)

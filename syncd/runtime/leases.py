@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from syncd.backoff import next_delay
 from syncd.config import Config, MirrorConfig
@@ -29,6 +30,7 @@ from syncd.lease.volume import VolumeLease
 from syncd.stores.s3 import S3Store
 
 Log = Any
+T = TypeVar("T")
 
 
 def timing_of(config: Config) -> Timing:
@@ -148,6 +150,14 @@ class Session:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class KeeperState(StrEnum):
+    STARTING = "starting"  # the first attempt has no outcome yet
+    UNAVAILABLE = "unavailable"  # the lease backend cannot be reached; retrying
+    STANDBY = "standby"  # another instance holds it
+    HELD = "held"
+    RELEASED = "released"  # given up at shutdown or because a reload dropped its mirrors
+
+
 class Keeper:
     """Holds one lease for a long-running process (standby until it can take it).
 
@@ -163,13 +173,20 @@ class Keeper:
         self.turn = asyncio.Lock()  # one pass at a time on this target
         self.settled = asyncio.Event()
         self.last_gen = 0  # the generation this instance last held
-        self.state = "starting"  # starting, unavailable, standby, held
+        self.state = KeeperState.STARTING
         self._observe = observe
         self._changed = asyncio.Event()
+        self._inflight: asyncio.Future[Any] | None = None  # the lease write under way
+
+    @property
+    def holding(self) -> bool:
+        """Held and not yet past its deadline: the only state in which this instance works."""
+        return self.state == KeeperState.HELD and self.lease.held
 
     def _lost(self) -> None:
-        self.state = "standby"
-        self._observe(self.lease.target, "lost")
+        if self.state == KeeperState.HELD:  # a failed acquire lost nothing it had
+            self._observe(self.lease.target, "lost")
+        self.state = KeeperState.STANDBY
 
     async def wait_session(self) -> Session:
         while self.session is None or self.session.ended.is_set():
@@ -197,7 +214,7 @@ class Keeper:
                 if not exc.retryable:
                     raise
                 log.warning("lease_unavailable", target=lease.target, error=str(exc))
-                self.state = "unavailable"
+                self.state = KeeperState.UNAVAILABLE
                 self.settled.set()
                 await asyncio.sleep(next_delay(attempt, base=interval, cap=60.0,
                                                rand=random.random()))
@@ -211,9 +228,9 @@ class Keeper:
                 self._lost()
                 lease.drop()
             if lease.record is None:
-                self.state = "standby"
+                self.state = KeeperState.STANDBY
                 try:
-                    reason = await lease.try_acquire()
+                    reason = await self._shielded(lease.try_acquire())
                 except LeaseLost as exc:
                     log.error("lease_lost", target=lease.target, error=str(exc))
                     self._lost()
@@ -221,16 +238,16 @@ class Keeper:
                     reason = None
                 except SyncdError as exc:
                     log.warning("lease_unavailable", target=lease.target, error=str(exc))
-                    self.state = "unavailable"
+                    self.state = KeeperState.UNAVAILABLE
                     reason = None
                 if reason is not None:
                     log.info("lease_acquired", target=lease.target, gen=lease.gen,
                              reason=reason)
-                    self.state, self.last_gen = "held", lease.gen
+                    self.state, self.last_gen = KeeperState.HELD, lease.gen
                     self._observe(lease.target, "acquired")
                     self._announce(Session(lease.fence()))
                     last_holder = None
-                elif lease.view is not None and self.state == "standby":
+                elif lease.view is not None and self.state == KeeperState.STANDBY:
                     holder = lease.view.record.holder if lease.view.record else lease.view.corrupt
                     if holder != last_holder:
                         log.info("lease_standby", detail=describe_holder(lease, lease.view))
@@ -240,16 +257,28 @@ class Keeper:
                 continue
             ok = False
             with contextlib.suppress(LeaseLost):
-                ok = await lease.renew()
+                ok = await self._shielded(lease.renew())
             if lease.held:
                 await asyncio.sleep(interval if ok else interval / 4)
             else:
                 await asyncio.sleep(0)
 
+    async def _shielded(self, write: Coroutine[Any, Any, T]) -> T:
+        """A lease write survives the cancellation of `run`: cut off mid-flight it may have
+        landed on the server while we never learn its new version, and the release that
+        follows would then be refused (or an acquisition left for the TTL to expire)."""
+        self._inflight = asyncio.ensure_future(write)
+        return await asyncio.shield(self._inflight)
+
     async def release(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await asyncio.wait([inflight])  # its outcome is in the lease now
+            if not inflight.cancelled():
+                inflight.exception()  # seen (a LeaseLost there already dropped the lease)
         self._announce(None)
         if self.lease.record is not None:
             await self.lease.release()
-            self.state = "released"
+            self.state = KeeperState.RELEASED
             self._observe(self.lease.target, "released")
             self.log.info("lease_released", target=self.lease.target)

@@ -5,20 +5,31 @@ it), so a sidecar in standby is as ready as the holder's work. A pull mirror wit
 ready once each artifact has a published, verified version (an older one while a newer is
 built still counts: a model update must not take every worker out of service); one without
 artifacts once a pass has synced everything. Push mirrors never gate readiness.
+
+The status files live on a network filesystem that can hang: reads go to one thread of their
+own, bounded by a timeout, and while a hung read is outstanding no other is queued behind it,
+so probes answer "not ready" at once instead of piling up threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from syncd import status
 from syncd.config import Config, MirrorConfig
 from syncd.ops.http import Verdict
 
+READ_TIMEOUT_S = 5.0
 
-def judge(mirrors: list[tuple[MirrorConfig, status.MirrorStatus]]) -> Verdict:
-    missing: list[str] = []
+
+def judge(mirrors: list[tuple[MirrorConfig, status.MirrorStatus]],
+          unreadable: dict[str, str] | None = None) -> Verdict:
+    """`unreadable` names mirrors whose status could not be read, and why."""
+    missing = [f"{name}: status unreadable: {why}"
+               for name, why in sorted((unreadable or {}).items())]
     updating: list[str] = []
     body: dict[str, object] = {}
     for mirror, st in mirrors:
@@ -34,9 +45,11 @@ def judge(mirrors: list[tuple[MirrorConfig, status.MirrorStatus]]) -> Verdict:
                 missing.append(f"{mirror.name}: not synced yet"
                                + (f" ({st.error})" if st.error else ""))
             continue
-        for name, art in sorted(st.artifacts.items()):
-            if art.state == status.GONE:
-                continue
+        present = {n: a for n, a in st.artifacts.items() if a.state != status.GONE}
+        if not present:  # nothing to load is not "everything loaded"
+            missing.append(f"{mirror.name}: no artifact matching "
+                           f"{', '.join(mirror.artifacts)} in the source")
+        for name, art in sorted(present.items()):
             if art.current is None:
                 missing.append(f"{mirror.name}/{name}: {art.state}"
                                + (f": {art.detail}" if art.detail else ""))
@@ -48,9 +61,51 @@ def judge(mirrors: list[tuple[MirrorConfig, status.MirrorStatus]]) -> Verdict:
                         "mirrors": body})
 
 
+class Reader:
+    """Reads the status files for /readyz on one thread, never more than one read at once."""
+
+    def __init__(self, timeout_s: float = READ_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="readyz")
+        self._pending: Future[Any] | None = None
+
+    async def check(self, config: Config, mirrors: list[MirrorConfig]) -> Verdict:
+        pulls = [(m, Path(root)) for m in mirrors if m.direction == "pull"
+                 and (root := config.volume_root(m)) is not None]
+        if self._pending is not None and not self._pending.done():
+            hung = {m.name: "an earlier read of the volume has not returned" for m, _ in pulls}
+            return judge([], hung)
+        job = self._pool.submit(_read_all, pulls)
+        self._pending = job
+        try:
+            statuses, unreadable = await asyncio.wait_for(asyncio.wrap_future(job),
+                                                          self.timeout_s)
+        except TimeoutError:
+            hung = {m.name: f"the volume did not answer within {self.timeout_s:g} s"
+                    for m, _ in pulls}
+            return judge([], hung)
+        return judge(statuses, unreadable)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_all(pulls: list[tuple[MirrorConfig, Path]]
+              ) -> tuple[list[tuple[MirrorConfig, status.MirrorStatus]], dict[str, str]]:
+    statuses: list[tuple[MirrorConfig, status.MirrorStatus]] = []
+    unreadable: dict[str, str] = {}
+    for m, root in pulls:
+        try:
+            statuses.append((m, status.read(root, m.name, strict=True)))
+        except OSError as exc:
+            unreadable[m.name] = exc.strerror or type(exc).__name__
+    return statuses, unreadable
+
+
 async def check(config: Config, mirrors: list[MirrorConfig]) -> Verdict:
-    pulls = [(m, Path(root)) for m in mirrors if m.direction == "pull"
-             and (root := config.volume_root(m)) is not None]
-    statuses = await asyncio.to_thread(
-        lambda: [(m, status.read(root, m.name)) for m, root in pulls])
-    return judge(statuses)
+    """One check with a reader of its own (the CLI, tests); the daemon keeps one `Reader`."""
+    reader = Reader()
+    try:
+        return await reader.check(config, mirrors)
+    finally:
+        reader.close()

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import structlog
 
-from syncd.errors import ConfigError
+from syncd.errors import ExitCode, ListenFailed
 from syncd.ops.http import Server, Verdict
 from syncd.ops.metrics import Metrics
 
@@ -61,13 +62,33 @@ async def test_unknown_paths_and_methods_are_refused(server: Server) -> None:
 
 
 async def test_a_taken_port_fails_the_start_with_one_line_naming_the_field() -> None:
+    """Exit 1, not the config code: during a restart the old process may still hold the port
+    for a moment, and systemd's Restart=on-failure must try again."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         srv = Server("127.0.0.1", port, metrics=lambda: b"",
                      health=lambda: Verdict(True, {}), ready=_ready_no)
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises(ListenFailed) as err:
             await srv.start()
     assert "http.listen" in str(err.value) and f"127.0.0.1:{port}" in str(err.value)
+    assert err.value.exit_code == ExitCode.ERROR
     assert "\n" not in str(err.value)
+
+
+async def test_a_failing_handler_answers_500_json_and_logs_one_event() -> None:
+    def broken() -> Verdict:
+        raise RuntimeError("boom")
+
+    srv = Server("127.0.0.1", 0, metrics=lambda: b"", health=broken, ready=_ready_no)
+    await srv.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            code, ctype, body = await _get(srv, "/healthz")
+    finally:
+        await srv.stop()
+    assert code == 500 and ctype.startswith("application/json")
+    assert json.loads(body) == {"error": "internal error", "path": "/healthz"}
+    [event] = [e for e in logs if e["event"] == "http_handler_failed"]
+    assert event["path"] == "/healthz" and event["error"] == "RuntimeError: boom"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from syncd.runtime.health import IDLE, LOOP_STUCK_S, PASSING, STANDBY, Beat, Health
+from syncd.runtime.health import IDLE, LOOP_STUCK_S, PASSING, STANDBY, WAITING, Beat, Health
 
 STALL_S = 30.0
 
@@ -51,6 +51,21 @@ def test_beat_passing_stalls_after_stall_s_without_progress(clock: Clock) -> Non
     beat = Beat(STALL_S, clock)
     beat.passing()
     assert beat.state == PASSING
+    clock.now += STALL_S
+    assert not beat.stalled()
+    clock.now += 0.001
+    assert beat.stalled()
+
+
+def test_beat_waiting_for_the_targets_turn_never_stalls(clock: Clock) -> None:
+    """Mirrors sharing a target take turns: one queued behind a long but live pass of its
+    sibling must not turn /healthz red (a liveness probe would restart a healthy daemon)."""
+    beat = Beat(STALL_S, clock)
+    beat.waiting()
+    assert beat.state == WAITING
+    clock.now += STALL_S * 100
+    assert not beat.stalled()
+    beat.passing()  # its turn came: the stall clock starts now, not when it queued
     clock.now += STALL_S
     assert not beat.stalled()
     clock.now += 0.001

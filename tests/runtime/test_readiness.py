@@ -6,11 +6,13 @@ ready" during a routine model update would take every worker out of service at o
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 from syncd import status
 from syncd.config import Config, parse
-from syncd.runtime.readiness import check, judge
+from syncd.runtime.readiness import Reader, check, judge
 from syncd.status import ArtifactStatus, MirrorStatus
 
 CONFIG = """
@@ -86,3 +88,55 @@ async def test_check_reads_status_files_of_pull_mirrors_only(tmp_path: Path) -> 
     assert set(verdict.body["mirrors"]) == {"models", "loose"}  # a push mirror never gates
     await status.save(tmp_path / "loose", passed("loose"))
     assert (await check(cfg, list(cfg.mirrors))).ok
+
+
+def test_artifact_globs_matching_nothing_are_not_ready(tmp_path: Path) -> None:
+    """A pass that found no artifact has published nothing a worker could load."""
+    m = config(tmp_path).mirror("models")
+    verdict = judge([(m, passed("models", old=ArtifactStatus(status.GONE, None, None)))])
+    assert not verdict.ok
+    assert verdict.body["missing"] == ["models: no artifact matching * in the source"]
+
+
+async def test_an_unreadable_status_is_named_not_taken_for_no_pass(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    for m in cfg.mirrors:
+        (tmp_path / m.name).mkdir()
+    await status.save(tmp_path / "loose", passed("loose"))
+    status.path_for(tmp_path / "models", "models").mkdir(parents=True)  # EISDIR, not ENOENT
+    verdict = await check(cfg, list(cfg.mirrors))
+    assert not verdict.ok
+    assert verdict.body["missing"] == ["models: status unreadable: Is a directory"]
+
+
+async def test_a_hung_volume_answers_not_ready_without_piling_up_reads(tmp_path: Path) -> None:
+    """A read that blocks (a FIFO stands in for a hung network filesystem) times out; while
+    it is outstanding, later probes answer at once without starting another read."""
+    cfg = config(tmp_path)
+    for m in cfg.mirrors:
+        (tmp_path / m.name).mkdir()
+    fifo = status.path_for(tmp_path / "models", "models")
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    reader = Reader(timeout_s=0.2)
+    try:
+        first = await reader.check(cfg, list(cfg.mirrors))
+        assert first.body["missing"] == [
+            "loose: status unreadable: the volume did not answer within 0.2 s",
+            "models: status unreadable: the volume did not answer within 0.2 s"]
+        second = await reader.check(cfg, list(cfg.mirrors))
+        assert "an earlier read of the volume has not returned" in second.body["missing"][0]
+        fd = os.open(fifo, os.O_WRONLY)  # unblock the hung read: it sees an empty file
+        os.close(fd)
+        fifo.unlink()
+        await status.save(tmp_path / "models", passed(
+            "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")))
+        await status.save(tmp_path / "loose", passed("loose"))
+        for _ in range(50):
+            verdict = await reader.check(cfg, list(cfg.mirrors))
+            if verdict.ok:
+                break
+            await asyncio.sleep(0.05)
+        assert verdict.ok
+    finally:
+        reader.close()

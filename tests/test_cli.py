@@ -1,0 +1,111 @@
+"""syncd.cli's `health` verb: whatever answers (or does not) at the URL, one line and exit 1.
+
+A container HEALTHCHECK runs it every few seconds; a traceback there hides the reason and an
+exit code other than 0/1 means something else to Docker. Each case is a real socket on
+127.0.0.1 answering the way a wrong or broken endpoint would.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from syncd.cli import _probe
+from tests.mirrors import SYNCD, env
+
+Answer = tuple[int, bytes]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answer], str]]:
+    """An HTTP server answering every GET with one fixed (status, body); yields its URL."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answer: Answer) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(answer[0])
+                self.send_header("Content-Length", str(len(answer[1])))
+                self.end_headers()
+                self.wfile.write(answer[1])
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/healthz"
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_healthy_answer_counts_the_mirrors(serve: Callable[[Answer], str]) -> None:
+    url = serve((200, b'{"ok": true, "mirrors": {"a": {}, "b": {}}}'))
+    assert _probe(url, 5) == (True, "healthy (2 mirrors)")
+
+
+def test_an_unhealthy_answer_names_the_stalled_mirrors(serve: Callable[[Answer], str]) -> None:
+    url = serve((503, b'{"ok": false, "loop_stuck_s": 0.2, '
+                      b'"mirrors": {"a": {"stalled": true}, "b": {"stalled": false}}}'))
+    assert _probe(url, 5) == (
+        False, "unhealthy (HTTP 503): event loop late 0.2s, stalled mirrors: a")
+
+
+@pytest.mark.parametrize("answer", [(200, b"<html>hello</html>"), (200, b"[1, 2]"),
+                                    (503, b"Service Unavailable"), (500, b'"down"')])
+def test_something_else_at_the_url_is_one_line(serve: Callable[[Answer], str],
+                                               answer: Answer) -> None:
+    url = serve(answer)
+    assert _probe(url, 5) == (
+        False, f"{url} (HTTP {answer[0]}) did not answer like syncd's /healthz")
+
+
+def test_a_peer_that_hangs_up_without_answering_is_one_line() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def hang_up() -> None:
+            conn, _ = listener.accept()
+            conn.recv(4096)
+            conn.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/healthz"
+        ok, line = _probe(url, 5)
+    assert not ok and line.startswith(f"no answer from {url}: "), line
+
+
+def test_a_proxy_in_the_environment_is_not_used(serve: Callable[[Answer], str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """http_proxy is common in corporate containers; the probe talks to its own daemon."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, dead)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert _probe(serve((200, b'{"mirrors": {}}')), 5) == (True, "healthy (0 mirrors)")
+
+
+def test_an_unreadable_config_exits_1_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "syncd.toml"
+    bad.write_text("[http]\nlisten = 'nowhere'\n\n[[mirrors]]\nname = 'm'\nbucket = 'models'\n"
+                   "direction = 'pull'\nvolumes = { dc1 = '/srv/m' }\n")
+    plain = {k: v for k, v in env().items() if k != "SYNCD_HTTP__LISTEN"}
+    done = subprocess.run([SYNCD, "health", "--config", str(bad)], env=plain,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "http.listen" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
