@@ -65,8 +65,13 @@ class Split:
 def split(listing: Listing, patterns: tuple[str, ...]) -> Split:
     loose = Listing(complete=listing.complete, refused=dict(listing.refused))
     groups: dict[str, Group] = {}
-    if not patterns:
-        loose.entries = {k: e for k, e in listing.entries.items() if not is_manifest(k)}
+    if not patterns:  # shared, not copied, unless a manifest must be left out
+        manifests = [k for k in listing.entries if is_manifest(k)]
+        loose.entries = listing.entries
+        if manifests:
+            loose.entries = dict(listing.entries)
+            for k in manifests:
+                del loose.entries[k]
         return Split(loose, groups)
     for key, entry in listing.entries.items():
         name = artifact_of(key, patterns) if unsafe_reason(key) is None else None

@@ -7,19 +7,17 @@ the detail.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from syncd import __version__
-from syncd import config as config_mod
 from syncd.errors import (
     ConfigError,
     ExitCode,
@@ -28,13 +26,16 @@ from syncd.errors import (
     PlanRefused,
     SyncdError,
 )
-from syncd.lease.record import LeaseRecord, View
-from syncd.ops import logging as logs
-from syncd.ops.progress import Bar
-from syncd.plan import Adopt, Copy, Delete, Plan, Refuse, Skip
-from syncd.runtime import mirror as mirror_mod
-from syncd.runtime.leases import Leases, held_once, target_key, target_name
-from syncd.transfer import Stats, same_bytes
+
+# The heavy parts (pydantic, structlog, aiohttp, awscrt) are imported by the commands that
+# use them: `syncd health` runs every 30 s as a container HEALTHCHECK and `syncd --version`
+# answers scripts; neither should pay ~0.7 s of imports for a one-line answer.
+if TYPE_CHECKING:
+    from syncd import config as config_mod
+    from syncd.lease.record import View
+    from syncd.plan import Plan
+    from syncd.runtime.leases import Leases
+    from syncd.transfer import Stats
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mirror model artifacts between S3-compatible buckets and volumes.")
@@ -59,6 +60,8 @@ def _fail(message: str, code: int) -> None:
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    import asyncio
+
     try:
         code = asyncio.run(main())
     except SyncdError as exc:
@@ -78,12 +81,16 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = (
         "info"),
 ) -> None:
-    logs.setup(log_level)
+    if ctx.invoked_subcommand != "health":  # it logs nothing
+        from syncd.ops import logging as logs
+
+        logs.setup(log_level)
 
 
 def _mirrors(cfg: config_mod.Config, names: list[str] | None) -> list[config_mod.MirrorConfig]:
@@ -93,6 +100,8 @@ def _mirrors(cfg: config_mod.Config, names: list[str] | None) -> list[config_mod
 
 
 def _describe(action: Any) -> str:
+    from syncd.plan import Adopt, Copy, Delete, Refuse
+
     if isinstance(action, Copy):
         return f"copy    {action.key}  ({action.reason}, {action.src.size} bytes)"
     if isinstance(action, Adopt):
@@ -105,6 +114,8 @@ def _describe(action: Any) -> str:
 
 
 def _print_plan(name: str, plan: Plan) -> None:
+    from syncd.plan import Skip
+
     for action in plan.actions:
         if not (isinstance(action, Skip) and action.reason == "unchanged"):
             typer.echo(f"[{name}] {_describe(action)}")
@@ -134,6 +145,12 @@ def sync(
         help="Wait up to this long for another instance's write lease.")] = 0.0,
 ) -> None:
     """Bring every mirror of this datacenter in sync once."""
+    from syncd import config as config_mod
+    from syncd.ops import logging as logs
+    from syncd.ops.progress import Bar
+    from syncd.runtime import mirror as mirror_mod
+    from syncd.runtime.leases import Leases, held_once, target_key, target_name
+
     if not once:
         _fail("sync runs one pass: pass --once", int(ExitCode.USAGE))
 
@@ -187,6 +204,11 @@ def _failure(name: str, stats: Stats) -> SyncdError:
 @app.command()
 def check(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
     """Compare volume and bucket; print differences; exit 4 on drift."""
+    from syncd import config as config_mod
+    from syncd.plan import Adopt, Skip
+    from syncd.runtime import mirror as mirror_mod
+    from syncd.transfer import same_bytes
+
 
     async def main() -> int:
         cfg = config_mod.load(config)
@@ -209,6 +231,8 @@ def check(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
 
 
 def _drift_line(action: Any) -> str:
+    from syncd.plan import Adopt, Copy, Delete, Refuse, Skip
+
     if isinstance(action, Copy | Adopt):
         kind = "missing" if action.reason == "new" else "differs"
         return f"{kind}  {action.key}"
@@ -224,6 +248,7 @@ def run(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
 
     Each mirror writes only under its write lease; an instance that cannot get the lease
     waits in standby and takes over when the holder stops or its lease expires."""
+    from syncd import config as config_mod
     from syncd.runtime import daemon
 
     async def main() -> int:
@@ -252,6 +277,7 @@ def wait(
 
     Load from the printed directory: it stays as it is, even when a newer version is
     published, for the mirror's keep_versions_s."""
+    from syncd import config as config_mod
     from syncd.runtime import wait as wait_mod
 
     async def main() -> int:
@@ -265,13 +291,23 @@ def wait(
 
 
 def _health_url(config: Path | None) -> str:
-    path = config or os.environ.get(config_mod.ENV_CONFIG)
-    listen = (config_mod.load(path).http.listen if path
-              else os.environ.get("SYNCD_HTTP__LISTEN", config_mod.DEFAULT_LISTEN))
+    """The variable wins over the file (as in the daemon), so the container's HEALTHCHECK,
+    which has it set, never parses the config."""
+    from syncd.ops.address import DEFAULT_LISTEN, ENV_LISTEN, host_port
+
+    listen = os.environ.get(ENV_LISTEN)
+    path = config or os.environ.get("SYNCD_CONFIG")
+    if listen is None:
+        if path:
+            from syncd import config as config_mod
+
+            listen = config_mod.load(path).http.listen
+        else:
+            listen = DEFAULT_LISTEN
     if not listen:
         raise ConfigError("the HTTP endpoint is off (http.listen is empty)", field="http.listen")
     try:
-        host, port = config_mod.host_port(listen)
+        host, port = host_port(listen)
     except ValueError as exc:
         raise ConfigError(str(exc), field="http.listen") from None
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard: ask loopback
@@ -329,6 +365,8 @@ def _probe(target: str, timeout: float) -> tuple[bool, str]:
 
 
 def _lease_rows(cfg: config_mod.Config) -> dict[tuple[str, ...], list[config_mod.MirrorConfig]]:
+    from syncd.runtime.leases import target_key
+
     rows: dict[tuple[str, ...], list[config_mod.MirrorConfig]] = {}
     for m in _mirrors(cfg, None):
         rows.setdefault(target_key(cfg, m), []).append(m)
@@ -336,6 +374,8 @@ def _lease_rows(cfg: config_mod.Config) -> dict[tuple[str, ...], list[config_mod
 
 
 def _status(key: tuple[str, ...], mirrors: list[str], view: View, now: float) -> dict[str, Any]:
+    from syncd.runtime.leases import target_name
+
     row: dict[str, Any] = {"target": target_name(key), "backend": key[0], "mirrors": mirrors,
                            "gen": view.gen, "state": "free", "holder": None}
     record = view.record
@@ -376,6 +416,10 @@ def lease_status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Show every write lease of this datacenter's mirrors: holder, generation, age, expiry."""
+    from syncd import config as config_mod
+    from syncd.ops import logging as logs
+    from syncd.runtime.leases import Leases
+
 
     async def main() -> int:
         cfg = config_mod.load(config)
@@ -398,6 +442,11 @@ def lease_break(
 ) -> None:
     """Force-release a lease: the next generation is written as released, so the old holder
     is fenced out and any instance may take over at once. Use only when the holder is gone."""
+    from syncd import config as config_mod
+    from syncd.lease.record import LeaseRecord
+    from syncd.ops import logging as logs
+    from syncd.runtime.leases import Leases, target_name
+
     if not yes:
         _fail("breaking a lease can let two writers in if its holder is still running; "
               "pass --yes if you are sure", int(ExitCode.USAGE))
@@ -443,6 +492,8 @@ def config_validate(
     config: ConfigOpt = None,
 ) -> None:
     """Validate a config file; print the effective mirrors of this datacenter."""
+    from syncd import config as config_mod
+
     try:
         cfg = config_mod.load(path or config)
         dc = cfg.active_datacenter()

@@ -30,24 +30,13 @@ from pydantic import (
 
 from syncd.errors import ConfigError
 from syncd.keys import normalize_prefix
+from syncd.ops.address import DEFAULT_LISTEN, host_port
 
 ENV_PREFIX = "SYNCD_"
 ENV_CONFIG = "SYNCD_CONFIG"
 _NOT_OVERLAID = {ENV_CONFIG, "SYNCD_LOG_FORMAT"}
 MiB = 1 << 20
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-
-DEFAULT_LISTEN = "127.0.0.1:9847"
-
-
-def host_port(listen: str) -> tuple[str, int]:
-    """"HOST:PORT" ("[::1]:PORT" for IPv6) -> (host, port); ValueError names the problem."""
-    host, sep, port = listen.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"{listen!r} is not HOST:PORT (for example {DEFAULT_LISTEN})")
-    return host, int(port)
-
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 

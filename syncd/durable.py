@@ -7,23 +7,26 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 
-def write_new(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist, and is never a symlink followed) with `data`, fsynced."""
+def write_new(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Create `path` (it must not exist, and is never a symlink followed) with `data`, fsynced.
+    `data` may come in chunks, so a large record is never whole in memory."""
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in (data,) if isinstance(data, bytes) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def replace(path: Path, data: bytes) -> None:
+def replace(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Replace `path` with `data` by temp file + rename: readers see the old or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

@@ -13,12 +13,11 @@ combined; a store that moved parts in parallel re-reads the staged file for thos
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from awscrt import checksums as crt
 
 from syncd.listing import Algo, Checksum, lower_keys, md5_etag
 
@@ -31,7 +30,6 @@ CRC_ALGOS = (Algo.CRC64NVME, Algo.CRC32C, Algo.CRC32)
 class _Crc:
     width: int
     poly: int  # reflected polynomial
-    fn: Any
 
     def x2n_table(self) -> list[int]:
         """x^(2^k) mod p for k < 64, in reflected form."""
@@ -54,16 +52,30 @@ class _Crc:
 
 
 _SPECS = {
-    Algo.CRC32: _Crc(32, 0xEDB88320, crt.crc32),
-    Algo.CRC32C: _Crc(32, 0x82F63B78, crt.crc32c),
-    Algo.CRC64NVME: _Crc(64, 0x9A6C9329AC4BC9B5, crt.crc64nvme),
+    Algo.CRC32: _Crc(32, 0xEDB88320),
+    Algo.CRC32C: _Crc(32, 0x82F63B78),
+    Algo.CRC64NVME: _Crc(64, 0x9A6C9329AC4BC9B5),
 }
-_TABLES = {algo: spec.x2n_table() for algo, spec in _SPECS.items()}
+
+
+@functools.cache
+def _crc_fn(algo: Algo) -> Callable[[Any, int], int]:
+    """awscrt's hardware CRC, loaded on first use: its native library costs ~50 ms at start,
+    which a no-op pass or a one-line command never needs."""
+    from awscrt import checksums
+
+    fn: Callable[[Any, int], int] = getattr(checksums, algo.value)
+    return fn
+
+
+@functools.cache
+def _table(algo: Algo) -> list[int]:
+    return _SPECS[algo].x2n_table()
 
 
 def crc_combine(algo: Algo, crc1: int, crc2: int, len2: int) -> int:
     """CRC of A||B from crc(A), crc(B) and len(B), without the bytes."""
-    spec, table = _SPECS[algo], _TABLES[algo]
+    spec, table = _SPECS[algo], _table(algo)
     shift = 1 << (spec.width - 1)  # x^0
     k, n = 3, len2  # multiply crc1 by x^(8*len2)
     while n:
@@ -86,19 +98,20 @@ def encode(algo: Algo, raw: bytes) -> str:
 class Digest:
     """Hashes one contiguous byte range for several algorithms at once."""
 
-    __slots__ = ("_crcs", "_other", "length", "start")
+    __slots__ = ("_crcs", "_fns", "_other", "length", "start")
 
     def __init__(self, algos: Iterable[Algo], start: int = 0) -> None:
         self.start = start
         self.length = 0
         self._crcs = {a: 0 for a in algos if a in _SPECS}
+        self._fns = {a: _crc_fn(a) for a in self._crcs}
         self._other: dict[Algo, Any] = {
             a: hashlib.new(a.value) for a in algos if a not in _SPECS
         }
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         for algo, value in self._crcs.items():
-            self._crcs[algo] = _SPECS[algo].fn(data, value)
+            self._crcs[algo] = self._fns[algo](data, value)
         for h in self._other.values():
             h.update(data)
         self.length += len(data)

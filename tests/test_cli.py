@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,3 +110,22 @@ def test_an_unreadable_config_exits_1_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and "http.listen" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# pydantic is not listed: typer imports it itself
+HEAVY = ("syncd.config", "structlog", "aiohttp", "awscrt", "aiobotocore", "botocore")
+
+
+@pytest.mark.parametrize("argv", [["--version"],
+                                  ["health", "--url", "http://127.0.0.1:1/healthz"]])
+def test_one_line_answers_load_none_of_the_heavy_libraries(argv: list[str]) -> None:
+    """`syncd health` is a container HEALTHCHECK every 30 s: importing the sync engine's
+    libraries would cost ~0.5 s of CPU each time, more than the daemon uses at rest."""
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: print(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+            f"sys.argv = ['syncd', *{argv!r}]\n"
+            "from syncd.cli import main\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr

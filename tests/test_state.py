@@ -9,7 +9,7 @@ import pytest
 
 from syncd import state
 from syncd.keys import RESERVED_DIR
-from syncd.listing import Record, Recorded
+from syncd.listing import Entry, Record, Recorded
 
 MIRROR = "models"
 
@@ -93,9 +93,8 @@ async def test_load_missing_state_is_empty(tmp_path: Path) -> None:
 
 
 def _valid_bytes() -> bytes:
-    return json.dumps(
-        {"version": state.VERSION, "entries": {"a": ["1:e", "1:1:1", None, 0]}}
-    ).encode()
+    return (json.dumps({"version": state.VERSION, "count": 1}) + "\n"
+            + json.dumps(["a", "1:e", "1:1:1", None, 0]) + "\n").encode()
 
 
 @pytest.mark.parametrize(
@@ -104,7 +103,7 @@ def _valid_bytes() -> bytes:
         b"",
         b"{",
         _valid_bytes()[: len(_valid_bytes()) // 2],  # truncated mid-write
-        _valid_bytes()[:-1],
+        _valid_bytes()[:-2],  # the closing bracket cut
         b"\x00" * 64,
         b"\xff\xfe garbage",
         b"null",
@@ -122,6 +121,12 @@ def _valid_bytes() -> bytes:
         json.dumps({"version": state.VERSION, "entries": {"a": 5}}).encode(),
         json.dumps({"version": state.VERSION, "entries": {"a": ["x"]}}).encode(),
         json.dumps({"version": state.VERSION, "entries": {"a": [1, 2, 3, 4, 5, 6]}}).encode(),
+        _valid_bytes().replace(b'"count": 1', b'"count": 2'),  # a line missing
+        _valid_bytes() + b'["b","1:e","1:1:1",null,0]\n',  # a line too many
+        _valid_bytes().replace(b'["a"', b'[7'),  # a key that is not a string
+        _valid_bytes().replace(b', 0]', b', 0, 1]'),  # a row of the wrong length
+        _valid_bytes().replace(b"\n[", b"\n{"),  # a row that is not a list
+        _valid_bytes()[:-3],  # the last line cut
     ],
     ids=lambda c: repr(c[:24]),
 )
@@ -143,3 +148,36 @@ async def test_save_over_corrupt_state_recovers(tmp_path: Path) -> None:
     path.write_bytes(b"{truncated")
     await state.save(tmp_path, MIRROR, RECORD)
     assert await state.load(tmp_path, MIRROR) == RECORD
+
+
+async def test_format_1_records_are_still_read(tmp_path: Path) -> None:
+    """An upgrade must not cost a re-hash of the whole volume: the old file still counts,
+    and the next save writes the new format."""
+    path = state.path_for(tmp_path, MIRROR)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(json.dumps({"version": 1, "entries": {
+        k: [r.src, r.dst, r.checksum, r.gen] for k, r in RECORD.items()}},
+        separators=(",", ":"), ensure_ascii=False).encode())
+    assert await state.load(tmp_path, MIRROR) == RECORD
+    await state.save(tmp_path, MIRROR, RECORD)
+    assert json.loads(path.read_bytes().splitlines()[0]) == {"version": 2, "count": 4}
+    assert await state.load(tmp_path, MIRROR) == RECORD
+
+
+async def test_a_record_larger_than_one_slice_round_trips(tmp_path: Path) -> None:
+    big = {f"d{i // 1000:03d}/obj-{i:06d}.bin \u2028\n\"x\"": Recorded(
+        f"{i}:{i:032x}", f"{i}:{i * 7}:{i}", f"md5:{i:032x}", i % 5) for i in range(30_000)}
+    await state.save(tmp_path, MIRROR, big)
+    assert state.path_for(tmp_path, MIRROR).stat().st_size > 2 * (1 << 20)
+    assert await state.load(tmp_path, MIRROR) == big
+
+
+async def test_loaded_keys_share_the_listings_strings(tmp_path: Path) -> None:
+    """At 100,000 objects a second copy of every key is megabytes: the record reuses the
+    key strings of the listing it is compared with."""
+    await state.save(tmp_path, MIRROR, RECORD)
+    listing = {k: Entry("".join(k), 1) for k in RECORD}  # equal strings, other objects
+    loaded = await state.load(tmp_path, MIRROR, listing)
+    assert loaded == RECORD
+    for key in loaded:
+        assert key is listing[key].key

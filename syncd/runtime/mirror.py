@@ -212,7 +212,7 @@ async def cycle(
                 memory.cleaned = time.monotonic()
         src, dst = await listings(sides)
         run = Pass(config, mirror, sides, fence, journal, log,
-                   await state.load(sides.root, mirror.name),
+                   await state.load(sides.root, mirror.name, src.entries),
                    await status.load(sides.root, mirror.name), memory or Memory(), on_bytes,
                    stopping, meter)
         before = dict(run.record)
@@ -235,8 +235,11 @@ async def cycle(
                 run.status.last_ok_wall = time.time()
         finally:
             await sides.dst.flush()  # renames durable before the record says they happened
-            kept = {k: v for k, v in run.record.items() if k in run.listed}
-            if kept != before:  # a no-op pass writes nothing
+            dropped = [k for k in run.record if k not in run.listed]
+            if dropped or run.record != before:  # a no-op pass writes nothing
+                kept = dict(run.record)
+                for k in dropped:
+                    del kept[k]
                 fence.check()
                 await state.save(sides.root, mirror.name, kept)
             now = time.time()

@@ -297,8 +297,8 @@ def test_a_holder_frozen_past_the_ttl_publishes_nothing_after_it_wakes(
                                         Key=f"models/{key}")["LastModified"].timestamp()
         assert landed <= frozen_wall + 1.0, (key, landed - frozen_wall)  # 1 s resolution
     if cluster.pull:  # the volume's record names the generation of each file's writer
-        record = json.loads((cluster.vol / ".syncd/state/m.json").read_bytes())["entries"]
-        gens = {key: entry[3] for key, entry in record.items()}
+        lines = (cluster.vol / ".syncd/state/m.json").read_bytes().splitlines()[1:]
+        gens = {row[0]: row[4] for row in map(json.loads, lines)}  # [key, src, dst, sum, gen]
     else:  # each object carries its writer's generation; the commit object the newest
         gens = {key: int(client.head_object(Bucket=cluster.bucket, Key=f"models/{key}")
                          ["Metadata"]["syncd-gen"]) for key in bucket_tree(client, cluster.bucket)}

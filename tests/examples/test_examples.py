@@ -27,8 +27,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from syncd.config import host_port, parse
+from syncd.config import parse
 from syncd.errors import IntegrityError
+from syncd.ops.address import host_port
 from syncd.ops.metrics import LeaseState, Metrics, MirrorState, Snapshot
 from syncd.runtime.wait import from_config
 from tests.daemons import ART, Setup, version_files
