@@ -293,9 +293,10 @@ def wait(
 def _health_url(config: Path | None) -> str:
     """The variable wins over the file (as in the daemon), so the container's HEALTHCHECK,
     which has it set, never parses the config."""
-    from syncd.ops.address import DEFAULT_LISTEN, ENV_LISTEN, host_port
+    from syncd.ops.address import DEFAULT_LISTEN, ENV_LISTEN, env_value, host_port
 
-    listen = os.environ.get(ENV_LISTEN)
+    raw = os.environ.get(ENV_LISTEN)
+    listen = None if raw is None else str(env_value(raw))
     path = config or os.environ.get("SYNCD_CONFIG")
     if listen is None:
         if path:

@@ -30,7 +30,7 @@ from pydantic import (
 
 from syncd.errors import ConfigError
 from syncd.keys import normalize_prefix
-from syncd.ops.address import DEFAULT_LISTEN, host_port
+from syncd.ops.address import DEFAULT_LISTEN, env_value, host_port
 
 ENV_PREFIX = "SYNCD_"
 ENV_CONFIG = "SYNCD_CONFIG"
@@ -229,13 +229,6 @@ def _env_name(mirror: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", mirror.lower())
 
 
-def _env_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _overlay(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
     """Apply SYNCD_* variables in place; returns dotted field -> variable, for error messages."""
     origins: dict[str, str] = {}
@@ -264,7 +257,7 @@ def _overlay(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
                 if not isinstance(target, dict):
                     raise ConfigError("cannot set a field inside a non-table", file=f"env {var}")
             dotted = ".".join(path)
-        target[path[-1]] = _env_value(env[var])
+        target[path[-1]] = env_value(env[var])
         origins[dotted] = var
     return origins
 

@@ -17,7 +17,7 @@ def write_new(path: Path, data: bytes | Iterable[bytes]) -> None:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o644)
     try:
-        for chunk in (data,) if isinstance(data, bytes) else data:
+        for chunk in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view):]

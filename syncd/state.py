@@ -37,9 +37,12 @@ class _Unusable(ValueError):
 
 
 def _recorded(row: Any) -> tuple[str, Recorded]:
-    if not isinstance(row, list) or len(row) != 5 or not isinstance(row[0], str):
+    """[key, src, dst, checksum or null, gen], each of its type, or _Unusable."""
+    if not (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)
+            and isinstance(row[1], str) and isinstance(row[2], str)
+            and (row[3] is None or isinstance(row[3], str)) and type(row[4]) is int):
         raise _Unusable("bad row")
-    return row[0], Recorded(*row[1:])
+    return row[0], Recorded(row[1], row[2], row[3], row[4])
 
 
 def _read(path: Path, keys: Mapping[str, Entry] | None = None) -> Record:
@@ -49,14 +52,15 @@ def _read(path: Path, keys: Mapping[str, Entry] | None = None) -> Record:
         with path.open("rb") as f:
             header = json.loads(f.readline() or b"null")
             if isinstance(header, dict) and header.get("version") == VERSION:
+                count = header.get("count")
                 record = _read_lines(f, keys)
-                if len(record) != header.get("count"):
+                if type(count) is not int or len(record) != count:
                     return {}  # cut short: trust none of it
                 return record
             if isinstance(header, dict) and header.get("version") == 1:  # one line, whole
-                return {k: Recorded(*v) for k, v in header["entries"].items()}
+                return dict(_recorded([k, *v]) for k, v in header["entries"].items())
             return {}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return {}
 
 

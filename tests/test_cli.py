@@ -129,3 +129,14 @@ def test_one_line_answers_load_none_of_the_heavy_libraries(argv: list[str]) -> N
     done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_health_reads_the_listen_variable_as_the_daemon_does(
+        serve: Callable[[Answer], str], tmp_path: Path) -> None:
+    """SYNCD_* values are TOML when they parse as TOML: a quoted address is the address."""
+    url = serve((200, b'{"mirrors": {}}'))
+    port = url.split(":")[2].split("/")[0]
+    quoted = {**env(), "SYNCD_HTTP__LISTEN": f'"127.0.0.1:{port}"'}
+    done = subprocess.run([SYNCD, "health"], env=quoted, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout == "healthy (0 mirrors)\n", done.stderr

@@ -127,6 +127,12 @@ def _valid_bytes() -> bytes:
         _valid_bytes().replace(b', 0]', b', 0, 1]'),  # a row of the wrong length
         _valid_bytes().replace(b"\n[", b"\n{"),  # a row that is not a list
         _valid_bytes()[:-3],  # the last line cut
+        _valid_bytes().replace(b'"count": 1', b'"count": true'),  # a count that is no int
+        _valid_bytes().replace(b'"1:e", "1:1:1", null, 0', b'["s"], {"x": 1}, 5, "g"'),
+        _valid_bytes().replace(b'"1:1:1", null, 0', b'"1:1:1", null, true'),  # bool gen
+        _valid_bytes() + b"[" * 100_000 + b"\n",  # nesting deep enough to recurse out
+        json.dumps({"version": 1, "entries": {"a": "abcd"}}).encode(),  # format 1, no row
+        json.dumps({"version": 1, "entries": {"a": [1, 2, 3, 4]}}).encode(),
     ],
     ids=lambda c: repr(c[:24]),
 )

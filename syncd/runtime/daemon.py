@@ -392,8 +392,19 @@ class Daemon:
             keepers.append(self.keepers.pop(key))
         if not keepers:
             return
-        bound = RELEASE_FORCED_S if self._force.is_set() else self.config.lease.renew_deadline_s
-        await asyncio.gather(*(self._release_one(k, bound) for k in keepers))
+        forced = self._force.is_set()
+        bound = RELEASE_FORCED_S if forced else self.config.lease.renew_deadline_s
+        releases = asyncio.gather(*(self._release_one(k, bound) for k in keepers),
+                                  return_exceptions=True)
+        if not forced:  # a second signal now cuts the wait short
+            await _first(asyncio.shield(releases), self._force.wait())
+        if not releases.done():
+            await _first(asyncio.shield(releases), within=RELEASE_FORCED_S)
+            releases.cancel()  # what is left expires with its TTL
+        await asyncio.gather(releases, return_exceptions=True)
+        for outcome in () if releases.cancelled() else releases.result():
+            if isinstance(outcome, BaseException):  # not a SyncdError: still one line
+                self.log.warning("lease_release_failed", error=repr(outcome))
 
     async def _release_one(self, keeper: Keeper, bound: float) -> None:
         try:

@@ -31,6 +31,7 @@ from syncd.stores.s3 import S3Store
 
 Log = Any
 T = TypeVar("T")
+INFLIGHT_WAIT_S = 5.0  # release waits this long for a lease write under way, then cuts it
 
 
 def timing_of(config: Config) -> Timing:
@@ -267,15 +268,24 @@ class Keeper:
         """A lease write survives the cancellation of `run`: cut off mid-flight it may have
         landed on the server while we never learn its new version, and the release that
         follows would then be refused (or an acquisition left for the TTL to expire)."""
-        self._inflight = asyncio.ensure_future(write)
-        return await asyncio.shield(self._inflight)
+        task = asyncio.ensure_future(write)
+        self._inflight = task
+        task.add_done_callback(self._write_done)
+        return await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Future[Any]) -> None:
+        if not task.cancelled():
+            task.exception()  # seen here: `run` may be gone (a LeaseLost dropped the lease)
+        if self._inflight is task:
+            self._inflight = None
 
     async def release(self) -> None:
-        inflight, self._inflight = self._inflight, None
+        inflight = self._inflight
         if inflight is not None:
-            await asyncio.wait([inflight])  # its outcome is in the lease now
-            if not inflight.cancelled():
-                inflight.exception()  # seen (a LeaseLost there already dropped the lease)
+            try:  # its outcome lands in the lease; a write that does not end is given up
+                await asyncio.wait([inflight], timeout=INFLIGHT_WAIT_S)
+            finally:
+                inflight.cancel()
         self._announce(None)
         if self.lease.record is not None:
             await self.lease.release()

@@ -6,15 +6,16 @@ ready once each artifact has a published, verified version (an older one while a
 built still counts: a model update must not take every worker out of service); one without
 artifacts once a pass has synced everything. Push mirrors never gate readiness.
 
-The status files live on a network filesystem that can hang: reads go to one thread of their
-own, bounded by a timeout, and while a hung read is outstanding no other is queued behind it,
-so probes answer "not ready" at once instead of piling up threads.
+The status files live on a network filesystem that can hang: one read at a time runs on a
+thread of its own, probes share it and wait at most a timeout, and while a hung read is
+outstanding no other is started, so probes answer "not ready" instead of piling up threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future, ThreadPoolExecutor
+import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,32 +63,62 @@ def judge(mirrors: list[tuple[MirrorConfig, status.MirrorStatus]],
 
 
 class Reader:
-    """Reads the status files for /readyz on one thread, never more than one read at once."""
+    """Reads the status files for /readyz, one read at a time: concurrent probes share the
+    read in flight. Reads run on daemon threads, so one hung on a dead mount holds neither
+    the event loop nor the process's exit."""
 
     def __init__(self, timeout_s: float = READ_TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="readyz")
-        self._pending: Future[Any] | None = None
+        self._pending: asyncio.Future[Any] | None = None
+        self._since = 0.0
 
     async def check(self, config: Config, mirrors: list[MirrorConfig]) -> Verdict:
         pulls = [(m, Path(root)) for m in mirrors if m.direction == "pull"
                  and (root := config.volume_root(m)) is not None]
-        if self._pending is not None and not self._pending.done():
-            hung = {m.name: "an earlier read of the volume has not returned" for m, _ in pulls}
-            return judge([], hung)
-        job = self._pool.submit(_read_all, pulls)
-        self._pending = job
+        loop = asyncio.get_running_loop()
+        job = self._pending
+        if job is None or job.done():
+            job = self._pending = self._start(loop, pulls)
+            self._since = loop.time()
+        left = self.timeout_s - (loop.time() - self._since)
+        if left <= 0:
+            return judge([], {m.name: "an earlier read of the volume has not returned for "
+                                      f"{loop.time() - self._since:.0f} s" for m, _ in pulls})
         try:
-            statuses, unreadable = await asyncio.wait_for(asyncio.wrap_future(job),
-                                                          self.timeout_s)
+            statuses, unreadable = await asyncio.wait_for(asyncio.shield(job), left)
         except TimeoutError:
-            hung = {m.name: f"the volume did not answer within {self.timeout_s:g} s"
-                    for m, _ in pulls}
-            return judge([], hung)
+            return judge([], {m.name: f"the volume did not answer within {self.timeout_s:g} s"
+                              for m, _ in pulls})
         return judge(statuses, unreadable)
 
+    @staticmethod
+    def _start(loop: asyncio.AbstractEventLoop,
+               pulls: list[tuple[MirrorConfig, Path]]) -> asyncio.Future[Any]:
+        job: asyncio.Future[Any] = loop.create_future()
+        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
+
+        def settle(outcome: Any, failed: bool) -> None:
+            if job.done():
+                return
+            if failed:
+                job.set_exception(outcome)
+            else:
+                job.set_result(outcome)
+
+        def read() -> None:
+            outcome: Any
+            try:
+                outcome, failed = _read_all(pulls), False
+            except Exception as exc:  # handed to the waiting probe
+                outcome, failed = exc, True
+            with contextlib.suppress(RuntimeError):  # the loop closed while we hung
+                loop.call_soon_threadsafe(settle, outcome, failed)
+
+        threading.Thread(target=read, name="readyz", daemon=True).start()
+        return job
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pending = None
 
 
 def _read_all(pulls: list[tuple[MirrorConfig, Path]]

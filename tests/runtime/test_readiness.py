@@ -140,3 +140,17 @@ async def test_a_hung_volume_answers_not_ready_without_piling_up_reads(tmp_path:
         assert verdict.ok
     finally:
         reader.close()
+
+
+async def test_concurrent_probes_share_one_read_and_agree(tmp_path: Path) -> None:
+    """A kubelet and a load balancer probe at once: the second must not read "hung" into a
+    read that is merely under way."""
+    cfg = config(tmp_path)
+    for m in cfg.mirrors:
+        (tmp_path / m.name).mkdir()
+    await status.save(tmp_path / "models", passed(
+        "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")))
+    await status.save(tmp_path / "loose", passed("loose"))
+    reader = Reader(timeout_s=5.0)
+    verdicts = await asyncio.gather(*(reader.check(cfg, list(cfg.mirrors)) for _ in range(8)))
+    assert all(v.ok for v in verdicts), [v.body["missing"] for v in verdicts]
