@@ -297,14 +297,11 @@ def _health_url(config: Path | None) -> str:
 
     raw = os.environ.get(ENV_LISTEN)
     listen = None if raw is None else str(env_value(raw))
-    path = config or os.environ.get("SYNCD_CONFIG")
     if listen is None:
-        if path:
-            from syncd import config as config_mod
+        from syncd import config as config_mod
 
-            listen = config_mod.load(path).http.listen
-        else:
-            listen = DEFAULT_LISTEN
+        path = config or os.environ.get(config_mod.ENV_CONFIG)
+        listen = config_mod.load(path).http.listen if path else DEFAULT_LISTEN
     if not listen:
         raise ConfigError("the HTTP endpoint is off (http.listen is empty)", field="http.listen")
     try:

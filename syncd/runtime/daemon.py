@@ -267,7 +267,6 @@ class Daemon:
             watchdog.stop()
             if http is not None:
                 await http.stop()
-            self.ready_reader.close()
             self.notify.close()
         self.log.info("daemon_stopped")
         return 0

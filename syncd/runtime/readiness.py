@@ -117,9 +117,6 @@ class Reader:
         threading.Thread(target=read, name="readyz", daemon=True).start()
         return job
 
-    def close(self) -> None:
-        self._pending = None
-
 
 def _read_all(pulls: list[tuple[MirrorConfig, Path]]
               ) -> tuple[list[tuple[MirrorConfig, status.MirrorStatus]], dict[str, str]]:
@@ -131,12 +128,3 @@ def _read_all(pulls: list[tuple[MirrorConfig, Path]]
         except OSError as exc:
             unreadable[m.name] = exc.strerror or type(exc).__name__
     return statuses, unreadable
-
-
-async def check(config: Config, mirrors: list[MirrorConfig]) -> Verdict:
-    """One check with a reader of its own (the CLI, tests); the daemon keeps one `Reader`."""
-    reader = Reader()
-    try:
-        return await reader.check(config, mirrors)
-    finally:
-        reader.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from syncd import status
 from syncd.config import Config, parse
-from syncd.runtime.readiness import Reader, check, judge
+from syncd.runtime.readiness import Reader, judge
 from syncd.status import ArtifactStatus, MirrorStatus
 
 CONFIG = """
@@ -83,11 +83,11 @@ async def test_check_reads_status_files_of_pull_mirrors_only(tmp_path: Path) -> 
         (tmp_path / m.name).mkdir()
     await status.save(tmp_path / "models", passed(
         "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")))
-    verdict = await check(cfg, list(cfg.mirrors))
+    verdict = await Reader().check(cfg, list(cfg.mirrors))
     assert verdict.body["missing"] == ["loose: no pass has finished yet"]
     assert set(verdict.body["mirrors"]) == {"models", "loose"}  # a push mirror never gates
     await status.save(tmp_path / "loose", passed("loose"))
-    assert (await check(cfg, list(cfg.mirrors))).ok
+    assert (await Reader().check(cfg, list(cfg.mirrors))).ok
 
 
 def test_artifact_globs_matching_nothing_are_not_ready(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ async def test_an_unreadable_status_is_named_not_taken_for_no_pass(tmp_path: Pat
         (tmp_path / m.name).mkdir()
     await status.save(tmp_path / "loose", passed("loose"))
     status.path_for(tmp_path / "models", "models").mkdir(parents=True)  # EISDIR, not ENOENT
-    verdict = await check(cfg, list(cfg.mirrors))
+    verdict = await Reader().check(cfg, list(cfg.mirrors))
     assert not verdict.ok
     assert verdict.body["missing"] == ["models: status unreadable: Is a directory"]
 
@@ -119,27 +119,24 @@ async def test_a_hung_volume_answers_not_ready_without_piling_up_reads(tmp_path:
     fifo.parent.mkdir(parents=True)
     os.mkfifo(fifo)
     reader = Reader(timeout_s=0.2)
-    try:
-        first = await reader.check(cfg, list(cfg.mirrors))
-        assert first.body["missing"] == [
-            "loose: status unreadable: the volume did not answer within 0.2 s",
-            "models: status unreadable: the volume did not answer within 0.2 s"]
-        second = await reader.check(cfg, list(cfg.mirrors))
-        assert "an earlier read of the volume has not returned" in second.body["missing"][0]
-        fd = os.open(fifo, os.O_WRONLY)  # unblock the hung read: it sees an empty file
-        os.close(fd)
-        fifo.unlink()
-        await status.save(tmp_path / "models", passed(
-            "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")))
-        await status.save(tmp_path / "loose", passed("loose"))
-        for _ in range(50):
-            verdict = await reader.check(cfg, list(cfg.mirrors))
-            if verdict.ok:
-                break
-            await asyncio.sleep(0.05)
-        assert verdict.ok
-    finally:
-        reader.close()
+    first = await reader.check(cfg, list(cfg.mirrors))
+    assert first.body["missing"] == [
+        "loose: status unreadable: the volume did not answer within 0.2 s",
+        "models: status unreadable: the volume did not answer within 0.2 s"]
+    second = await reader.check(cfg, list(cfg.mirrors))
+    assert "an earlier read of the volume has not returned" in second.body["missing"][0]
+    fd = os.open(fifo, os.O_WRONLY)  # unblock the hung read: it sees an empty file
+    os.close(fd)
+    fifo.unlink()
+    await status.save(tmp_path / "models", passed(
+        "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")))
+    await status.save(tmp_path / "loose", passed("loose"))
+    for _ in range(50):
+        verdict = await reader.check(cfg, list(cfg.mirrors))
+        if verdict.ok:
+            break
+        await asyncio.sleep(0.05)
+    assert verdict.ok
 
 
 async def test_concurrent_probes_share_one_read_and_agree(tmp_path: Path) -> None:
