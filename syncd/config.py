@@ -70,6 +70,7 @@ class TransferConfig(_Model):
     multipart_threshold: ByteSize = Field(ByteSize(8 * MiB), ge=5 * MiB)
     upload_buffer: ByteSize = Field(ByteSize(40 * MiB), ge=5 * MiB)
     min_free_bytes: ByteSize = Field(ByteSize(64 * MiB), ge=0)
+    direct_io: bool = True
 
 
 class LeaseConfig(_Model):

@@ -111,7 +111,8 @@ async def opened(config: Config, mirror: MirrorConfig, *, write: bool) -> AsyncI
     t = config.transfer
     volume = VolumeStore(root, part_size=int(t.part_size),
                          multipart_threshold=int(t.multipart_threshold),
-                         min_free_bytes=int(t.min_free_bytes), concurrency=t.concurrency)
+                         min_free_bytes=int(t.min_free_bytes), concurrency=t.concurrency,
+                         direct_io=t.direct_io)
     book = ResumeBook(volume.meta_dir / "uploads") if mirror.direction == "push" else None
     async with S3Store(config.s3, t, mirror.bucket, mirror.prefix, resume=book) as s3:
         await asyncio.gather(s3.check(), volume.check(writable=write))

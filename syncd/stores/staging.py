@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import mmap
 import os
 from collections.abc import Sequence
 
 from syncd.listing import Algo
 from syncd.stores.base import CHUNK_BYTES
+from syncd.stores.direct import Buffers, read_direct
 from syncd.verify import Digest
 
 WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
@@ -43,11 +45,20 @@ def hash_range(fd: int, start: int, end: int, digest: Digest) -> None:
 
 
 class InOrderHash:
-    """Hashes a staged file from the start as its parts complete, whatever their order."""
+    """Hashes a staged file from the start as its parts complete, whatever their order.
 
-    def __init__(self, fd: int, ranges: list[tuple[int, int]], algos: frozenset[Algo]) -> None:
+    With a direct descriptor the file is read back with O_DIRECT, one block read ahead of
+    the hash: direct-written bytes are not in the page cache, and filling it only to hash
+    costs more kernel CPU than the hash itself."""
+
+    def __init__(
+        self, fd: int, ranges: list[tuple[int, int]], algos: frozenset[Algo],
+        direct: int | None = None, buffers: Buffers | None = None,
+    ) -> None:
         self.digest = Digest(algos)
         self._fd = fd
+        self._direct = direct if buffers is not None else None
+        self._buffers = buffers
         self._ranges = ranges
         self._finished = [False] * len(ranges)
         self._wake = asyncio.Event()
@@ -66,6 +77,52 @@ class InOrderHash:
             j = i
             while j < n and self._finished[j]:
                 j += 1
-            await asyncio.to_thread(
-                hash_range, self._fd, self._ranges[i][0], self._ranges[j - 1][1], self.digest)
+            start, end = self._ranges[i][0], self._ranges[j - 1][1]
+            if self._direct is not None:
+                start = await self._hash_direct(self._direct, start, end)
+            if start < end:
+                await asyncio.to_thread(hash_range, self._fd, start, end, self.digest)
             i = j
+
+    async def _hash_direct(self, dfd: int, start: int, end: int) -> int:
+        """Hash [start, end) read with O_DIRECT, reading the next block while hashing this
+        one; returns where it stopped: `end`, or earlier if the filesystem refused."""
+        assert self._buffers is not None
+        bufs = [self._buffers.take(), self._buffers.take()]
+        size = self._buffers.size
+        got = await _direct_read(dfd, bufs[0], start, min(size, end - start))
+        k = 0
+        while got > 0 and start < end:
+            nxt = start + got
+            hashing = asyncio.ensure_future(
+                asyncio.to_thread(_hash_block, bufs[k], got, self.digest))
+            reading = asyncio.ensure_future(
+                _direct_read(dfd, bufs[1 - k], nxt, min(size, end - nxt)) if nxt < end
+                else asyncio.sleep(0, 0))
+            # both threads finish before anything else happens to the buffers: a thread
+            # still reading into a buffer handed to another download would corrupt it
+            await asyncio.wait({hashing, reading})
+            hashing.result()
+            start, k, got = nxt, 1 - k, reading.result()
+        for buf in bufs:
+            self._buffers.give(buf)
+        if got < 0:  # refused: the caller hashes the rest through the page cache
+            self._direct = None
+        elif start < end:
+            raise OSError(errno.EIO, "staged file shorter than written")
+        return start
+
+
+async def _direct_read(dfd: int, buf: mmap.mmap, offset: int, n: int) -> int:
+    """read_direct on a worker thread; -1 when the filesystem refuses direct reads."""
+    try:
+        return await asyncio.to_thread(read_direct, dfd, buf, offset, n)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return -1
+
+
+def _hash_block(buf: mmap.mmap, n: int, digest: Digest) -> None:
+    with memoryview(buf) as view:
+        digest.update(view[:n])

@@ -59,7 +59,7 @@ class VolumeStore:
     def __init__(
         self, root: Path, *, part_size: int, multipart_threshold: int, min_free_bytes: int = 0,
         concurrency: int = 16, tmp_dir: Path | None = None,
-        resume_max_age_s: float = RESUME_MAX_AGE_S,
+        resume_max_age_s: float = RESUME_MAX_AGE_S, direct_io: bool = True,
     ) -> None:
         self.root = Path(root)
         self.name = str(self.root)
@@ -69,19 +69,21 @@ class VolumeStore:
         self._part_size = part_size
         self._threshold = multipart_threshold
         self._min_free = min_free_bytes
+        self._direct_io = direct_io
         self._slots = asyncio.Semaphore(concurrency)
         self._unflushed: set[str] = set()
         self._downloads = Downloads(
             self.root, self.tmp_dir, name=self.name, translated=self._translated,
             part_size=part_size, multipart_threshold=multipart_threshold,
-            min_free_bytes=min_free_bytes, resume_max_age_s=resume_max_age_s)
+            min_free_bytes=min_free_bytes, resume_max_age_s=resume_max_age_s,
+            direct_io=direct_io)
 
     def at(self, root: Path) -> VolumeStore:
         """A store rooted at `root` inside this volume (an artifact version) that stages
         in this store's tmp, with its part size, threshold and free-space floor."""
         return VolumeStore(root, part_size=self._part_size,
                            multipart_threshold=self._threshold, min_free_bytes=self._min_free,
-                           tmp_dir=self.tmp_dir)
+                           tmp_dir=self.tmp_dir, direct_io=self._direct_io)
 
     async def __aenter__(self) -> VolumeStore:
         return self

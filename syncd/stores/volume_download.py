@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, MutableSequence, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,44 @@ from syncd.resume import (
     worth_resuming,
 )
 from syncd.stores.base import Source, Staged
+from syncd.stores.direct import (
+    ALIGN,
+    DIRECT_MIN,
+    Buffers,
+    can_write_direct,
+    open_direct,
+    pwrite_all,
+    set_direct,
+    write_direct,
+)
 from syncd.stores.staging import WRITE_BATCH, InOrderHash, hash_and_write
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
 SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
 SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+IDLE_BUFFERS = 8  # aligned write buffers kept between writes (WRITE_BATCH each)
+READ_BLOCK = 8 << 20  # direct reads of the in-order hasher: large, so the disk keeps up
+
+
+@dataclass(slots=True)
+class _File:
+    """A staging file's descriptors: `fd` for reads, fsync, truncation and buffered writes;
+    `direct` (O_DIRECT) for block-aligned writes and reads while the filesystem takes them."""
+
+    fd: int
+    size: int
+    direct: int | None = None
+
+    def close(self) -> None:
+        if self.direct is not None:
+            os.close(self.direct)
+        os.close(self.fd)
+
+    def finish(self) -> None:
+        """Drop the padding of a direct-written tail, then make the bytes durable."""
+        if self.direct is not None and self.size % ALIGN:
+            os.ftruncate(self.fd, self.size)
+        os.fsync(self.fd)
 
 
 class Downloads:
@@ -51,6 +85,7 @@ class Downloads:
         self, root: Path, tmp_dir: Path, *, name: str,
         translated: Callable[[str | None], contextlib.AbstractContextManager[None]],
         part_size: int, multipart_threshold: int, min_free_bytes: int, resume_max_age_s: float,
+        direct_io: bool = True,
     ) -> None:
         self.root = root  # partial files are named after their destination under it
         self.tmp_dir = tmp_dir
@@ -62,6 +97,9 @@ class Downloads:
         self._free, self._free_at = 0, -1.0
         self._resume_max_age_s = resume_max_age_s
         self._partials: set[str] = set()  # partial downloads staged now, by file name
+        self._direct = direct_io  # cleared for good when the filesystem refuses O_DIRECT
+        self._buffers = Buffers(WRITE_BATCH, IDLE_BUFFERS)
+        self._read_buffers = Buffers(READ_BLOCK, 2)  # the in-order hasher's read-ahead
 
     def published(self, path: Path) -> None:
         """`path` was renamed into place: nothing of it is staged any more."""
@@ -94,7 +132,10 @@ class Downloads:
         now = time.monotonic()
         if size >= SMALL_BYTES or now - self._free_at > 0.5:
             st = os.statvfs(self.tmp_dir)
-            self._free, self._free_at = st.f_bavail * st.f_frsize, now
+            # a filesystem that reports no size at all (ramfs, some FUSE mounts) cannot be
+            # judged in advance: only ENOSPC from the writes themselves counts there
+            free = st.f_bavail * st.f_frsize if st.f_blocks else sys.maxsize
+            self._free, self._free_at = free, now
         if self._free < size + self._min_free:
             raise OSError(errno.ENOSPC, "not enough free space")
         self._free -= size
@@ -108,20 +149,27 @@ class Downloads:
             os.makedirs(self.tmp_dir, exist_ok=True)
             return os.open(path, flags, 0o644), path
 
-    def _reserve(self, size: int) -> tuple[int, str]:
+    def _reserve(self, size: int) -> tuple[_File, str]:
         self._check_space(size)
         fd, path = self._create_temp()
         try:
             _allocate(fd, size)
+            return self._with_direct(fd, path, size), path
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
-        return fd, path
+
+    def _with_direct(self, fd: int, path: str, size: int) -> _File:
+        """The staging file, with a direct descriptor when it is large enough to gain."""
+        direct = open_direct(path) if self._direct and size >= DIRECT_MIN else None
+        if direct is None and size >= DIRECT_MIN:
+            self._direct = False
+        return _File(fd, size, direct)
 
     def _reserve_partial(
         self, name: str, head: dict[str, Any], algos: frozenset[Algo],
-    ) -> tuple[int, PartialDownload]:
+    ) -> tuple[_File, PartialDownload]:
         """Open (or create) the download's resumable staging file. Its sidecar's parts are
         kept for verification only when it describes this very download and the file has
         its full size; otherwise the file starts over, sidecar first."""
@@ -148,6 +196,7 @@ class Downloads:
                 self._check_space(size)
                 os.ftruncate(fd, 0)
                 _allocate(fd, size)
+            file = self._with_direct(fd, str(path), size)
         except BaseException as exc:
             os.close(fd)
             if fresh or (isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS):
@@ -156,7 +205,7 @@ class Downloads:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(sidecar_of(path))
             raise
-        return fd, PartialDownload(path, head, recorded, algos)
+        return file, PartialDownload(path, head, recorded, algos)
 
     def _write_small(self, chunks: Sequence[bytes], size: int, digest: Digest) -> str:
         """Hash, create, write, fsync and close in one worker call: a small file costs one
@@ -164,7 +213,9 @@ class Downloads:
         self._check_space(size)
         fd, path = self._create_temp()
         try:
-            hash_and_write(fd, chunks, 0, digest)
+            if not (self._direct and size >= DIRECT_MIN and self._write_small_direct(
+                    fd, chunks, size, digest)):
+                hash_and_write(fd, chunks, 0, digest)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -172,6 +223,33 @@ class Downloads:
             raise
         os.close(fd)
         return path
+
+    def _write_small_direct(
+        self, fd: int, chunks: Sequence[bytes], size: int, digest: Digest,
+    ) -> bool:
+        """One aligned write straight to the disk; False (nothing hashed, O_DIRECT off again)
+        when the filesystem refuses it, so the caller writes buffered."""
+        if not set_direct(fd, True):
+            self._direct = False
+            return False
+        buf = self._buffers.take()
+        try:
+            with memoryview(buf) as view:
+                pos = 0
+                for chunk in chunks:
+                    view[pos:pos + len(chunk)] = chunk
+                    pos += len(chunk)
+            if not write_direct(fd, buf, size, 0):
+                self._direct = False
+                set_direct(fd, False)
+                return False
+            with memoryview(buf) as view:
+                digest.update(view[:size])
+        finally:
+            self._buffers.give(buf)
+        if size % ALIGN:
+            os.ftruncate(fd, size)
+        return True
 
     async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
         algos = frozenset({OWN_ALGO, *want})
@@ -182,17 +260,17 @@ class Downloads:
         if source.size > self._threshold:
             return await self._stage_parts(source, algos)
         with self._translated(source.key):
-            fd, path = await asyncio.to_thread(self._reserve, source.size)
+            file, path = await asyncio.to_thread(self._reserve, source.size)
         try:
             with self._translated(source.key):
-                sums = await self._single(fd, source, algos)
-                await asyncio.to_thread(os.fsync, fd)
+                sums = await self._single(file, source, algos)
+                await asyncio.to_thread(file.finish)
         except BaseException:
-            os.close(fd)
+            file.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
-        os.close(fd)
+        file.close()
         return Staged(source.key, source.size, sums, source, path)
 
     async def _stage_parts(self, source: Source, algos: frozenset[Algo]) -> Staged:
@@ -205,23 +283,24 @@ class Downloads:
         partial: PartialDownload | None = None
         with self._translated(source.key):
             if head is not None and name not in self._partials:
-                fd, partial = await asyncio.to_thread(self._reserve_partial, name, head, algos)
+                file, partial = await asyncio.to_thread(
+                    self._reserve_partial, name, head, algos)
                 self._partials.add(name)
             else:  # no version to resume against, or this store stages that file already
-                fd, path = await asyncio.to_thread(self._reserve, source.size)
+                file, path = await asyncio.to_thread(self._reserve, source.size)
         if partial is not None:
             path = str(partial.path)
         try:
             with self._translated(source.key):
-                sums = await self._parallel(fd, source, algos, partial)
-                await asyncio.to_thread(os.fsync, fd)
+                sums = await self._parallel(file, source, algos, partial)
+                await asyncio.to_thread(file.finish)
                 if partial is not None:  # a publication that fails still resumes it all
                     await partial.progress.flush()
         except BaseException as exc:
-            os.close(fd)
+            file.close()
             await self._abandon(path, partial, exc)
             raise
-        os.close(fd)
+        file.close()
         resumed = partial.resumed if partial else 0
         return Staged(source.key, source.size, sums, source, path, resumed=resumed)
 
@@ -260,17 +339,20 @@ class Downloads:
         path = await asyncio.to_thread(self._write_small, chunks, got, digest)
         return digest.results(), path
 
-    async def _single(self, fd: int, source: Source, algos: frozenset[Algo]) -> dict[Algo, str]:
+    async def _single(
+        self, file: _File, source: Source, algos: frozenset[Algo],
+    ) -> dict[Algo, str]:
         """One stream; the hash set is fixed after the first chunk, when a single GET has
         told which checksum the object carries."""
         async with contextlib.aclosing(source.read()) as chunks:
             first = await anext(chunks, None)
             digest = Digest(algos | _algo(await source.vouched()))
-            await self._fill(fd, source, 0, source.size, digest, _prepend(first, chunks))
+            await self._fill(file, source, 0, source.size, digest, _prepend(first, chunks))
         return digest.results()
 
     async def _parallel(
-        self, fd: int, source: Source, algos: frozenset[Algo], partial: PartialDownload | None,
+        self, file: _File, source: Source, algos: frozenset[Algo],
+        partial: PartialDownload | None,
     ) -> dict[Algo, str]:
         """Ranged parts written at their offsets; CRCs per part, combined. MD5/SHA cannot be
         combined, so an in-order hasher follows the completed prefix of the file on a worker
@@ -279,14 +361,15 @@ class Downloads:
         crcs = frozenset(a for a in algos if a in CRC_ALGOS)
         ranges = part_ranges(source.size, self._part_size)
         digests = [Digest(crcs, start) for start, _ in ranges]
-        follower = InOrderHash(fd, ranges, algos - crcs) if algos - crcs else None
+        follower = (InOrderHash(file.fd, ranges, algos - crcs, file.direct, self._read_buffers)
+                    if algos - crcs else None)
         saving = partial.progress.autosave() if partial else contextlib.nullcontext()
         try:
             async with saving, asyncio.TaskGroup() as tg:
                 if follower is not None:
                     tg.create_task(follower.run())
                 for i in range(len(ranges)):
-                    tg.create_task(self._part(fd, source, i, ranges[i], digests, partial,
+                    tg.create_task(self._part(file, source, i, ranges[i], digests, partial,
                                               follower.done if follower else None))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
@@ -296,28 +379,31 @@ class Downloads:
         return sums
 
     async def _part(
-        self, fd: int, source: Source, i: int, span: tuple[int, int],
+        self, file: _File, source: Source, i: int, span: tuple[int, int],
         digests: MutableSequence[Digest], partial: PartialDownload | None,
         on_done: Callable[[int], None] | None,
     ) -> None:
         """One part: kept when the partial file still holds it intact, else downloaded."""
         start, end = span
-        kept = await partial.keep(fd, i, start, end) if partial else None
+        kept = await partial.keep(file.fd, i, start, end) if partial else None
         if kept is not None:
             digests[i] = kept
         else:
-            await self._fill(fd, source, start, end, digests[i])
+            await self._fill(file, source, start, end, digests[i])
         if partial is not None:
             partial.done(i, digests[i])
         if on_done is not None:
             on_done(i)
 
     async def _fill(
-        self, fd: int, source: Source, start: int, end: int, digest: Digest,
+        self, file: _File, source: Source, start: int, end: int, digest: Digest,
         chunks: AsyncGenerator[bytes, None] | None = None,
     ) -> None:
         """Stream [start, end) into the file; chunks are batched so one worker-thread call
         hashes and writes WRITE_BATCH bytes with pwritev (no joining copy)."""
+        if file.direct is not None and can_write_direct(start, end, file.size):
+            return await self._fill_direct(file, source, start, end, digest, chunks)
+        fd = file.fd
         offset = start
         batch: list[bytes] = []
         batch_len = 0
@@ -335,6 +421,49 @@ class Downloads:
         if offset != end:
             raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
                                 store=self.name, key=source.key)
+
+    async def _fill_direct(
+        self, file: _File, source: Source, start: int, end: int, digest: Digest,
+        chunks: AsyncGenerator[bytes, None] | None,
+    ) -> None:
+        """`_fill` through O_DIRECT: chunks are copied into an aligned buffer (a memcpy on
+        the loop, ~10x cheaper than the page-cache copy it replaces) and each full buffer is
+        hashed and written by one worker-thread call."""
+        buf = self._buffers.take()
+        view = memoryview(buf)
+        cap, pos, offset = len(buf), 0, start
+        try:
+            async with contextlib.aclosing(chunks or source.read(start, end)) as stream:
+                async for chunk in stream:
+                    if offset + pos + len(chunk) > end:
+                        raise SourceChanged(f"{source.key}: range {start}-{end} overran",
+                                            store=self.name, key=source.key)
+                    data = memoryview(chunk)
+                    while data:
+                        n = min(len(data), cap - pos)
+                        view[pos:pos + n] = data[:n]
+                        pos, data = pos + n, data[n:]
+                        if pos == cap:
+                            await _settled(self._write_block, file, buf, cap, offset, digest)
+                            offset, pos = offset + cap, 0
+            if pos:
+                await _settled(self._write_block, file, buf, pos, offset, digest)
+                offset += pos
+        finally:
+            view.release()
+            self._buffers.give(buf)
+        if offset != end:
+            raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
+                                store=self.name, key=source.key)
+
+    def _write_block(self, file: _File, buf: Any, n: int, offset: int, digest: Digest) -> None:
+        """Hash buf[:n] and write it at `offset`: direct, or buffered where refused."""
+        with memoryview(buf) as view:
+            digest.update(view[:n])
+            if file.direct is not None and write_direct(file.direct, buf, n, offset):
+                return
+            self._direct = False
+            pwrite_all(file.fd, view[:n], offset)
 
     async def discard(self, staged: Staged) -> None:
         """Callers discard from their exception handler (`sys.exception()` is why): a

@@ -4,43 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from syncd.config import S3Config, TransferConfig
 from syncd.errors import LeaseLost, SourceChanged, UnsafeKey
-from syncd.listing import Algo, Checksum, Entry
+from syncd.listing import Entry
 from syncd.stores.base import OpenFence, Store
 from syncd.stores.s3 import S3Store
 from syncd.stores.volume import VolumeStore
 from syncd.verify import OWN_ALGO, hash_bytes
 from tests.mirrors import MiB
+from tests.sources import BytesSource
 
 KEYS = ["a.txt", "nested/deeper/b.bin", "sp ace/\u00fcnicode \u6a21\u578b.json", "empty"]
-
-
-class BytesSource:
-    """An in-memory source: the data being copied in, with ranged reads."""
-
-    def __init__(self, key: str, data: bytes) -> None:
-        self.key, self.size, self._data = key, len(data), data
-
-    async def read(self, start: int = 0, end: int | None = None
-                   ) -> AsyncGenerator[bytes, None]:
-        end = self.size if end is None else end
-        for i in range(start, end, 256 * 1024):
-            yield self._data[i:min(i + 256 * 1024, end)]
-
-    async def vouched(self) -> Checksum | None:
-        return None
-
-    async def digest(self, algo: Algo) -> Checksum:
-        return Checksum(algo, hash_bytes(self._data, (algo,))[algo])
-
-    async def identity(self) -> Entry:
-        return Entry(self.key, self.size)
 
 
 class RevokedFence:
