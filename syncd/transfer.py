@@ -32,6 +32,7 @@ from syncd.plan import Adopt, Copy, Delete, Plan
 from syncd.stores.base import Fence, Source, Store
 from syncd.verify import OWN_ALGO
 
+QUIET_BELOW = 1 << 20  # files smaller than this are logged at debug level when published
 Log = Any  # a structlog BoundLogger
 
 
@@ -258,9 +259,11 @@ class Transfer:
             self.stats.verified += 1
         else:
             self.stats.unverified += 1
-        self.log.info("copy_published", key=key, bytes=staged.size, reason=reason,
-                      verified=verified, resumed=staged.resumed,
-                      algo=str(claim.algo) if claim else None)
+        # a line per small file would be most of a large pass's CPU and of its log volume;
+        # the pass summary and the metrics count them, --log-level debug lists them
+        log = self.log.info if staged.size >= QUIET_BELOW else self.log.debug
+        log("copy_published", key=key, bytes=staged.size, reason=reason, verified=verified,
+            resumed=staged.resumed, algo=str(claim.algo) if claim else None)
         return verified
 
     async def _delete(self, deletes: list[Delete]) -> None:

@@ -1,9 +1,10 @@
-"""An in-memory source for store tests: the data being copied in, with ranged reads."""
+"""Stand-ins for store tests: an in-memory source with ranged reads, a revoked fence."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
+from syncd.errors import LeaseLost
 from syncd.listing import Algo, Checksum, Entry
 from syncd.verify import hash_bytes
 
@@ -32,3 +33,12 @@ class BytesSource:
 
     async def identity(self) -> Entry:
         return Entry(self.key, self.size)
+
+
+class RevokedFence:
+    """The fence of a writer that lost its lease."""
+
+    generation = 7
+
+    def check(self) -> None:
+        raise LeaseLost("lease lost")

@@ -21,9 +21,13 @@ WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
 IOV_MAX = 1024  # Linux's limit on buffers per pwritev; tiny chunks can exceed it
 
 
-def hash_and_write(fd: int, batch: Sequence[bytes], offset: int, digest: Digest) -> None:
-    for chunk in batch:
-        digest.update(chunk)
+def hash_and_write(
+    fd: int, batch: Sequence[bytes], offset: int, digest: Digest | None,
+) -> None:
+    """pwritev of the chunks at `offset`, hashed first unless `digest` is None."""
+    if digest is not None:
+        for chunk in batch:
+            digest.update(chunk)
     views = [memoryview(c) for c in batch]
     while views:
         n = os.pwritev(fd, views[:IOV_MAX], offset)  # EINVAL past IOV_MAX buffers
@@ -44,6 +48,16 @@ def hash_range(fd: int, start: int, end: int, digest: Digest) -> None:
         start += len(chunk)
 
 
+class ReadBack:
+    """Aligned buffers for reading staged files back direct, shared by a store's in-order
+    hashers: `pairs` of them hash at once (a block hashed, the next one read), so memory
+    stays bounded however many large files download together."""
+
+    def __init__(self, block: int, pairs: int) -> None:
+        self.buffers = Buffers(block, 2 * pairs)
+        self.turns = asyncio.Semaphore(pairs)
+
+
 class InOrderHash:
     """Hashes a staged file from the start as its parts complete, whatever their order.
 
@@ -53,12 +67,12 @@ class InOrderHash:
 
     def __init__(
         self, fd: int, ranges: list[tuple[int, int]], algos: frozenset[Algo],
-        direct: int | None = None, buffers: Buffers | None = None,
+        direct: int | None = None, readback: ReadBack | None = None,
     ) -> None:
         self.digest = Digest(algos)
         self._fd = fd
-        self._direct = direct if buffers is not None else None
-        self._buffers = buffers
+        self._direct = direct if readback is not None else None
+        self._readback = readback
         self._ranges = ranges
         self._finished = [False] * len(ranges)
         self._wake = asyncio.Event()
@@ -78,18 +92,19 @@ class InOrderHash:
             while j < n and self._finished[j]:
                 j += 1
             start, end = self._ranges[i][0], self._ranges[j - 1][1]
-            if self._direct is not None:
-                start = await self._hash_direct(self._direct, start, end)
+            if self._direct is not None and self._readback is not None:
+                async with self._readback.turns:
+                    start = await self._hash_direct(self._direct, start, end,
+                                                    self._readback.buffers)
             if start < end:
                 await asyncio.to_thread(hash_range, self._fd, start, end, self.digest)
             i = j
 
-    async def _hash_direct(self, dfd: int, start: int, end: int) -> int:
+    async def _hash_direct(self, dfd: int, start: int, end: int, buffers: Buffers) -> int:
         """Hash [start, end) read with O_DIRECT, reading the next block while hashing this
         one; returns where it stopped: `end`, or earlier if the filesystem refused."""
-        assert self._buffers is not None
-        bufs = [self._buffers.take(), self._buffers.take()]
-        size = self._buffers.size
+        bufs = [buffers.take(), buffers.take()]
+        size = buffers.size
         got = await _direct_read(dfd, bufs[0], start, min(size, end - start))
         k = 0
         while got > 0 and start < end:
@@ -105,7 +120,7 @@ class InOrderHash:
             hashing.result()
             start, k, got = nxt, 1 - k, reading.result()
         for buf in bufs:
-            self._buffers.give(buf)
+            buffers.give(buf)
         if got < 0:  # refused: the caller hashes the rest through the page cache
             self._direct = None
         elif start < end:

@@ -35,7 +35,7 @@ from syncd.keys import RESERVED_DIR, unsafe_reason
 from syncd.listing import Algo, Checksum, Entry, Listing
 from syncd.resume import is_partial, sidecar_of
 from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
-from syncd.stores.volume_download import SPACE_ERRNOS, Downloads
+from syncd.stores.volume_download import SPACE_ERRNOS, Downloads, Inline
 from syncd.verify import OWN_ALGO, Digest
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -230,18 +230,28 @@ class VolumeStore:
         return await self._downloads.stage(source, want, generation)
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
+        inline = isinstance(staged.handle, Inline)
+
         def rename() -> os.stat_result:
-            dfd, name = self._open_parent(staged.key, create=True)
+            # an inline-staged file is written here, in the same worker call as its rename
+            temp = self._downloads.write_inline(staged.handle) if inline else staged.handle
             try:
-                fence.check()
-                os.rename(staged.handle, name, dst_dir_fd=dfd)
-                self._unflushed.add(staged.key.rpartition("/")[0])
-                if is_partial(Path(staged.handle)):  # done: nothing left to resume
+                dfd, name = self._open_parent(staged.key, create=True)
+                try:
+                    fence.check()
+                    os.rename(temp, name, dst_dir_fd=dfd)
+                    self._unflushed.add(staged.key.rpartition("/")[0])
+                    if not inline and is_partial(Path(temp)):  # done: nothing left to resume
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(sidecar_of(Path(temp)))
+                    return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                finally:
+                    os.close(dfd)
+            except BaseException:
+                if inline:  # its staging file exists only inside this call
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(sidecar_of(Path(staged.handle)))
-                return os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            finally:
-                os.close(dfd)
+                        os.unlink(temp)
+                raise
         thread = asyncio.ensure_future(asyncio.to_thread(rename))
         with self._translated(staged.key):
             try:
@@ -254,7 +264,8 @@ class VolumeStore:
                 if isinstance(refused, LeaseLost):
                     raise refused from None
                 raise
-        self._downloads.published(Path(staged.handle))
+        if not inline:
+            self._downloads.published(Path(staged.handle))
         staged.handle = None
         return _entry(staged.key, st)
 

@@ -47,13 +47,25 @@ from syncd.stores.direct import (
     set_direct,
     write_direct,
 )
-from syncd.stores.staging import WRITE_BATCH, InOrderHash, hash_and_write
+from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, hash_and_write
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
 SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
 SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+INLINE_MAX = 64 << 10  # files up to this size are hashed on the loop, written at publication
 IDLE_BUFFERS = 8  # aligned write buffers kept between writes (WRITE_BATCH each)
-READ_BLOCK = 8 << 20  # direct reads of the in-order hasher: large, so the disk keeps up
+READ_BLOCK = 4 << 20  # the in-order hashers' direct reads: large, so the disk keeps up
+READ_PAIRS = 2  # in-order hashers reading at once (2 buffers each)
+
+
+@dataclass(slots=True)
+class Inline:
+    """A small file staged in memory: publication writes, fsyncs and renames it in one
+    worker-thread call, so it costs one hand-off to a thread instead of two. Its checksums
+    are known before that, so a file that fails verification is never written at all."""
+
+    chunks: list[bytes]
+    size: int
 
 
 @dataclass(slots=True)
@@ -99,7 +111,7 @@ class Downloads:
         self._partials: set[str] = set()  # partial downloads staged now, by file name
         self._direct = direct_io  # cleared for good when the filesystem refuses O_DIRECT
         self._buffers = Buffers(WRITE_BATCH, IDLE_BUFFERS)
-        self._read_buffers = Buffers(READ_BLOCK, 2)  # the in-order hasher's read-ahead
+        self._readback = ReadBack(READ_BLOCK, READ_PAIRS)
 
     def published(self, path: Path) -> None:
         """`path` was renamed into place: nothing of it is staged any more."""
@@ -207,9 +219,9 @@ class Downloads:
             raise
         return file, PartialDownload(path, head, recorded, algos)
 
-    def _write_small(self, chunks: Sequence[bytes], size: int, digest: Digest) -> str:
-        """Hash, create, write, fsync and close in one worker call: a small file costs one
-        hand-off to a thread instead of four."""
+    def _write_small(self, chunks: Sequence[bytes], size: int, digest: Digest | None) -> str:
+        """Hash (unless `digest` is None), create, write, fsync and close in one worker call:
+        a small file costs one hand-off to a thread instead of four."""
         self._check_space(size)
         fd, path = self._create_temp()
         try:
@@ -224,8 +236,12 @@ class Downloads:
         os.close(fd)
         return path
 
+    def write_inline(self, inline: Inline) -> str:
+        """The staging file of an inline-staged file, fsynced (on a worker thread)."""
+        return self._write_small(inline.chunks, inline.size, None)
+
     def _write_small_direct(
-        self, fd: int, chunks: Sequence[bytes], size: int, digest: Digest,
+        self, fd: int, chunks: Sequence[bytes], size: int, digest: Digest | None,
     ) -> bool:
         """One aligned write straight to the disk; False (nothing hashed, O_DIRECT off again)
         when the filesystem refuses it, so the caller writes buffered."""
@@ -243,8 +259,9 @@ class Downloads:
                 self._direct = False
                 set_direct(fd, False)
                 return False
-            with memoryview(buf) as view:
-                digest.update(view[:size])
+            if digest is not None:
+                with memoryview(buf) as view:
+                    digest.update(view[:size])
         finally:
             self._buffers.give(buf)
         if size % ALIGN:
@@ -253,6 +270,13 @@ class Downloads:
 
     async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
         algos = frozenset({OWN_ALGO, *want})
+        if source.size <= INLINE_MAX:
+            with self._translated(source.key):
+                chunks, got = await self._gather(source)
+            digest = Digest(algos | _algo(await source.vouched()))
+            for chunk in chunks:
+                digest.update(chunk)
+            return Staged(source.key, got, digest.results(), source, Inline(chunks, got))
         if source.size <= SMALL_BYTES:
             with self._translated(source.key):
                 sums, path = await self._small(source, algos)
@@ -325,7 +349,8 @@ class Downloads:
         finally:
             self._partials.discard(Path(path).name)
 
-    async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[dict[Algo, str], str]:
+    async def _gather(self, source: Source) -> tuple[list[bytes], int]:
+        """A small source's whole body, as the chunks it came in."""
         chunks: list[bytes] = []
         got = 0
         async with contextlib.aclosing(source.read()) as stream:
@@ -335,6 +360,10 @@ class Downloads:
         if got != source.size:
             raise SourceChanged(f"{source.key}: got {got} bytes, expected {source.size}",
                                 store=self.name, key=source.key)
+        return chunks, got
+
+    async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[dict[Algo, str], str]:
+        chunks, got = await self._gather(source)
         digest = Digest(algos | _algo(await source.vouched()))
         path = await asyncio.to_thread(self._write_small, chunks, got, digest)
         return digest.results(), path
@@ -361,7 +390,7 @@ class Downloads:
         crcs = frozenset(a for a in algos if a in CRC_ALGOS)
         ranges = part_ranges(source.size, self._part_size)
         digests = [Digest(crcs, start) for start, _ in ranges]
-        follower = (InOrderHash(file.fd, ranges, algos - crcs, file.direct, self._read_buffers)
+        follower = (InOrderHash(file.fd, ranges, algos - crcs, file.direct, self._readback)
                     if algos - crcs else None)
         saving = partial.progress.autosave() if partial else contextlib.nullcontext()
         try:
@@ -469,6 +498,8 @@ class Downloads:
         """Callers discard from their exception handler (`sys.exception()` is why): a
         complete partial download that only missed its publication (cancelled, lease lost)
         stays for the next run; bytes that failed verification never do."""
+        if isinstance(staged.handle, Inline):  # never written: nothing to remove
+            staged.handle = None
         if staged.handle:
             path = Path(staged.handle)
             if not (is_partial(path) and worth_resuming(sys.exception())):

@@ -17,16 +17,9 @@ from syncd.stores.s3 import S3Store
 from syncd.stores.volume import VolumeStore
 from syncd.verify import OWN_ALGO, hash_bytes
 from tests.mirrors import MiB
-from tests.sources import BytesSource
+from tests.sources import BytesSource, RevokedFence
 
 KEYS = ["a.txt", "nested/deeper/b.bin", "sp ace/\u00fcnicode \u6a21\u578b.json", "empty"]
-
-
-class RevokedFence:
-    generation = 7
-
-    def check(self) -> None:
-        raise LeaseLost("lease lost")
 
 
 TRANSFER = TransferConfig(part_size=5 * MiB, multipart_threshold=5 * MiB, concurrency=4)

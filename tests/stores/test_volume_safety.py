@@ -1,4 +1,5 @@
-"""Volume store defences found in review: syncd's own directories, and many tiny chunks."""
+"""Volume store defences: syncd's own directories, many tiny chunks, small files staged in
+memory."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import os
 
 import pytest
 
-from syncd.errors import StoreError
+from syncd.errors import LeaseLost, StoreError
 from syncd.listing import Algo
+from syncd.stores.base import OpenFence
 from syncd.stores.staging import hash_and_write
 from syncd.stores.volume import VolumeStore
-from syncd.verify import Digest, hash_bytes
+from syncd.stores.volume_download import INLINE_MAX
+from syncd.verify import OWN_ALGO, Digest, hash_bytes
+from tests.sources import BytesSource, RevokedFence
 
 
 @pytest.mark.parametrize("planted", [".syncd", ".syncd/tmp", ".syncd/state"])
@@ -42,3 +46,33 @@ def test_staging_writes_more_chunks_than_iov_max(tmp_path):
     data = b"".join(chunks)
     assert path.read_bytes() == data
     assert digest.results() == hash_bytes(data, (Algo.CRC64NVME,))
+
+
+async def test_small_files_are_written_only_at_publication(tmp_path):
+    """A file up to INLINE_MAX is staged in memory and written, fsynced and renamed by
+    publish: one that is discarded (failed verification) never touches the disk, and one the
+    fence refuses leaves no staging file behind."""
+    root = tmp_path / "vol"
+    root.mkdir()
+    store = VolumeStore(root, part_size=5 << 20, multipart_threshold=5 << 20)
+    await store.check(writable=True)
+    tmp = root / ".syncd" / "tmp"
+    data = os.urandom(INLINE_MAX)
+    staged = await store.stage(BytesSource("a/small.bin", data), frozenset())
+    assert staged.checksums[OWN_ALGO] == hash_bytes(data, (OWN_ALGO,))[OWN_ALGO]
+    assert list(tmp.iterdir()) == []  # nothing written yet
+    await store.discard(staged)
+    assert list(tmp.iterdir()) == []
+
+    staged = await store.stage(BytesSource("a/small.bin", data), frozenset())
+    with pytest.raises(LeaseLost):
+        await store.publish(staged, RevokedFence())
+    await store.discard(staged)
+    assert list(tmp.iterdir()) == []
+    assert not (root / "a" / "small.bin").exists()
+
+    staged = await store.stage(BytesSource("a/small.bin", data), frozenset())
+    entry = await store.publish(staged, OpenFence())
+    assert (root / "a" / "small.bin").read_bytes() == data
+    assert entry.size == len(data)
+    assert list(tmp.iterdir()) == []
