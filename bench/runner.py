@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import shutil
 import sys
 import time
@@ -115,6 +116,9 @@ class Bench:
         """Run ``inv``, measured, and fill ``record`` (status FAILED on a non-zero exit)."""
         record.argv = inv.argv
         record.log_dir = str(log_dir)
+        # untimed: write back what earlier runs left dirty in the page cache, so that no
+        # run pays for another tool's writeback (s5cmd and rclone exit with theirs pending)
+        os.sync()
         before = self.server.sample() if self.server is not None else None
         res = run_child(inv.argv, env=inv.env, cwd=log_dir, log_dir=log_dir, name=name,
                         timeout_s=timeout_for(record.bytes, record.files))
