@@ -294,6 +294,7 @@ def _main(args: argparse.Namespace, live: Live) -> int:
                 rec.fail(f"harness error: {type(exc).__name__}: {exc}")
                 bench.records.append(rec)
 
+    bench.remove_deferred()
     if server is not None:  # bucket data is hard links and pushes: nothing worth keeping
         server.stop()
         shutil.rmtree(server.root, ignore_errors=True)

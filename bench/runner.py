@@ -61,12 +61,25 @@ class Bench:
     rest_window_s: float = 60.0  # W7: how long the daemon at rest is measured
     records: list[RunRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    later: list[Path] = field(default_factory=list)  # removed at the end: see remove_later
 
     # --- places ------------------------------------------------------------------------
 
     @property
     def runs_dir(self) -> Path:
         return self.workdir / "runs" / self.session
+
+    def remove_later(self, path: Path) -> None:
+        """Remove a destination of many files only when the session ends. On ext4 the
+        inodes of files deleted in the last minutes are skipped when new ones are
+        allocated, so deleting 10,000 files right before the next tool creates its own would
+        slow that tool's file creation, and only that tool's."""
+        self.later.append(path)
+
+    def remove_deferred(self) -> None:
+        for path in self.later:
+            shutil.rmtree(path, ignore_errors=True)
+        self.later.clear()
 
     def case_dir(self, run: int, slug: str, tool: str) -> Path:
         path = self.runs_dir / f"r{run + 1}" / slug / tool

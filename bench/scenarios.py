@@ -37,6 +37,7 @@ from bench.tools import (
 from bench.workloads import Manifest, Materialized, link_tree
 
 LIMIT_WORKLOADS = frozenset({"W1", "W3"})
+MANY_FILES = 1000  # pull destinations with more files are removed when the session ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,10 @@ class Side:
         self.check(record, expected)
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.dest, ignore_errors=True)
+        if self.sc.direction == "pull" and self.mat.dataset.count > MANY_FILES:
+            self.b.remove_later(self.dest)
+        else:
+            shutil.rmtree(self.dest, ignore_errors=True)
         if self.sc.direction == "push":
             self.b.drop_prefix(self.loc)
 
