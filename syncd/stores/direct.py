@@ -17,6 +17,7 @@ truncated back to its size before the fsync.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -80,10 +81,14 @@ class Buffers:
             return mmap.mmap(-1, self.size)
 
     def give(self, buf: mmap.mmap) -> None:
+        """Back to the pool, after a clean finish only: a buffer whose write failed may
+        still be referenced (by the error's frames, or by a worker thread that outlived a
+        cancelled caller), so callers drop it on error paths instead."""
         if len(self._free) < self._keep:
             self._free.append(buf)
         else:
-            buf.close()
+            with contextlib.suppress(BufferError):  # still exported: the GC unmaps it later
+                buf.close()
 
 
 def pwrite_all(fd: int, view: memoryview, offset: int) -> None:

@@ -248,22 +248,20 @@ class Downloads:
         if not set_direct(fd, True):
             self._direct = False
             return False
-        buf = self._buffers.take()
-        try:
+        buf = self._buffers.take()  # pooled again only after a clean write: Buffers.give
+        with memoryview(buf) as view:
+            pos = 0
+            for chunk in chunks:
+                view[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
+        if not write_direct(fd, buf, size, 0):
+            self._direct = False
+            set_direct(fd, False)
+            return False
+        if digest is not None:
             with memoryview(buf) as view:
-                pos = 0
-                for chunk in chunks:
-                    view[pos:pos + len(chunk)] = chunk
-                    pos += len(chunk)
-            if not write_direct(fd, buf, size, 0):
-                self._direct = False
-                set_direct(fd, False)
-                return False
-            if digest is not None:
-                with memoryview(buf) as view:
-                    digest.update(view[:size])
-        finally:
-            self._buffers.give(buf)
+                digest.update(view[:size])
+        self._buffers.give(buf)
         if size % ALIGN:
             os.ftruncate(fd, size)
         return True
@@ -478,9 +476,11 @@ class Downloads:
             if pos:
                 await _settled(self._write_block, file, buf, pos, offset, digest)
                 offset += pos
-        finally:
-            view.release()
-            self._buffers.give(buf)
+        except BaseException:
+            view.release()  # the buffer is dropped, not pooled: see Buffers.give
+            raise
+        view.release()
+        self._buffers.give(buf)
         if offset != end:
             raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
                                 store=self.name, key=source.key)
@@ -490,6 +490,10 @@ class Downloads:
         with memoryview(buf) as view:
             digest.update(view[:n])
             if file.direct is not None and write_direct(file.direct, buf, n, offset):
+                if offset + n == file.size and n % ALIGN:
+                    # drop the tail's padding now: a partial download kept after an
+                    # interruption must have its exact size to be resumed
+                    os.ftruncate(file.fd, file.size)
                 return
             self._direct = False
             pwrite_all(file.fd, view[:n], offset)

@@ -103,6 +103,17 @@ def test_direct_round_trip_and_padding(tmp_path):
     assert path.read_bytes() == data
 
 
+def test_a_buffer_still_in_use_is_not_unmapped():
+    """A failed write's error can keep the buffer exported; handing it back to a full pool
+    must not raise over the original error."""
+    buffers = Buffers(ALIGN, keep=0)
+    buf = buffers.take()
+    view = memoryview(buf)
+    buffers.give(buf)  # exported: left to the garbage collector, no BufferError
+    assert bytes(view[:1]) == b"\x00"
+    view.release()
+
+
 def test_set_direct_is_refused_on_ramfs(ramfs_dir, tmp_path):
     for directory, expected in ((ramfs_dir, False), (tmp_path, True)):
         fd = os.open(directory / "f", os.O_CREAT | os.O_RDWR, 0o644)

@@ -36,18 +36,21 @@ TRANSFER = TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=
 
 
 class Tap:
-    """A real source whose reads are counted; reads starting at `hold_from` or later wait
-    until `release` is set."""
+    """A real source whose reads are counted; reads starting at `hold_from` or later (or
+    before `hold_before`) wait until `release` is set."""
 
-    def __init__(self, inner: Source, hold_from: int | None = None) -> None:
+    def __init__(self, inner: Source, hold_from: int | None = None,
+                 hold_before: int | None = None) -> None:
         self.inner = inner
         self.key, self.size = inner.key, inner.size
         self.read_bytes = 0
         self.hold_from = hold_from
+        self.hold_before = hold_before
         self.release = asyncio.Event()
 
     async def read(self, start: int = 0, end: int | None = None):
-        if self.hold_from is not None and start >= self.hold_from:
+        if ((self.hold_from is not None and start >= self.hold_from)
+                or (self.hold_before is not None and start < self.hold_before)):
             await self.release.wait()
         async with contextlib.aclosing(self.inner.read(start, end)) as chunks:
             async for chunk in chunks:
@@ -152,6 +155,23 @@ async def test_download_resumes_from_verified_parts_after_cancel(s3, bucket, tmp
     assert tap.read_bytes == SIZE - staged.resumed
     assert (volume.root / "shard.bin").read_bytes() == data
     assert list(volume.tmp_dir.iterdir()) == []
+
+
+async def test_download_resumes_when_only_its_short_last_part_finished(s3, bucket, tmp_path):
+    """The last part's tail is written direct, padded to a block: the padding must be gone
+    as soon as the part is written, or the kept file has the wrong size to be resumed."""
+    data, volume = await _shard(s3, bucket, tmp_path)
+    last = SIZE - SIZE % PART
+    async with S3Store(_s3cfg(s3), TRANSFER, bucket, "m/") as src:
+        entry = (await src.list()).entries["shard.bin"]
+        tap = Tap(await src.open(entry), hold_before=last)
+        task = asyncio.create_task(volume.stage(tap, frozenset()))
+        await _until(lambda: "4" in (_sidecar(volume) or {}).get("parts", {}))
+        await _cancel(task)
+        assert {p.stat().st_size for p in volume.tmp_dir.glob("resume-*.part")} == {SIZE}
+        staged, _ = await _pull(volume, src, entry)
+    assert staged.resumed == SIZE - last
+    assert (volume.root / "shard.bin").read_bytes() == data
 
 
 async def test_download_fetches_again_a_kept_part_whose_bytes_changed(s3, bucket, tmp_path):
