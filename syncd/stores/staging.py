@@ -71,7 +71,7 @@ class InOrderHash:
     ) -> None:
         self.digest = Digest(algos)
         self._fd = fd
-        self._direct = direct if readback is not None else None
+        self._direct = direct  # read back direct only with `readback`'s buffers
         self._readback = readback
         self._ranges = ranges
         self._finished = [False] * len(ranges)

@@ -82,12 +82,6 @@ class _File:
             os.close(self.direct)
         os.close(self.fd)
 
-    def finish(self) -> None:
-        """Drop the padding of a direct-written tail, then make the bytes durable."""
-        if self.direct is not None and self.size % ALIGN:
-            os.ftruncate(self.fd, self.size)
-        os.fsync(self.fd)
-
 
 class Downloads:
     """The staging files of one `VolumeStore`, in its tmp directory (shared with the stores
@@ -286,7 +280,7 @@ class Downloads:
         try:
             with self._translated(source.key):
                 sums = await self._single(file, source, algos)
-                await asyncio.to_thread(file.finish)
+                await asyncio.to_thread(os.fsync, file.fd)
         except BaseException:
             file.close()
             with contextlib.suppress(OSError):
@@ -315,7 +309,7 @@ class Downloads:
         try:
             with self._translated(source.key):
                 sums = await self._parallel(file, source, algos, partial)
-                await asyncio.to_thread(file.finish)
+                await asyncio.to_thread(os.fsync, file.fd)
                 if partial is not None:  # a publication that fails still resumes it all
                     await partial.progress.flush()
         except BaseException as exc:
