@@ -163,7 +163,8 @@ def sync(
         worst: SyncdError | None = None
         for m in _mirrors(cfg, mirror):
             log = logs.get(mirror=m.name, direction=m.direction,
-                           target=target_name(target_key(cfg, m)))
+                           target=target_name(target_key(cfg, m)),
+                           endpoint=cfg.endpoint_name(m))
             if dry_run:
                 async with mirror_mod.opened(cfg, m, write=False) as sides:
                     plan, _ = await mirror_mod.plan_for(sides, m)
@@ -500,8 +501,26 @@ def config_validate(
     typer.echo(f"{cfg.source}: ok (datacenter {dc})")
     for m in cfg.mirrors:
         root = m.volumes.get(dc)
-        where = root if root else "(no volume in this datacenter: not run here)"
-        typer.echo(f"  {m.name}: {m.direction} s3://{m.bucket}/{m.prefix} <-> {where}")
+        if not root:
+            typer.echo(f"  {m.name}: {m.direction} s3://{m.bucket}/{m.prefix} <-> (no volume "
+                       "in this datacenter: not run here)")
+            continue
+        name = cfg.endpoint_name(m)
+        typer.echo(f"  {m.name}: {m.direction} s3://{m.bucket}/{m.prefix} <-> {root} via "
+                   f"endpoint {name} ({_endpoint_line(cfg.endpoint(m))})")
+
+
+def _endpoint_line(s3: config_mod.S3Config) -> str:
+    """Where an endpoint is and where its credentials come from; never their values."""
+    url = s3.endpoint_url or f"AWS S3, {s3.region}"
+    if s3.access_key_id_env:
+        names = [s3.access_key_id_env, s3.secret_access_key_env, s3.session_token_env]
+        creds = "credentials from " + ", ".join(f"${n}" for n in names if n)
+    elif s3.profile:
+        creds = f"credentials from profile {s3.profile!r}"
+    else:
+        creds = "credentials from the AWS chain"
+    return f"{url}; {creds}"
 
 
 @app.command()

@@ -1,12 +1,16 @@
 """Configuration: one TOML file, overlaid by SYNCD_* environment variables, validated once.
 
 One file serves every datacenter: each mirror maps datacenter names to volume roots, and a
-daemon mirrors only the volumes of its own datacenter. Credentials are never read from here:
-they come from the standard AWS chain, so a config dump can be shared safely.
+daemon mirrors only the volumes of its own datacenter. `[s3]` is the default S3 endpoint;
+`[endpoints.NAME]` tables name others (AWS for models, R2 for checkpoints, a MinIO or RunPod's
+S3 API per datacenter), and a mirror picks one, or one per datacenter. Credentials are never
+read from here: an endpoint names a profile or the environment variables that hold them, else
+the standard AWS chain applies, so a config dump can be shared safely.
 
 Environment overlay: `SYNCD_DATACENTER`, `SYNCD_S3__ENDPOINT_URL`, `SYNCD_TRANSFER__CONCURRENCY`,
-`SYNCD_MIRRORS__<NAME>__DELETE`, ... Values are read as TOML values (`true`, `16`, `"x"`) and
-fall back to plain strings. Errors name the file (or variable), the field and the reason.
+`SYNCD_MIRRORS__<NAME>__DELETE`, `SYNCD_ENDPOINTS__<NAME>__ENDPOINT_URL`, ... Values are read
+as TOML values (`true`, `16`, `"x"`) and fall back to plain strings. Errors name the file (or
+variable), the field and the reason.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ _NOT_OVERLAID = {ENV_CONFIG, "SYNCD_LOG_FORMAT"}
 MiB = 1 << 20
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+Name = Annotated[str, Field(pattern=f"^{_NAME.pattern}$")]
+EnvVar = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+DEFAULT_ENDPOINT = "default"  # how `[s3]` is named where a mirror or a message names endpoints
 
 
 class _Model(BaseModel):
@@ -46,15 +53,32 @@ class _Model(BaseModel):
 
 
 class S3Config(_Model):
-    """The S3-compatible endpoint. Credentials: AWS_* environment, profile or instance role."""
+    """An S3-compatible endpoint (`[s3]` or `[endpoints.NAME]`). Credentials come from the
+    environment variables it names, else its profile, else the AWS chain: never the file."""
 
     endpoint_url: str | None = None
     region: str = "us-east-1"
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     profile: str | None = None
+    access_key_id_env: EnvVar | None = None
+    secret_access_key_env: EnvVar | None = None
+    session_token_env: EnvVar | None = None
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
     max_attempts: int = Field(4, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _one_credential_source(self) -> S3Config:
+        named = (self.access_key_id_env, self.secret_access_key_env)
+        if any(named) and not all(named):
+            raise ValueError("access_key_id_env and secret_access_key_env go together")
+        if self.session_token_env and not all(named):
+            raise ValueError("session_token_env needs access_key_id_env and "
+                             "secret_access_key_env")
+        if all(named) and self.profile:
+            raise ValueError("credentials come from a profile or from named environment "
+                             "variables, not both: drop profile or the *_env fields")
+        return self
 
     @field_validator("endpoint_url")
     @classmethod
@@ -129,10 +153,22 @@ class MirrorConfig(_Model):
     max_delete_count: int = Field(1000, ge=0)
     max_delete_fraction: float = Field(0.5, ge=0, le=1)
     volumes: dict[str, str] = Field(min_length=1)
+    endpoint: Name | dict[str, Name] | None = None
     artifacts: tuple[str, ...] = ()
     marker: str | None = None
     settle_s: float = Field(15.0, ge=0)
     keep_versions_s: float = Field(3600.0, ge=0)
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _endpoint_shape(cls, v: object) -> object:
+        """One message for either shape, instead of pydantic's one per union member."""
+        names = v.values() if isinstance(v, dict) else [v]
+        if v is not None and not all(
+                isinstance(n, str) and _NAME.fullmatch(n) for n in names):
+            raise ValueError(f"{v!r}: an endpoint name (a [endpoints.NAME] table, or "
+                             "\"default\" for [s3]), or a table of datacenter = name")
+        return v
 
     @field_validator("artifacts")
     @classmethod
@@ -183,6 +219,7 @@ class MirrorConfig(_Model):
 class Config(_Model):
     datacenter: str | None = None
     s3: S3Config = S3Config()
+    endpoints: dict[Name, S3Config] = {}
     transfer: TransferConfig = TransferConfig()
     lease: LeaseConfig = LeaseConfig()
     daemon: DaemonConfig = DaemonConfig()
@@ -198,6 +235,44 @@ class Config(_Model):
         if dupes:
             raise ValueError(f"duplicate mirror name(s): {', '.join(dupes)}")
         return v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _not_default(cls, v: dict[str, S3Config]) -> dict[str, S3Config]:
+        if DEFAULT_ENDPOINT in v:
+            raise ValueError(f"{DEFAULT_ENDPOINT!r} is the [s3] table's name; pick another")
+        return v
+
+    @model_validator(mode="after")
+    def _known_endpoints(self) -> Config:
+        """Every name a mirror uses exists, in every datacenter's entry, not only this one:
+        a typo must fail where the file is validated, not in the datacenter it names."""
+        known = {*self.endpoints, DEFAULT_ENDPOINT}
+        for i, m in enumerate(self.mirrors):
+            chosen = m.endpoint if isinstance(m.endpoint, dict) else {"": m.endpoint or ""}
+            for dc, name in chosen.items():
+                if name and name not in known:
+                    raise ValueError(
+                        f"mirrors[{i}].endpoint: no endpoint named {name!r}"
+                        + (f" (for datacenter {dc})" if dc else "")
+                        + f" in mirror {m.name!r}; known: {', '.join(sorted(known))}")
+        return self
+
+    def endpoint_name(self, mirror: MirrorConfig) -> str:
+        """The endpoint the mirror uses in this datacenter: its own name, its datacenter's
+        entry, else `[s3]`."""
+        chosen = mirror.endpoint
+        if isinstance(chosen, dict):
+            chosen = chosen.get(self.active_datacenter())
+        return chosen or DEFAULT_ENDPOINT
+
+    def endpoint(self, mirror: MirrorConfig) -> S3Config:
+        found = self.endpoint_named(self.endpoint_name(mirror))
+        assert found is not None, "validated: every name a mirror uses exists"
+        return found
+
+    def endpoint_named(self, name: str) -> S3Config | None:
+        return self.s3 if name == DEFAULT_ENDPOINT else self.endpoints.get(name)
 
     def mirror(self, name: str) -> MirrorConfig:
         for m in self.mirrors:
@@ -241,7 +316,19 @@ def _overlay(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
             continue
         target: Any = data
         dotted = path[0]
-        if path[0] == "mirrors" and len(path) == 3:
+        if path[0] == "endpoints" and len(path) == 3:
+            # A name in a variable is spelled like a mirror's; one the file lacks is created
+            # under that (lower-case) spelling, so a sidecar can be configured by env alone.
+            endpoints = data.setdefault("endpoints", {})
+            if not isinstance(endpoints, dict):
+                raise ConfigError("cannot set a field inside a non-table", file=f"env {var}")
+            name = next((n for n in endpoints if _env_name(str(n)) == path[1]), path[1])
+            target = endpoints.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise ConfigError("cannot set a field inside a non-table", file=f"env {var}")
+            path = path[2:]
+            dotted = f"endpoints.{name}.{path[0]}"
+        elif path[0] == "mirrors" and len(path) == 3:
             mirrors = data.get("mirrors", [])
             index = next(
                 (i for i, m in enumerate(mirrors)
@@ -288,9 +375,12 @@ def parse(
         for err in errors:
             if any(len(o) > len(err["loc"]) and o[: len(err["loc"])] == err["loc"] for o in locs):
                 continue  # a parent's summary of an error already reported in full
-            name = _field_name(err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            name = _field_name(err["loc"])
+            if not name:  # a check across fields: its message starts with the field it names
+                name, _, msg = msg.partition(": ")
             where = f"{name} (from {origins[name]})" if name in origins else name
-            problems.append(f"{where}: {err['msg']}")
+            problems.append(f"{where}: {msg}")
         raise ConfigError("; ".join(problems), file=source) from None
 
 

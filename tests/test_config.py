@@ -420,5 +420,6 @@ def test_example_config_is_valid_and_documents_every_field() -> None:
         for name, field in model.model_fields.items():
             if field.exclude:
                 continue
-            assert re.search(rf"^#?\s*{name}\s*=|^\[{name}\]|^\[\[{name}\]\]", text, re.M), (
+            assert re.search(rf"^#?\s*{name}\s*=|^\[{name}[.\]]|^\[\[{name}\]\]", text,
+                             re.M), (
                 f"{model.__name__}.{name} is not documented in {path.name}")

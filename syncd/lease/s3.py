@@ -42,9 +42,9 @@ _NO_SUCH_ETAG = "0" * 32
 class S3Lease:
     kind = "s3"
 
-    def __init__(self, store: S3Store, endpoint: str) -> None:
+    def __init__(self, store: S3Store, endpoint: str, target: str | None = None) -> None:
         self.store = store
-        self.target = store.name
+        self.target = target or store.name
         self._endpoint = endpoint
         self._commit_etag: str | None = None
         self._lock = asyncio.Lock()

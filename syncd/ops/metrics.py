@@ -159,7 +159,13 @@ class Metrics:
             "syncd_deleted_objects", "Objects deleted from the destination.", md, registry=r)
         self.errors = Counter(
             "syncd_errors", "Errors by kind (unreachable, access_denied, no_space, integrity, "
-            "...), per object or per pass.", ["mirror", "kind"], registry=r)
+            "...), per object or per pass, with the S3 endpoint the mirror uses here.",
+            ["mirror", "endpoint", "kind"], registry=r)
+        self.mirror_info = Gauge(
+            "syncd_mirror_info", "Always 1: what a mirror connects in this datacenter, to "
+            "join on `mirror`.", ["mirror", "direction", "endpoint", "endpoint_url", "bucket",
+                                  "prefix"], registry=r)
+        self._info_labels: dict[str, tuple[str, ...]] = {}
         self.verification_failures = Counter(
             "syncd_verification_failures", "Objects whose received bytes did not match the "
             "source's checksum (never published).", ["mirror"], registry=r)
@@ -186,8 +192,23 @@ class Metrics:
         """Serve the daemon's live state (one source per registry)."""
         self.registry.register(_Live(source))
 
-    def mirror(self, name: str, direction: str) -> MirrorMeter:
-        return MirrorMeter(self, name, direction)
+    def mirror(self, name: str, direction: str, *, endpoint: str = "default",
+               endpoint_url: str = "", bucket: str = "", prefix: str = "") -> MirrorMeter:
+        """The mirror's meter; its info series replaces the one of an earlier config."""
+        labels = (name, direction, endpoint, endpoint_url, bucket, prefix)
+        old = self._info_labels.get(name)
+        if old is not None and old != labels:
+            self.mirror_info.remove(*old)
+        self._info_labels[name] = labels
+        self.mirror_info.labels(*labels).set(1)
+        return MirrorMeter(self, name, direction, endpoint)
+
+    def mirror_gone(self, name: str) -> None:
+        """A mirror a reload removed: its info series goes (its counters stay, as counters
+        should)."""
+        old = self._info_labels.pop(name, None)
+        if old is not None:
+            self.mirror_info.remove(*old)
 
     def lease_known(self, target: str) -> None:
         """Every transition of a target starts at 0, so the first one shows in increase()."""
@@ -204,8 +225,10 @@ class Metrics:
 class MirrorMeter:
     """One mirror's metrics, labels bound; `transfer.Transfer` and the daemon feed it."""
 
-    def __init__(self, metrics: Metrics, name: str, direction: str) -> None:
+    def __init__(self, metrics: Metrics, name: str, direction: str,
+                 endpoint: str = "default") -> None:
         m, labels = metrics, (name, direction)
+        self._endpoint = endpoint
         self._bytes = m.bytes.labels(*labels)
         self._objects = m.objects.labels(*labels)
         self._verified = m.verified.labels(*labels)
@@ -238,7 +261,7 @@ class MirrorMeter:
 
     def failed(self, error: BaseException) -> None:
         kind = kind_of(error)
-        self._errors.labels(self._name, kind).inc()
+        self._errors.labels(self._name, self._endpoint, kind).inc()
         if kind == "integrity":
             self._integrity.inc()
 

@@ -20,7 +20,7 @@ import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import BaseModel, ByteSize
@@ -34,6 +34,8 @@ EXAMPLE = REPO / "config" / "syncd.example.toml"
 OUTPUT = REPO / "docs" / "config.md"
 REGENERATE = "python -m syncd.ops.reference --write"
 MIRROR_NAME = "<NAME>"
+ENDPOINT_NAME = "<ENDPOINT>"
+PLACEHOLDERS = (MIRROR_NAME, ENDPOINT_NAME)
 
 _HEADER = re.compile(r"^\[(\[)?\s*([A-Za-z0-9_.]+)\s*\]?\]$")
 _KEY = re.compile(r"^([A-Za-z0-9_-]+)\s*=\s*(.*)$")
@@ -62,11 +64,12 @@ def _comment(line: str) -> str:
     return line[1:].removeprefix(" ").rstrip()
 
 
-def describe(text: str) -> Example:
+def describe(text: str, named: tuple[str, ...] = ("endpoints",)) -> Example:
     """Read the example config's comments: the block right above a key (or a commented-out
     key) describes it, a key right below another shares its block, a block before a section
     header or between the header and a blank line introduces the section. The first
-    occurrence of a key wins: later [[mirrors]] tables only add what the first one lacks."""
+    occurrence of a key wins: later [[mirrors]] tables only add what the first one lacks.
+    In a `named` section, `[endpoints.r2]` is one entry of the section, not a field."""
     out = Example()
     section = ""  # "" (top level), "s3", "mirrors"
     table: str | None = None  # under [mirrors.volumes]: "volumes"; its entries are data
@@ -90,6 +93,8 @@ def describe(text: str) -> Example:
             continue
         if header := _HEADER.match(line):
             section, _, child = header.group(2).partition(".")
+            if section in named:
+                child = ""
             table, entries = child or None, []
             if child:  # [mirrors.volumes]: a field of the section, written as a table
                 key_line(child)
@@ -135,12 +140,15 @@ class Section:
 
 
 def sections() -> list[Section]:
-    """The top level, each table and each array of tables of `Config`, in schema order."""
+    """The top level, each table, each table of named tables and each array of tables of
+    `Config`, in schema order."""
     out = [Section("", "", Config)]
     for name, info in Config.model_fields.items():
         ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.append(Section(name, f"[{name}]", ann))
+        if _is_model(ann):
+            out.append(Section(name, f"[{name}]", ann))  # type: ignore[arg-type]
+        elif (model := _table_of(ann)) is not None:
+            out.append(Section(name, f"[{name}.{ENDPOINT_NAME}]", model))
         elif get_origin(ann) is tuple and _is_model(get_args(ann)[0]):
             out.append(Section(name, f"[[{name}]]", get_args(ann)[0]))
     return out
@@ -150,20 +158,33 @@ def _is_model(ann: object) -> bool:
     return isinstance(ann, type) and issubclass(ann, BaseModel)
 
 
+def _table_of(ann: object) -> type[BaseModel] | None:
+    """The model of a `dict[name, Model]` field (`[endpoints.NAME]` tables), else None."""
+    if get_origin(ann) is dict and _is_model(model := get_args(ann)[1]):
+        return model  # type: ignore[no-any-return]
+    return None
+
+
 def fields(section: Section) -> Iterator[tuple[str, FieldInfo]]:
     """A section's own fields: not its sub-tables, not fields kept out of the file."""
     for name, info in section.model.model_fields.items():
         ann = info.annotation
-        if info.exclude or _is_model(ann) or (
+        if info.exclude or _is_model(ann) or _table_of(ann) is not None or (
                 get_origin(ann) is tuple and _is_model(get_args(ann)[0])):
             continue
         yield name, info
 
 
-def env_var(section: str, name: str, *, array: bool) -> str:
-    """SYNCD_<SECTION>__<FIELD>; a mirror's fields are SYNCD_MIRRORS__<NAME>__<FIELD>."""
-    parts = [section, MIRROR_NAME, name] if array else [section, name] if section else [name]
-    return ENV_PREFIX + "__".join(p if p == MIRROR_NAME else p.upper() for p in parts)
+def env_var(section: Section, name: str) -> str:
+    """SYNCD_<SECTION>__<FIELD>; a mirror's fields are SYNCD_MIRRORS__<NAME>__<FIELD>, a
+    named endpoint's SYNCD_ENDPOINTS__<ENDPOINT>__<FIELD>."""
+    if section.header.startswith("[["):
+        parts = [section.name, MIRROR_NAME, name]
+    elif ENDPOINT_NAME in section.header:
+        parts = [section.name, ENDPOINT_NAME, name]
+    else:
+        parts = [section.name, name] if section.name else [name]
+    return ENV_PREFIX + "__".join(p if p in PLACEHOLDERS else p.upper() for p in parts)
 
 
 def _size(n: int) -> str:
@@ -192,8 +213,12 @@ def _toml(value: Any) -> str:
 
 def type_of(name: str, ann: Any) -> str:
     args = [a for a in get_args(ann) if a is not type(None)]
-    if isinstance(ann, types.UnionType) and len(args) == 1:
+    if _is_union(ann):
+        if len(args) > 1:
+            return ", or ".join(type_of(name, a) for a in args)
         ann = args[0]
+    if get_origin(ann) is Annotated:  # a constrained type (`Name`): its limits are its own
+        ann = get_args(ann)[0]
     unit = next((u for suffix, u in _UNITS.items() if name.endswith(suffix)), "")
     if get_origin(ann) is Literal:
         return "one of " + ", ".join(f"`{_toml(a)}`" for a in get_args(ann))
@@ -220,6 +245,20 @@ def default_of(info: FieldInfo) -> str:
     return f"`{_toml(info.default)}`"
 
 
+def _is_union(ann: Any) -> bool:
+    """`A | B` of types, or of a constrained type (`EnvVar | None` is a typing.Union)."""
+    return isinstance(ann, types.UnionType) or get_origin(ann) is Union
+
+
+def _inner_metadata(ann: Any) -> list[Any]:
+    """The constraints of an optional constrained type (`EnvVar | None`), which pydantic keeps
+    inside the type rather than on the field."""
+    args = [a for a in get_args(ann) if a is not type(None)] if _is_union(ann) else []
+    if len(args) == 1 and get_origin(args[0]) is Annotated:
+        return [m for a in get_args(args[0])[1:] for m in getattr(a, "metadata", [a])]
+    return []
+
+
 def limits_of(info: FieldInfo) -> str:
     """The constraints pydantic enforces from the field's metadata. Checks made by validators
     (bucket names, URL schemes, absolute roots, timing order) are in the description."""
@@ -230,7 +269,7 @@ def limits_of(info: FieldInfo) -> str:
 
     low = high = ""
     out = []
-    for meta in info.metadata:
+    for meta in [*info.metadata, *_inner_metadata(info.annotation)]:
         if isinstance(meta, Ge):
             low = f"at least {show(meta.ge)}"
         elif isinstance(meta, Gt):
@@ -252,10 +291,9 @@ def limits_of(info: FieldInfo) -> str:
 
 
 def keys(section: Section) -> Iterator[Key]:
-    array = section.header.startswith("[[")
     for name, info in fields(section):
         path = f"{section.name}.{name}" if section.name else name
-        yield Key(path, env_var(section.name, name, array=array),
+        yield Key(path, env_var(section, name),
                   type_of(name, info.annotation), default_of(info), limits_of(info))
 
 
@@ -304,13 +342,16 @@ def render(example_text: str) -> str:
         "syncd reads one TOML file: the path given with `--config PATH`, else `$SYNCD_CONFIG`. "
         "[config/syncd.example.toml](../config/syncd.example.toml) is a complete, commented "
         "example, and `syncd config validate PATH` checks a file. Credentials never go in the "
-        "file: they come from the standard AWS chain.",
+        "file: an endpoint takes them from the environment variables it names, else its "
+        "profile, else the standard AWS chain.",
         "",
         "Every field can be overridden from the environment: `SYNCD_<SECTION>__<FIELD>`, "
         "a top-level field as `SYNCD_<FIELD>`, a mirror's field as "
         f"`SYNCD_MIRRORS__{MIRROR_NAME}__<FIELD>`, where {_prose(MIRROR_NAME)} is the "
         "mirror's name in any case with every character other than letters, digits and `_` "
-        "written as `_` (`llama-3.1` is `LLAMA_3_1`). Values are read as TOML values "
+        "written as `_` (`llama-3.1` is `LLAMA_3_1`); a named endpoint's field as "
+        f"`SYNCD_ENDPOINTS__{ENDPOINT_NAME}__<FIELD>`, spelled the same way (an endpoint the "
+        "file lacks is created under the lower-case spelling). Values are read as TOML values "
         "(`true`, `16`, `\"16MiB\"`, `[\"a\", \"b\"]`, `{ US-GA-2 = \"/runpod-volume\" }`), "
         "else as plain strings.",
         "",
@@ -323,14 +364,19 @@ def render(example_text: str) -> str:
             out.append(f"| [`{k.path}`](#{_anchor(k.path)}) | {_cell(k.type)} | "
                        f"{_cell(k.default)} | `{k.env}` |")
     out.append("")
+    first_of: dict[type[BaseModel], str] = {}  # a model's first section: [s3] for endpoints
     for section, ks in chosen:
         out += [f"## `{section.header}`" if section.name else "## Top level", ""]
         if intro := example.intros.get(section.name):
             out += [_prose(intro), ""]
+        same = first_of.setdefault(section.model, section.name)
         for k in ks:
             found = example.keys.get(k.path, Described())
+            # A field of a model described once ([s3]) reads the same in its other sections.
+            field_name = k.path.rpartition(".")[2]
+            text = found.text or example.keys.get(f"{same}.{field_name}", Described()).text
             out += [f"### `{k.path}`", "",
-                    _prose(found.text) or "(not described in config/syncd.example.toml)", "",
+                    _prose(text) or "(not described in config/syncd.example.toml)", "",
                     f"- type: {k.type}",
                     f"- default: {k.default}",
                     f"- limits: {k.limits}",

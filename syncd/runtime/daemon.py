@@ -89,10 +89,14 @@ class MirrorLoop:
         self.keeper = keeper
         self.memory = memory
         self.beat: Beat = daemon.health.mirror(mirror.name)
-        self.meter = daemon.metrics.mirror(mirror.name, mirror.direction)
+        endpoint = config.endpoint_name(mirror)
+        self.meter = daemon.metrics.mirror(
+            mirror.name, mirror.direction, endpoint=endpoint,
+            endpoint_url=config.endpoint(mirror).endpoint_url or "", bucket=mirror.bucket,
+            prefix=mirror.prefix)
         self.poke = asyncio.Event()  # a change event on the volume (push)
         self.log = logs.get(mirror=mirror.name, direction=mirror.direction,
-                            target=keeper.lease.target)
+                            target=keeper.lease.target, endpoint=endpoint)
 
     async def run(self) -> None:
         attempt = 0
@@ -432,7 +436,10 @@ class Daemon:
             return
         self.stopping = False
         self.wake = asyncio.Event()
-        kept = {target_key(new, m) for m in mirrors}
+        # A lease is kept across a reload when its target is, and (on S3) so is its
+        # endpoint's every setting: new credentials or timeouts need a new connection.
+        kept = {k for m in mirrors if (k := target_key(new, m))[0] == "volume"
+                or self.config.endpoint_named(k[1]) == new.endpoint_named(k[1])}
         await self._release([k for k in self.keepers if k not in kept])
         self.config = new
         self.leases.config = new
@@ -440,6 +447,7 @@ class Daemon:
         for name in [n for n in self.memories if n not in {m.name for m in mirrors}]:
             del self.memories[name]
             self.health.mirrors.pop(name, None)
+            self.metrics.mirror_gone(name)
         await self._start(mirrors)
         if await self._settled():
             self.notify.ready(self.status_line())

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from syncd.backoff import next_delay
-from syncd.config import Config, MirrorConfig
+from syncd.config import DEFAULT_ENDPOINT, Config, MirrorConfig
 from syncd.errors import ConfigError, LeaseHeld, LeaseLost, SyncdError
 from syncd.lease.backend import Backend
 from syncd.lease.journal import Journal
@@ -48,11 +48,16 @@ def target_key(config: Config, mirror: MirrorConfig) -> tuple[str, ...]:
                               f"{config.active_datacenter()!r}", file=config.source,
                               field="mirrors.volumes")
         return ("volume", str(root))
-    return ("s3", config.s3.endpoint_url or "", mirror.bucket, mirror.prefix)
+    return ("s3", config.endpoint_name(mirror), mirror.bucket, mirror.prefix)
 
 
 def target_name(key: tuple[str, ...]) -> str:
-    return key[1] if key[0] == "volume" else f"s3://{key[2]}/{key[3]}"
+    """A volume root, `s3://bucket/prefix` on `[s3]`, `NAME:s3://bucket/prefix` on a named
+    endpoint (two endpoints may well hold buckets of the same name)."""
+    if key[0] == "volume":
+        return key[1]
+    where = "" if key[1] == DEFAULT_ENDPOINT else f"{key[1]}:"
+    return f"{where}s3://{key[2]}/{key[3]}"
 
 
 class Leases:
@@ -73,12 +78,13 @@ class Leases:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    async def backend(self, key: tuple[str, ...]) -> Backend:
+    async def backend(self, key: tuple[str, ...], mirror: MirrorConfig) -> Backend:
         if key[0] == "volume":
             return VolumeLease(Path(key[1]))
-        store = S3Store(self.config.s3, self.config.transfer, key[2], key[3])
+        endpoint = self.config.endpoint(mirror)
+        store = S3Store(endpoint, self.config.transfer, key[2], key[3], endpoint=key[1])
         await self._stack.enter_async_context(store)
-        return S3Lease(store, self.config.s3.endpoint_url or "AWS S3")
+        return S3Lease(store, store.where, target_name(key))
 
     async def lease(self, mirror: MirrorConfig) -> Lease:
         """The mirror's lease, created on first use (not yet prepared)."""
@@ -88,7 +94,7 @@ class Leases:
                                if self.config.volume_root(m) is not None
                                and target_key(self.config, m) == key)
             self._leases[key] = Lease(
-                await self.backend(key), timing_of(self.config), self.holder,
+                await self.backend(key, mirror), timing_of(self.config), self.holder,
                 detect_dead=self.config.lease.detect_dead_holders, journal=self.journal,
                 log=self.log.bind(target=target_name(key), mirror=sharing))
         return self._leases[key]

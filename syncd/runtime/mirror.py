@@ -114,7 +114,8 @@ async def opened(config: Config, mirror: MirrorConfig, *, write: bool) -> AsyncI
                          min_free_bytes=int(t.min_free_bytes), concurrency=t.concurrency,
                          direct_io=t.direct_io)
     book = ResumeBook(volume.meta_dir / "uploads") if mirror.direction == "push" else None
-    async with S3Store(config.s3, t, mirror.bucket, mirror.prefix, resume=book) as s3:
+    async with S3Store(config.endpoint(mirror), t, mirror.bucket, mirror.prefix, resume=book,
+                       endpoint=config.endpoint_name(mirror)) as s3:
         await asyncio.gather(s3.check(), volume.check(writable=write))
         yield Sides(s3, volume, root, mirror.direction == "pull")
 

@@ -31,7 +31,7 @@ from botocore.exceptions import (
 )
 
 from syncd.budget import ByteBudget
-from syncd.config import S3Config, TransferConfig
+from syncd.config import DEFAULT_ENDPOINT, S3Config, TransferConfig
 from syncd.errors import (
     AccessDenied,
     Conflict,
@@ -76,11 +76,15 @@ class S3Store:
     def __init__(
         self, s3: S3Config, transfer: TransferConfig, bucket: str, prefix: str, *,
         resume: ResumeBook | None = None, stale_upload_s: float = STALE_UPLOAD_S,
+        endpoint: str = DEFAULT_ENDPOINT,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.name = f"s3://{bucket}/{prefix}"
         self._s3 = s3
+        url = s3.endpoint_url or f"AWS S3 {s3.region}"
+        # Where, in messages: with several endpoints, "bucket missing" must say on which.
+        self.where = url if endpoint == DEFAULT_ENDPOINT else f"endpoint {endpoint} ({url})"
         self._transfer = transfer
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
@@ -115,6 +119,10 @@ class S3Store:
 
             self._boto_session = (
                 AioSession(profile=self._s3.profile) if self._s3.profile else AioSession())
+            if self._s3.access_key_id_env:  # the endpoint's own keys, never another's chain
+                named = self._named_credentials()
+                self._boto_session.set_credentials(named.access_key, named.secret_key,
+                                                   named.token)
         return self._boto_session
 
     async def _control(self) -> Any:
@@ -153,9 +161,27 @@ class S3Store:
         """Every request sent, for tests and benchmarks."""
         return self._botocore_requests + (self._http.requests if self._http else 0)
 
+    def _named_credentials(self) -> Credentials:
+        """The keys in the environment variables the endpoint names (read at each use, so a
+        rotated secret in a restarted sidecar's environment is picked up)."""
+        s3, env = self._s3, os.environ
+        assert s3.access_key_id_env and s3.secret_access_key_env
+        names = [s3.access_key_id_env, s3.secret_access_key_env]
+        missing = [n for n in names if not env.get(n)]
+        if missing:
+            raise AccessDenied(
+                f"no credentials for {self.where}: {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set", store=self.name,
+                hint=f"set {' and '.join(names)} in syncd's environment")
+        token = env.get(s3.session_token_env) if s3.session_token_env else None
+        return Credentials(env[names[0]], env[names[1]], token or None)
+
     async def _credentials(self) -> Credentials:
-        """Environment credentials directly (the sidecar case); else botocore's whole chain
-        (profiles, SSO, web identity, instance roles), refreshed as it decides."""
+        """The endpoint's named variables; else environment credentials directly (the
+        sidecar case); else botocore's whole chain (profiles, SSO, web identity, instance
+        roles), refreshed as it decides."""
+        if self._s3.access_key_id_env:
+            return self._named_credentials()
         env = os.environ
         if not self._s3.profile and env.get("AWS_ACCESS_KEY_ID") and env.get(
                 "AWS_SECRET_ACCESS_KEY"):
@@ -186,13 +212,12 @@ class S3Store:
             raise self._error(exc.code, exc.status, exc.message, key) from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise AccessDenied(
-                "no usable AWS credentials found", store=self.name,
+                f"no usable AWS credentials found for {self.where}", store=self.name,
                 hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role",
             ) from exc
         except (ConnectionError, HTTPClientError, aiohttp.ClientError, TimeoutError) as exc:
-            where = self._s3.endpoint_url or "the S3 endpoint"
             raise Unreachable(
-                f"cannot reach {where}: {type(exc).__name__}", store=self.name, key=key
+                f"cannot reach {self.where}: {type(exc).__name__}", store=self.name, key=key
             ) from exc
         except BotoCoreError as exc:
             raise StoreError(f"{self.name}: {exc}", store=self.name, key=key) from exc
@@ -205,10 +230,11 @@ class S3Store:
     def _error(self, code: str, status: int | None, message: str, key: str | None) -> StoreError:
         what = f"s3://{self.bucket}/{self.object_key(key)}" if key else self.name
         if code == "NoSuchBucket":
-            return NotFound(f"bucket {self.bucket!r} does not exist", store=self.name)
+            return NotFound(f"bucket {self.bucket!r} does not exist at {self.where}",
+                            store=self.name)
         if code in _ACCESS_CODES or status == 403:
             return AccessDenied(
-                f"access denied to {what} ({code})", store=self.name, key=key,
+                f"access denied to {what} at {self.where} ({code})", store=self.name, key=key,
                 hint="check the credentials and the bucket policy",
             )
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
@@ -232,7 +258,8 @@ class S3Store:
                                             ok=(200,))
                 resp.release()
         except NotFound:
-            raise NotFound(f"bucket {self.bucket!r} does not exist", store=self.name) from None
+            raise NotFound(f"bucket {self.bucket!r} does not exist at {self.where}",
+                           store=self.name) from None
 
     async def list(self) -> Listing:
         listing = Listing()

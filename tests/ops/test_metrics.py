@@ -80,10 +80,30 @@ def test_mirror_meter_counts_a_verification_failure_as_an_error_of_kind_integrit
     meter.ended(2.0, published=False, verified=False, error=IntegrityError("bad bytes"))
     meter.failed(NoSpace("full"))
     assert value(metrics, "syncd_verification_failures_total", mirror="models") == 1
-    assert value(metrics, "syncd_errors_total", mirror="models", kind="integrity") == 1
-    assert value(metrics, "syncd_errors_total", mirror="models", kind="no_space") == 1
+    errors = {"mirror": "models", "endpoint": "default"}
+    assert value(metrics, "syncd_errors_total", **errors, kind="integrity") == 1
+    assert value(metrics, "syncd_errors_total", **errors, kind="no_space") == 1
     assert value(metrics, "syncd_transferred_objects_total", mirror="models",
                  direction="pull") == 0
+
+
+def test_mirror_errors_carry_the_endpoint_and_the_info_series_says_what_it_connects() -> None:
+    metrics = Metrics()
+    meter = metrics.mirror("ckpt", "push", endpoint="r2", endpoint_url="https://r2.example",
+                           bucket="runs", prefix="a/")
+    meter.failed(Unreachable("no route"))
+    assert value(metrics, "syncd_errors_total", mirror="ckpt", endpoint="r2",
+                 kind="unreachable") == 1
+    info = {"mirror": "ckpt", "direction": "push", "bucket": "runs", "prefix": "a/"}
+    assert value(metrics, "syncd_mirror_info", **info, endpoint="r2",
+                 endpoint_url="https://r2.example") == 1
+    # A reload that moves the mirror to another endpoint replaces its info series.
+    metrics.mirror("ckpt", "push", endpoint="default", bucket="runs", prefix="a/")
+    assert value(metrics, "syncd_mirror_info", **info, endpoint="r2",
+                 endpoint_url="https://r2.example") is None
+    assert value(metrics, "syncd_mirror_info", **info, endpoint="default", endpoint_url="") == 1
+    metrics.mirror_gone("ckpt")
+    assert value(metrics, "syncd_mirror_info", **info, endpoint="default", endpoint_url="") is None
 
 
 def test_passes_set_last_success_only_when_ok() -> None:

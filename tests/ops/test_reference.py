@@ -25,12 +25,14 @@ _ROW = re.compile(r"^\| \[`([^`]+)`\]\(#[^)]*\) \| .* \| `(SYNCD_[A-Z0-9_<>]+)` 
 
 def schema_paths() -> set[str]:
     """Every field of every model in syncd/config.py as a key path, found without the
-    reference's own walker: a model is a section of Config, an array of them, or Config."""
-    where: dict[type[BaseModel], str] = {config_mod.Config: ""}
+    reference's own walker: a model is a section of Config, an array or a table of them, or
+    Config; one model may serve several sections ([s3] and [endpoints.NAME])."""
+    where: dict[type[BaseModel], list[str]] = {config_mod.Config: [""]}
     for name, info in config_mod.Config.model_fields.items():
         for candidate in (info.annotation, *get_args(info.annotation)):
             if inspect.isclass(candidate) and issubclass(candidate, BaseModel):
-                where[candidate] = name
+                where.setdefault(candidate, []).append(name)
+    sections = {s for names in where.values() for s in names}
     paths = set()
     for _, model in inspect.getmembers(config_mod, inspect.isclass):
         if not issubclass(model, BaseModel) or model.__module__ != config_mod.__name__:
@@ -39,9 +41,9 @@ def schema_paths() -> set[str]:
             continue  # the shared base, _Model
         assert model in where, f"{model.__name__} is not reachable from Config"
         for name, info in model.model_fields.items():
-            if info.exclude or (model is config_mod.Config and name in where.values()):
+            if info.exclude or (model is config_mod.Config and name in sections):
                 continue
-            paths.add(f"{where[model]}.{name}" if where[model] else name)
+            paths.update(f"{s}.{name}" if s else name for s in where[model])
     return paths
 
 
@@ -65,7 +67,8 @@ def test_reference_documents_every_field_of_every_config_model() -> None:
     headings = set(re.findall(r"^### `([^`]+)`$", doc, re.M))
     rows = {path for path, _ in _ROW.findall(doc)}
     paths = schema_paths()
-    assert {"datacenter", "s3.region", "lease.ttl_s", "mirrors.volumes"} <= paths
+    assert {"datacenter", "s3.region", "endpoints.region", "lease.ttl_s",
+            "mirrors.volumes", "mirrors.endpoint"} <= paths
     assert paths - headings == set()
     assert paths - rows == set()
     assert headings - paths == set()
@@ -73,10 +76,18 @@ def test_reference_documents_every_field_of_every_config_model() -> None:
 
 def test_example_config_describes_every_key_it_sets_and_every_schema_field() -> None:
     described = describe(example_text()).keys
-    undescribed = sorted(k for k, d in described.items() if not d.text.strip())
+
+    def text(key: str) -> str:  # a named endpoint's field reads as the [s3] one it repeats
+        own = described[key].text.strip()
+        same = described.get(key.replace("endpoints.", "s3.", 1))
+        return own or (same.text.strip() if same and key.startswith("endpoints.") else "")
+
+    undescribed = sorted(k for k in described if not text(k))
     assert undescribed == [], f"keys without a comment block in {EXAMPLE.name}"
     assert set(described) - schema_paths() == set(), "keys in the example the schema lacks"
-    assert schema_paths() - set(described) == set(), f"fields {EXAMPLE.name} does not show"
+    unshown = {p for p in schema_paths() - set(described)
+               if not (p.startswith("endpoints.") and f"s3.{p.split('.', 1)[1]}" in described)}
+    assert unshown == set(), f"fields {EXAMPLE.name} does not show"
 
 
 def test_reference_environment_variables_reach_the_fields_they_are_listed_for() -> None:
@@ -87,7 +98,8 @@ def test_reference_environment_variables_reach_the_fields_they_are_listed_for() 
     text = example_text()
     for path, var in rows:
         var = var.replace(reference.MIRROR_NAME, "MODELS")  # the example's first mirror
-        field = path.replace("mirrors.", "mirrors[0].")
+        var = var.replace(reference.ENDPOINT_NAME, "R2")  # and its named endpoint
+        field = path.replace("mirrors.", "mirrors[0].").replace("endpoints.", "endpoints.r2.")
         invalid = "[1]" if path == "mirrors.volumes" else "{ x = 1 }"
         with pytest.raises(ConfigError) as info:
             parse(text, env={var: invalid})
