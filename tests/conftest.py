@@ -1,12 +1,19 @@
-"""Shared fixtures: real S3-compatible servers (moto, rclone), a throttling proxy, clean env.
+"""Shared fixtures: real S3-compatible servers (moto, rclone, SeaweedFS), two FUSE mounts of
+one SeaweedFS directory, a throttling proxy, clean env.
 
 Fixture API
 -----------
-``moto_server`` / ``rclone_server``  session-scoped :class:`S3Server`, started lazily; a test
+``moto_server`` / ``rclone_server`` / ``seaweedfs_server``
+                                     session-scoped :class:`S3Server`, started lazily; a test
                                      may have stopped them (use the fixtures below instead).
-``moto_s3`` / ``rclone_s3``          function-scoped, the same servers guaranteed running.
-``s3``                               parametrized over ``["moto", "rclone"]``; running server.
+``moto_s3`` / ``rclone_s3`` / ``seaweedfs_s3``
+                                     function-scoped, the same servers guaranteed running.
+``s3``                               parametrized over ``SERVER_NAMES`` (``["moto", "rclone",
+                                     "seaweedfs"]``); running server.
 ``bucket``                           fresh, uniquely named, empty bucket on ``s3``.
+``shared_volume``                    :class:`SharedVolume`: one new SeaweedFS filer directory
+                                     mounted twice (``.a``, ``.b``), two hosts sharing a network
+                                     volume; unmounted at teardown.
 ``throttle_proxy``                   factory ``(target_port, rate_bytes_per_s=None)`` ->
                                      :class:`ThrottleProxy`; all closed at teardown.
 ``clean_aws_env`` (autouse)          test credentials, no config files, no SYNCD_* vars
@@ -25,6 +32,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tests.fuse_mounts import SharedVolume, shared_volume_on
 from tests.servers import (
     ACCESS_KEY,
     HOST,
@@ -37,6 +45,7 @@ from tests.servers import (
     find_free_port,
     new_moto_server,
     new_rclone_server,
+    new_seaweedfs_server,
 )
 
 __all__ = [
@@ -45,11 +54,12 @@ __all__ = [
     "REGION",
     "SECRET_KEY",
     "S3Server",
+    "SharedVolume",
     "ThrottleProxy",
     "find_free_port",
 ]
 
-SERVER_NAMES = ("moto", "rclone")
+SERVER_NAMES = ("moto", "rclone", "seaweedfs")
 MAX_PROXIES_PER_TEST = 16
 
 
@@ -113,6 +123,16 @@ def rclone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = new_seaweedfs_server(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def moto_s3(moto_server: S3Server) -> S3Server:
     moto_server.ensure_running()
@@ -123,6 +143,12 @@ def moto_s3(moto_server: S3Server) -> S3Server:
 def rclone_s3(rclone_server: S3Server) -> S3Server:
     rclone_server.ensure_running()
     return rclone_server
+
+
+@pytest.fixture
+def seaweedfs_s3(seaweedfs_server: S3Server) -> S3Server:
+    seaweedfs_server.ensure_running()
+    return seaweedfs_server
 
 
 @pytest.fixture(params=SERVER_NAMES, ids=SERVER_NAMES)
@@ -149,6 +175,40 @@ def bucket(s3: S3Server) -> Iterator[str]:
         # restart wiped, is fine.
         with contextlib.suppress(ClientError, BotoCoreError):
             empty_and_delete_bucket(cleanup, name)
+
+
+# ---------------------------------------------------------------------------------------
+# A network volume shared by two hosts
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_volume(
+    seaweedfs_s3: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedVolume]:
+    """One new SeaweedFS filer directory mounted twice with ``weed mount`` (default cache
+    options): ``.a`` and ``.b`` stand for two hosts sharing a network volume.
+
+    Consistency between the two mounts, as measured with weed 4.48 (every mount subscribes
+    to the filer's metadata events and updates its own metadata cache from them, so
+    ``-cacheMetaTtlSec`` plays no part here):
+
+    * A new file, a new name from a rename (also over an existing file, and of a directory),
+      new contents and a new directory written through one mount are seen through the other
+      within milliseconds, once the writer has closed or fsynced the file; bytes written but
+      not yet flushed are invisible to the other mount.
+    * A name removed through one mount (deleted, or the source of a rename) that the other
+      mount has already looked up stays resolvable through the other for up to 1 s: stat
+      and open still succeed and return the old file.  That is the kernel's FUSE entry and
+      attribute cache, whose 1 s TTL weed mount hard-codes.  Listing the directory through
+      the other mount is current at once.
+    * Creating one name exclusively is not exclusive across the mounts: when both race,
+      O_CREAT|O_EXCL succeeds on both, and so does link() onto the same new name (each mount
+      then goes on reading its own file under that name, for as long as we looked, 60 s,
+      while the filer keeps one).  ``-dlm`` does not change this.
+    """
+    with shared_volume_on(seaweedfs_s3, tmp_path_factory.mktemp("shared")) as volume:
+        yield volume
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -16,7 +17,19 @@ import boto3
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
-from tests.servers import ACCESS_KEY, HOST, REGION, SECRET_KEY, S3Server, ThrottleProxy
+from tests.fuse_mounts import SharedVolume, mounted, shared_volume_on
+from tests.servers import (
+    ACCESS_KEY,
+    HOST,
+    REGION,
+    SECRET_KEY,
+    WEED_GRPC_OFFSET,
+    S3Server,
+    ThrottleProxy,
+    empty_and_delete_bucket,
+    make_s3_client,
+    s3_client_config,
+)
 
 KiB = 1024
 ProxyFactory = Callable[..., ThrottleProxy]
@@ -107,9 +120,9 @@ def test_s3_fixture_restarts_server_stopped_by_previous_test(s3: S3Server) -> No
     assert s3.answers()
 
 
-def test_bucket_survives_server_restart_only_on_rclone(s3: S3Server, bucket: str) -> None:
+def test_bucket_survives_server_restart_unless_moto(s3: S3Server, bucket: str) -> None:
     s3.restart()  # the ``bucket`` teardown must then cope with a bucket that may be gone
-    if s3.name == "rclone":  # stored on disk
+    if s3.name in ("rclone", "seaweedfs"):  # stored on disk
         s3.client().head_bucket(Bucket=bucket)
     else:  # moto keeps everything in memory
         with pytest.raises(ClientError):
@@ -124,6 +137,211 @@ def test_server_start_refuses_port_taken_by_another_listener(rclone_s3: S3Server
         assert not rclone_s3.running
     rclone_s3.start()
     assert rclone_s3.answers()
+
+
+# ---- SeaweedFS ----------------------------------------------------------------------------
+
+
+def _listening_ports(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket ``pid`` listens on, from /proc (no ss needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            local, state, inode = cols[1], cols[3], cols[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            addr_hex, port_hex = local.split(":")
+            assert len(addr_hex) == width
+            if width == 8:
+                addr = socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr_hex)[::-1])
+            else:
+                words = [bytes.fromhex(addr_hex[i : i + 8])[::-1] for i in range(0, 32, 8)]
+                addr = socket.inet_ntop(socket.AF_INET6, b"".join(words))
+            found.add((addr, int(port_hex, 16)))
+    return found
+
+
+def test_seaweedfs_listens_only_on_loopback_ports_below_45000(seaweedfs_s3: S3Server) -> None:
+    assert seaweedfs_s3.pid is not None
+    listening = _listening_ports(seaweedfs_s3.pid)
+
+    expected = {seaweedfs_s3.port, *seaweedfs_s3.ports.values()}
+    assert listening == {(HOST, port) for port in expected}
+    assert len(expected) == 8  # master, volume, filer, S3 and the gRPC port of each
+    for role in ("master", "volume", "filer"):
+        assert seaweedfs_s3.ports[f"{role}.grpc"] == seaweedfs_s3.ports[role] + WEED_GRPC_OFFSET
+    assert max(expected) < 45000
+
+
+def test_seaweedfs_answers_test_credentials_and_refuses_others(seaweedfs_s3: S3Server) -> None:
+    client = seaweedfs_s3.client()
+    name = f"t-auth-{time.monotonic_ns() % 10**10}"
+    client.create_bucket(Bucket=name)
+    client.put_object(Bucket=name, Key="k", Body=b"v")
+    assert _get(client, name, "k") == b"v"
+    assert name in {b["Name"] for b in client.list_buckets()["Buckets"]}
+
+    once = s3_client_config(retries={"total_max_attempts": 1})
+    for access, secret, code in (
+        (ACCESS_KEY, "not-the-secret", "SignatureDoesNotMatch"),
+        ("AKIANOSUCHKEY0000000", SECRET_KEY, "InvalidAccessKeyId"),
+    ):
+        stranger = make_s3_client(
+            seaweedfs_s3.endpoint_url, access_key=access, secret_key=secret, config=once
+        )
+        for call in (
+            stranger.list_buckets,
+            lambda s=stranger: s.get_object(Bucket=name, Key="k"),
+            lambda s=stranger: s.put_object(Bucket=name, Key="k", Body=b"x"),
+        ):
+            with pytest.raises(ClientError) as refused:
+                call()
+            assert refused.value.response["Error"]["Code"] == code
+    assert _get(client, name, "k") == b"v"
+    empty_and_delete_bucket(client, name)
+
+
+def test_seaweedfs_restart_keeps_objects_and_ports(seaweedfs_s3: S3Server) -> None:
+    client = seaweedfs_s3.client()
+    name = f"t-keep-{os.getpid()}-{time.monotonic_ns() % 10**8}"
+    client.create_bucket(Bucket=name)
+    small, big = _payload(10 * KiB), _payload(6 * 1024 * KiB + 5)
+    client.put_object(Bucket=name, Key="a/small.bin", Body=small)
+    upload = client.create_multipart_upload(Bucket=name, Key="a/big.bin")["UploadId"]
+    parts = [
+        {"PartNumber": n, "ETag": client.upload_part(
+            Bucket=name, Key="a/big.bin", UploadId=upload, PartNumber=n, Body=chunk)["ETag"]}
+        for n, chunk in ((1, big[: 5 * 1024 * KiB]), (2, big[5 * 1024 * KiB :]))
+    ]
+    client.complete_multipart_upload(
+        Bucket=name, Key="a/big.bin", UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    ports, old_pid = dict(seaweedfs_s3.ports), seaweedfs_s3.pid
+
+    seaweedfs_s3.restart()
+
+    assert seaweedfs_s3.pid != old_pid
+    assert seaweedfs_s3.ports == ports
+    after = seaweedfs_s3.client()
+    assert _get(after, name, "a/small.bin") == small
+    assert _get(after, name, "a/big.bin") == big
+    after.put_object(Bucket=name, Key="a/new.bin", Body=b"new")  # writable again too
+    keys = [o["Key"] for o in after.list_objects_v2(Bucket=name)["Contents"]]
+    assert keys == ["a/big.bin", "a/new.bin", "a/small.bin"]
+    empty_and_delete_bucket(after, name)
+
+
+def test_seaweedfs_stop_ends_the_process_and_its_sockets_and_start_checks_every_port(
+    seaweedfs_s3: S3Server,
+) -> None:
+    pid = seaweedfs_s3.pid
+    assert pid is not None
+    sockets = seaweedfs_s3.leftovers
+    assert sockets and all(p.exists() for p in sockets)
+
+    seaweedfs_s3.stop()
+
+    assert not Path(f"/proc/{pid}").exists()  # reaped: not even a zombie
+    assert not any(p.exists() for p in sockets)
+    for port in (seaweedfs_s3.port, *seaweedfs_s3.ports.values()):
+        with pytest.raises(ConnectionRefusedError), socket.create_connection((HOST, port), 2):
+            pass
+    with socket.create_server((HOST, seaweedfs_s3.ports["filer.grpc"])):
+        with pytest.raises(RuntimeError, match="in use"):
+            seaweedfs_s3.start()
+        assert not seaweedfs_s3.running
+    seaweedfs_s3.start()
+    assert seaweedfs_s3.answers()
+
+
+# ---- two mounts of one SeaweedFS directory ----------------------------------------------
+
+
+def _until(ok: Callable[[], bool], what: str, timeout: float = 10.0) -> float:
+    """Poll ``ok`` until it holds; return how long that took."""
+    started = time.monotonic()
+    while not ok():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def test_shared_volume_mounts_one_empty_directory_twice(shared_volume: SharedVolume) -> None:
+    a, b = shared_volume.a, shared_volume.b
+    assert a != b and mounted(a) and mounted(b)
+    assert os.listdir(a) == os.listdir(b) == []
+    assert all(m.pid is not None for m in shared_volume.mounts)
+
+
+def test_shared_volume_writes_through_one_mount_are_read_through_the_other(
+    shared_volume: SharedVolume,
+) -> None:
+    a, b = shared_volume.a, shared_volume.b
+    data = _payload(3 * 1024 * KiB + 1)  # more than one 2 MiB chunk of weed mount
+    (a / "dir" / "sub").mkdir(parents=True)
+    (a / "dir" / "sub" / "big.bin").write_bytes(data)
+    _until(lambda: _read(b / "dir" / "sub" / "big.bin") == data, "A's new file through B")
+
+    (b / "dir" / "sub" / "big.bin").write_bytes(b"rewritten by b")
+    _until(lambda: _read(a / "dir" / "sub" / "big.bin") == b"rewritten by b", "B's rewrite")
+    assert sorted(os.listdir(a / "dir" / "sub")) == ["big.bin"]
+
+
+def test_shared_volume_renames_and_deletes_through_one_mount_show_through_the_other(
+    shared_volume: SharedVolume,
+) -> None:
+    a, b = shared_volume.a, shared_volume.b
+    (a / "old").write_bytes(b"payload")
+    (a / "target").write_bytes(b"previous")
+    _until(lambda: _read(b / "old") == b"payload" and _read(b / "target") == b"previous",
+           "A's files through B")
+
+    os.rename(a / "old", a / "new")
+    _until(lambda: _read(b / "new") == b"payload", "the renamed file under its new name")
+    _until(lambda: sorted(os.listdir(b)) == ["new", "target"], "B's listing after the rename")
+    # B had looked "old" up: the kernel may answer from its 1 s entry cache for that long.
+    assert _until(lambda: not (b / "old").exists(), "the old name gone through B") < 3
+
+    (b / "tmp").write_bytes(b"replacement")
+    os.rename(b / "tmp", b / "target")  # atomic replace, as syncd publishes
+    _until(lambda: _read(a / "target") == b"replacement", "B's replace through A")
+
+    (b / "new").unlink()
+    _until(lambda: sorted(os.listdir(a)) == ["target"], "B's delete in A's listing")
+    assert _until(lambda: not (a / "new").exists(), "B's delete through A") < 3
+
+
+def test_shared_volume_unmounts_and_ends_both_mounts_even_when_the_test_fails(
+    seaweedfs_s3: S3Server, tmp_path: Path
+) -> None:
+    with pytest.raises(RuntimeError, match="test failed"):
+        with shared_volume_on(seaweedfs_s3, tmp_path) as volume:
+            pids = [m.pid for m in volume.mounts]
+            busy = (volume.a / "open.bin").open("wb")  # a file still open: a busy mount
+            raise RuntimeError("test failed")
+    with contextlib.suppress(OSError):  # lazily unmounted, its mount process gone
+        busy.close()
+    assert not mounted(volume.a) and not mounted(volume.b)
+    assert all(pid is not None and not Path(f"/proc/{pid}").exists() for pid in pids)
+
+    with shared_volume_on(seaweedfs_s3, tmp_path / "again") as again:  # nothing left over
+        assert os.listdir(again.a) == []
+    assert not mounted(again.a) and not mounted(again.b)
 
 
 # ---- environment and event loop ---------------------------------------------------------
