@@ -111,8 +111,23 @@ def test_rclone_restart_keeps_objects_on_disk(rclone_s3: S3Server) -> None:
 
 def test_server_stopped_by_test_is_left_stopped_for_next_test(s3: S3Server) -> None:
     # Companion of the next test: leave the server down on purpose.
+    pid = s3.pid
+    assert pid is not None
+    assert all(path.exists() for path in s3.leftovers)  # SeaweedFS's fixed gRPC sockets
+
     s3.stop()
+
     assert not s3.answers()
+    assert not Path(f"/proc/{pid}").exists()  # reaped: not even a zombie
+    assert not any(path.exists() for path in s3.leftovers)
+    for port in (s3.port, *s3.ports.values()):
+        with pytest.raises(ConnectionRefusedError), socket.create_connection((HOST, port), 2):
+            pass
+    # start() checks every port the server would listen on, not only the S3 one
+    with socket.create_server((HOST, max(s3.ports.values(), default=s3.port))):
+        with pytest.raises(RuntimeError, match="in use"):
+            s3.start()
+    assert not s3.running
 
 
 def test_s3_fixture_restarts_server_stopped_by_previous_test(s3: S3Server) -> None:
@@ -121,12 +136,34 @@ def test_s3_fixture_restarts_server_stopped_by_previous_test(s3: S3Server) -> No
 
 
 def test_bucket_survives_server_restart_unless_moto(s3: S3Server, bucket: str) -> None:
+    client = s3.client()
+    small, big = _payload(10 * KiB), _payload(6 * 1024 * KiB + 5)
+    client.put_object(Bucket=bucket, Key="a/small.bin", Body=small)
+    upload = client.create_multipart_upload(Bucket=bucket, Key="a/big.bin")["UploadId"]
+    parts = [
+        {"PartNumber": n, "ETag": client.upload_part(
+            Bucket=bucket, Key="a/big.bin", UploadId=upload, PartNumber=n, Body=chunk)["ETag"]}
+        for n, chunk in ((1, big[: 5 * 1024 * KiB]), (2, big[5 * 1024 * KiB :]))
+    ]
+    client.complete_multipart_upload(
+        Bucket=bucket, Key="a/big.bin", UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    ports, pid = dict(s3.ports), s3.pid
+
     s3.restart()  # the ``bucket`` teardown must then cope with a bucket that may be gone
-    if s3.name in ("rclone", "seaweedfs"):  # stored on disk
-        s3.client().head_bucket(Bucket=bucket)
-    else:  # moto keeps everything in memory
+
+    assert s3.pid != pid
+    assert s3.ports == ports
+    after = s3.client()
+    if s3.name == "moto":  # moto keeps everything in memory
         with pytest.raises(ClientError):
-            s3.client().head_bucket(Bucket=bucket)
+            after.head_bucket(Bucket=bucket)
+        return
+    assert _get(after, bucket, "a/small.bin") == small  # stored on disk
+    assert _get(after, bucket, "a/big.bin") == big
+    after.put_object(Bucket=bucket, Key="a/new.bin", Body=b"new")  # writable again too
+    keys = [o["Key"] for o in after.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["a/big.bin", "a/new.bin", "a/small.bin"]
 
 
 def test_server_start_refuses_port_taken_by_another_listener(rclone_s3: S3Server) -> None:
@@ -206,59 +243,6 @@ def test_seaweedfs_answers_test_credentials_and_refuses_others(seaweedfs_s3: S3S
             assert refused.value.response["Error"]["Code"] == code
     assert _get(client, name, "k") == b"v"
     empty_and_delete_bucket(client, name)
-
-
-def test_seaweedfs_restart_keeps_objects_and_ports(seaweedfs_s3: S3Server) -> None:
-    client = seaweedfs_s3.client()
-    name = f"t-keep-{os.getpid()}-{time.monotonic_ns() % 10**8}"
-    client.create_bucket(Bucket=name)
-    small, big = _payload(10 * KiB), _payload(6 * 1024 * KiB + 5)
-    client.put_object(Bucket=name, Key="a/small.bin", Body=small)
-    upload = client.create_multipart_upload(Bucket=name, Key="a/big.bin")["UploadId"]
-    parts = [
-        {"PartNumber": n, "ETag": client.upload_part(
-            Bucket=name, Key="a/big.bin", UploadId=upload, PartNumber=n, Body=chunk)["ETag"]}
-        for n, chunk in ((1, big[: 5 * 1024 * KiB]), (2, big[5 * 1024 * KiB :]))
-    ]
-    client.complete_multipart_upload(
-        Bucket=name, Key="a/big.bin", UploadId=upload, MultipartUpload={"Parts": parts}
-    )
-    ports, old_pid = dict(seaweedfs_s3.ports), seaweedfs_s3.pid
-
-    seaweedfs_s3.restart()
-
-    assert seaweedfs_s3.pid != old_pid
-    assert seaweedfs_s3.ports == ports
-    after = seaweedfs_s3.client()
-    assert _get(after, name, "a/small.bin") == small
-    assert _get(after, name, "a/big.bin") == big
-    after.put_object(Bucket=name, Key="a/new.bin", Body=b"new")  # writable again too
-    keys = [o["Key"] for o in after.list_objects_v2(Bucket=name)["Contents"]]
-    assert keys == ["a/big.bin", "a/new.bin", "a/small.bin"]
-    empty_and_delete_bucket(after, name)
-
-
-def test_seaweedfs_stop_ends_the_process_and_its_sockets_and_start_checks_every_port(
-    seaweedfs_s3: S3Server,
-) -> None:
-    pid = seaweedfs_s3.pid
-    assert pid is not None
-    sockets = seaweedfs_s3.leftovers
-    assert sockets and all(p.exists() for p in sockets)
-
-    seaweedfs_s3.stop()
-
-    assert not Path(f"/proc/{pid}").exists()  # reaped: not even a zombie
-    assert not any(p.exists() for p in sockets)
-    for port in (seaweedfs_s3.port, *seaweedfs_s3.ports.values()):
-        with pytest.raises(ConnectionRefusedError), socket.create_connection((HOST, port), 2):
-            pass
-    with socket.create_server((HOST, seaweedfs_s3.ports["filer.grpc"])):
-        with pytest.raises(RuntimeError, match="in use"):
-            seaweedfs_s3.start()
-        assert not seaweedfs_s3.running
-    seaweedfs_s3.start()
-    assert seaweedfs_s3.answers()
 
 
 # ---- two mounts of one SeaweedFS directory ----------------------------------------------
