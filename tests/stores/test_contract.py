@@ -1,4 +1,5 @@
-"""One contract for every store (volume, moto, rclone): stage hides, publish shows, fenced."""
+"""One contract for every store (volume, moto, rclone, SeaweedFS): stage hides, publish shows,
+fenced."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ async def _store(kind: str, request, tmp_path: Path) -> AsyncIterator[Store]:
         yield s3
 
 
-@pytest.fixture(params=["volume", "moto", "rclone"])
+@pytest.fixture(params=["volume", "moto", "rclone", "seaweedfs"])
 async def store(request, tmp_path):
     async with _store(request.param, request, tmp_path) as s:
         yield s
