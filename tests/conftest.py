@@ -202,10 +202,12 @@ def shared_volume(
       and open still succeed and return the old file.  That is the kernel's FUSE entry and
       attribute cache, whose 1 s TTL weed mount hard-codes.  Listing the directory through
       the other mount is current at once.
-    * Creating one name exclusively is not exclusive across the mounts: when both race,
-      O_CREAT|O_EXCL succeeds on both, and so does link() onto the same new name (each mount
-      then goes on reading its own file under that name, for as long as we looked, 60 s,
-      while the filer keeps one).  ``-dlm`` does not change this.
+    * Creating a name exclusively is not exclusive across the mounts.  When both race for
+      one new name (9 races in 10 here), O_CREAT|O_EXCL succeeds through both (afterwards both
+      read the last writer's bytes), and so does link() (afterwards each mount goes on
+      reading its own file under that name, still after 2.5 min, while the filer holds one
+      of them).  Within one mount both are exclusive.  ``-dlm`` does not change this.  So a
+      volume lease won by link() can have two winners on such a volume (issue 17).
     """
     with shared_volume_on(seaweedfs_s3, tmp_path_factory.mktemp("shared")) as volume:
         yield volume
