@@ -33,7 +33,7 @@ def schema_paths() -> set[str]:
             if inspect.isclass(candidate) and issubclass(candidate, BaseModel):
                 where.setdefault(candidate, []).append(name)
     sections = {s for names in where.values() for s in names}
-    paths = set()
+    paths: set[str] = set()
     for _, model in inspect.getmembers(config_mod, inspect.isclass):
         if not issubclass(model, BaseModel) or model.__module__ != config_mod.__name__:
             continue
