@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from syncd import config as config_mod
     from syncd.lease.record import View
     from syncd.plan import Plan
-    from syncd.runtime.leases import Leases
+    from syncd.runtime.leases import Leases, Target
     from syncd.transfer import Stats
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -149,7 +149,7 @@ def sync(
     from syncd.ops import logging as logs
     from syncd.ops.progress import Bar
     from syncd.runtime import mirror as mirror_mod
-    from syncd.runtime.leases import Leases, held_once, target_key, target_name
+    from syncd.runtime.leases import Leases, held_once, target_key
 
     if not once:
         _fail("sync runs one pass: pass --once", int(ExitCode.USAGE))
@@ -163,7 +163,7 @@ def sync(
         worst: SyncdError | None = None
         for m in _mirrors(cfg, mirror):
             log = logs.get(mirror=m.name, direction=m.direction,
-                           target=target_name(target_key(cfg, m)),
+                           target=target_key(cfg, m).name,
                            endpoint=cfg.endpoint_name(m))
             if dry_run:
                 async with mirror_mod.opened(cfg, m, write=False) as sides:
@@ -363,19 +363,17 @@ def _probe(target: str, timeout: float) -> tuple[bool, str]:
     return True, f"healthy ({len(mirrors)} mirrors)"
 
 
-def _lease_rows(cfg: config_mod.Config) -> dict[tuple[str, ...], list[config_mod.MirrorConfig]]:
+def _lease_rows(cfg: config_mod.Config) -> dict[Target, list[config_mod.MirrorConfig]]:
     from syncd.runtime.leases import target_key
 
-    rows: dict[tuple[str, ...], list[config_mod.MirrorConfig]] = {}
+    rows: dict[Target, list[config_mod.MirrorConfig]] = {}
     for m in _mirrors(cfg, None):
         rows.setdefault(target_key(cfg, m), []).append(m)
     return rows
 
 
-def _status(key: tuple[str, ...], mirrors: list[str], view: View, now: float) -> dict[str, Any]:
-    from syncd.runtime.leases import target_name
-
-    row: dict[str, Any] = {"target": target_name(key), "backend": key[0], "mirrors": mirrors,
+def _status(key: Target, mirrors: list[str], view: View, now: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"target": key.name, "backend": key.backend, "mirrors": mirrors,
                            "gen": view.gen, "state": "free", "holder": None}
     record = view.record
     if view.corrupt is not None:
@@ -444,7 +442,7 @@ def lease_break(
     from syncd import config as config_mod
     from syncd.lease.record import LeaseRecord
     from syncd.ops import logging as logs
-    from syncd.runtime.leases import Leases, target_name
+    from syncd.runtime.leases import Leases
 
     if not yes:
         _fail("breaking a lease can let two writers in if its holder is still running; "
@@ -454,9 +452,9 @@ def lease_break(
         cfg = config_mod.load(config)
         rows = _lease_rows(cfg)
         chosen = [k for k, ms in rows.items()
-                  if target == target_name(k) or target in {m.name for m in ms}]
+                  if target == k.name or target in {m.name for m in ms}]
         if not chosen:
-            known = ", ".join(target_name(k) for k in rows)
+            known = ", ".join(k.name for k in rows)
             raise ConfigError(f"no lease target or mirror named {target!r} (targets: {known})",
                               file=cfg.source)
         log = logs.get()
@@ -505,22 +503,9 @@ def config_validate(
             typer.echo(f"  {m.name}: {m.direction} s3://{m.bucket}/{m.prefix} <-> (no volume "
                        "in this datacenter: not run here)")
             continue
-        name = cfg.endpoint_name(m)
+        name, s3 = cfg.endpoint_name(m), cfg.endpoint(m)
         typer.echo(f"  {m.name}: {m.direction} s3://{m.bucket}/{m.prefix} <-> {root} via "
-                   f"endpoint {name} ({_endpoint_line(cfg.endpoint(m))})")
-
-
-def _endpoint_line(s3: config_mod.S3Config) -> str:
-    """Where an endpoint is and where its credentials come from; never their values."""
-    url = s3.endpoint_url or f"AWS S3, {s3.region}"
-    if s3.access_key_id_env:
-        names = [s3.access_key_id_env, s3.secret_access_key_env, s3.session_token_env]
-        creds = "credentials from " + ", ".join(f"${n}" for n in names if n)
-    elif s3.profile:
-        creds = f"credentials from profile {s3.profile!r}"
-    else:
-        creds = "credentials from the AWS chain"
-    return f"{url}; {creds}"
+                   f"endpoint {name} ({s3.location()}; {s3.credential_source()})")
 
 
 @app.command()

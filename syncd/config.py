@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -28,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -46,6 +48,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 Name = Annotated[str, Field(pattern=f"^{_NAME.pattern}$")]
 EnvVar = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 DEFAULT_ENDPOINT = "default"  # how `[s3]` is named where a mirror or a message names endpoints
+
+
+class _FieldProblem(ValueError):
+    """A check across fields that names the one field at fault (pydantic would place it at
+    the model that ran the check)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class _Model(BaseModel):
@@ -80,12 +91,32 @@ class S3Config(_Model):
                              "variables, not both: drop profile or the *_env fields")
         return self
 
+    def location(self) -> str:
+        """Where the endpoint is, as messages and `config validate` say it."""
+        return self.endpoint_url or f"AWS S3 {self.region}"
+
+    def credential_source(self) -> str:
+        """Where the endpoint's credentials come from; never their values."""
+        if self.access_key_id_env:
+            names = [self.access_key_id_env, self.secret_access_key_env, self.session_token_env]
+            return "credentials from " + ", ".join(f"${n}" for n in names if n)
+        if self.profile:
+            return f"credentials from profile {self.profile!r}"
+        return "credentials from the AWS chain"
+
     @field_validator("endpoint_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
+        if v is None:
+            return None
+        if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        return v.rstrip("/") if v else None
+        parts = urlsplit(v)
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            # The URL is shown in logs, errors and a metric label: nothing secret may ride in
+            # it (user:password@, a presigned token in the query).
+            raise ValueError("only scheme, host, port and path: no user@, ?query or #fragment")
+        return v.rstrip("/")
 
 
 class TransferConfig(_Model):
@@ -170,6 +201,21 @@ class MirrorConfig(_Model):
                              "\"default\" for [s3]), or a table of datacenter = name")
         return v
 
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_datacenters(cls, v: str | dict[str, str] | None,
+                              info: ValidationInfo) -> str | dict[str, str] | None:
+        """A datacenter the mirror has no volume in is a typo ('EU-R0-1'): it would quietly
+        leave the real one on [s3], the wrong server."""
+        volumes = info.data.get("volumes")
+        if isinstance(v, dict) and volumes is not None:
+            unknown = sorted(set(v) - set(volumes))
+            if unknown:
+                raise ValueError(
+                    f"datacenter(s) {', '.join(unknown)} have no volume in this mirror "
+                    f"(volumes: {', '.join(sorted(volumes))})")
+        return v
+
     @field_validator("artifacts")
     @classmethod
     def _artifact_globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -252,8 +298,8 @@ class Config(_Model):
             chosen = m.endpoint if isinstance(m.endpoint, dict) else {"": m.endpoint or ""}
             for dc, name in chosen.items():
                 if name and name not in known:
-                    raise ValueError(
-                        f"mirrors[{i}].endpoint: no endpoint named {name!r}"
+                    raise _FieldProblem(
+                        f"mirrors[{i}].endpoint", f"no endpoint named {name!r}"
                         + (f" (for datacenter {dc})" if dc else "")
                         + f" in mirror {m.name!r}; known: {', '.join(sorted(known))}")
         return self
@@ -317,26 +363,18 @@ def _overlay(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         target: Any = data
         dotted = path[0]
         if path[0] == "endpoints" and len(path) == 3:
-            # A name in a variable is spelled like a mirror's; one the file lacks is created
-            # under that (lower-case) spelling, so a sidecar can be configured by env alone.
-            endpoints = data.setdefault("endpoints", {})
-            if not isinstance(endpoints, dict):
-                raise ConfigError("cannot set a field inside a non-table", file=f"env {var}")
-            name = next((n for n in endpoints if _env_name(str(n)) == path[1]), path[1])
-            target = endpoints.setdefault(name, {})
-            if not isinstance(target, dict):
-                raise ConfigError("cannot set a field inside a non-table", file=f"env {var}")
-            path = path[2:]
+            if path[1] == DEFAULT_ENDPOINT:
+                raise ConfigError(f"{DEFAULT_ENDPOINT!r} is the [s3] table: use "
+                                  f"{ENV_PREFIX}S3__{path[2].upper()}", file=f"env {var}")
+            endpoints = data.get("endpoints", {})
+            names = list(endpoints) if isinstance(endpoints, dict) else []
+            name = names[_named(names, path[1], "endpoint", var)]
+            target, path = endpoints[name], path[2:]
             dotted = f"endpoints.{name}.{path[0]}"
         elif path[0] == "mirrors" and len(path) == 3:
             mirrors = data.get("mirrors", [])
-            index = next(
-                (i for i, m in enumerate(mirrors)
-                 if isinstance(m, dict) and _env_name(str(m.get("name", ""))) == path[1]),
-                None,
-            )
-            if index is None:
-                raise ConfigError(f"no mirror named {path[1]!r}", file=f"env {var}")
+            index = _named([m.get("name", "") if isinstance(m, dict) else "" for m in mirrors],
+                           path[1], "mirror", var)
             target, path = mirrors[index], path[2:]
             dotted = f"mirrors[{index}].{path[0]}"
         else:
@@ -348,6 +386,20 @@ def _overlay(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         target[path[-1]] = env_value(env[var])
         origins[dotted] = var
     return origins
+
+
+def _named(names: list[Any], spelled: str, kind: str, var: str) -> int:
+    """Which of `names` a variable's spelling means. Like an unknown field, an unknown name
+    is an error (a typo must not create something unused), and so is a spelling two names
+    share ('minio-eu' and 'minio_eu')."""
+    found = [i for i, n in enumerate(names) if _env_name(str(n)) == spelled]
+    if not found:
+        raise ConfigError(f"no {kind} named {spelled!r} in the file", file=f"env {var}")
+    if len(found) > 1:
+        both = " and ".join(repr(names[i]) for i in found)
+        raise ConfigError(f"{both} are both spelled {spelled!r} in a variable: rename one",
+                          file=f"env {var}")
+    return found[0]
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
@@ -377,8 +429,10 @@ def parse(
                 continue  # a parent's summary of an error already reported in full
             msg = err["msg"].removeprefix("Value error, ")
             name = _field_name(err["loc"])
-            if not name:  # a check across fields: its message starts with the field it names
-                name, _, msg = msg.partition(": ")
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, _FieldProblem):
+                name = f"{name}.{cause.field}" if name else cause.field
+                msg = str(cause)
             where = f"{name} (from {origins[name]})" if name in origins else name
             problems.append(f"{where}: {msg}")
         raise ConfigError("; ".join(problems), file=source) from None

@@ -87,6 +87,10 @@ class NotFound(StoreError):
     exit_code = ExitCode.NOT_FOUND
 
 
+class BucketMissing(NotFound):
+    """The bucket itself, not one key: never "absent, so create it"."""
+
+
 class NoSpace(StoreError):
     exit_code = ExitCode.NO_SPACE
 

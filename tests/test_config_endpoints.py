@@ -137,14 +137,43 @@ def test_env_overlay_reaches_a_named_endpoint_in_any_case() -> None:
     assert cfg.endpoints["minio-eu"].profile == "minio"  # the rest of the table stays
 
 
-def test_env_overlay_can_create_an_endpoint_and_point_a_mirror_at_it() -> None:
-    cfg = in_datacenter("EU-RO-1", {
-        "SYNCD_ENDPOINTS__RUNPOD__ENDPOINT_URL": '"https://s3api-eu-ro-1.example"',
-        "SYNCD_MIRRORS__PLAIN__ENDPOINT": '{ EU-RO-1 = "runpod" }',
-    })
-    plain = cfg.mirror("plain")
-    assert cfg.endpoint_name(plain) == "runpod"
-    assert cfg.endpoint(plain).endpoint_url == "https://s3api-eu-ro-1.example"
+def test_env_overlay_can_point_a_mirror_at_another_endpoint() -> None:
+    cfg = in_datacenter("EU-RO-1", {"SYNCD_MIRRORS__PLAIN__ENDPOINT": '{ EU-RO-1 = "r2" }'})
+    assert cfg.endpoint_name(cfg.mirror("plain")) == "r2"
+
+
+@pytest.mark.parametrize(("var", "message"), [
+    # A typo must not create an endpoint nobody uses while the intended one stays as it was.
+    ("SYNCD_ENDPOINTS__R3__ENDPOINT_URL", "no endpoint named 'r3' in the file"),
+    ("SYNCD_MIRRORS__MODLES__DELETE", "no mirror named 'modles' in the file"),
+    ("SYNCD_ENDPOINTS__DEFAULT__REGION", "use SYNCD_S3__REGION"),
+])
+def test_env_overlay_refuses_names_the_file_lacks(var: str, message: str) -> None:
+    err = config_error(TWO_ENDPOINTS, {var: "x"})
+    assert f"env {var}" in str(err) and message in str(err)
+
+
+def test_env_overlay_refuses_a_spelling_two_endpoints_share() -> None:
+    text = TWO_ENDPOINTS.replace("[endpoints.r2]", "[endpoints.minio_eu]\n[endpoints.r2]")
+    err = config_error(text, {"SYNCD_ENDPOINTS__MINIO_EU__REGION": "x"})
+    assert "'minio_eu' and 'minio-eu' are both spelled 'minio_eu'" in str(err) or (
+        "'minio-eu' and 'minio_eu' are both spelled 'minio_eu'" in str(err))
+
+
+def test_an_endpoint_map_entry_for_a_datacenter_without_a_volume_is_a_typo() -> None:
+    """'EU-R0-1' (a zero) would silently leave EU-RO-1 on [s3]: the wrong server."""
+    err = config_error(TWO_ENDPOINTS.replace('endpoint = { EU-RO-1 = "minio-eu"',
+                                             'endpoint = { EU-R0-1 = "minio-eu"'))
+    assert "mirrors[0].endpoint: datacenter(s) EU-R0-1 have no volume in this mirror" in str(err)
+
+
+@pytest.mark.parametrize("url", ["https://KEY:SECRET@host", "https://host/?X-Amz-Security-Token=t",
+                                 "https://host/#frag"])
+def test_an_endpoint_url_carries_no_credentials(url: str) -> None:
+    """The URL appears in logs, errors and a metric label."""
+    err = config_error(TWO_ENDPOINTS.replace('"https://acct.r2.example"', f'"{url}"'))
+    assert "endpoints.r2.endpoint_url: only scheme, host, port and path" in str(err)
+    assert "SECRET" not in str(err)
 
 
 def test_env_overlay_errors_name_the_variable() -> None:

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from syncd import __version__
+from syncd.config import DEFAULT_ENDPOINT
 
 # A small object takes milliseconds; a 4 GiB shard at 200 MB/s takes ~20 s; a first sync of a
 # large model can take most of an hour.
@@ -192,7 +193,7 @@ class Metrics:
         """Serve the daemon's live state (one source per registry)."""
         self.registry.register(_Live(source))
 
-    def mirror(self, name: str, direction: str, *, endpoint: str = "default",
+    def mirror(self, name: str, direction: str, *, endpoint: str = DEFAULT_ENDPOINT,
                endpoint_url: str = "", bucket: str = "", prefix: str = "") -> MirrorMeter:
         """The mirror's meter; its info series replaces the one of an earlier config."""
         labels = (name, direction, endpoint, endpoint_url, bucket, prefix)
@@ -226,7 +227,7 @@ class MirrorMeter:
     """One mirror's metrics, labels bound; `transfer.Transfer` and the daemon feed it."""
 
     def __init__(self, metrics: Metrics, name: str, direction: str,
-                 endpoint: str = "default") -> None:
+                 endpoint: str = DEFAULT_ENDPOINT) -> None:
         m, labels = metrics, (name, direction)
         self._endpoint = endpoint
         self._bytes = m.bytes.labels(*labels)

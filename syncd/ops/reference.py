@@ -350,8 +350,8 @@ def render(example_text: str) -> str:
         f"`SYNCD_MIRRORS__{MIRROR_NAME}__<FIELD>`, where {_prose(MIRROR_NAME)} is the "
         "mirror's name in any case with every character other than letters, digits and `_` "
         "written as `_` (`llama-3.1` is `LLAMA_3_1`); a named endpoint's field as "
-        f"`SYNCD_ENDPOINTS__{ENDPOINT_NAME}__<FIELD>`, spelled the same way (an endpoint the "
-        "file lacks is created under the lower-case spelling). Values are read as TOML values "
+        f"`SYNCD_ENDPOINTS__{ENDPOINT_NAME}__<FIELD>`, spelled the same way; the mirror or "
+        "endpoint must be in the file. Values are read as TOML values "
         "(`true`, `16`, `\"16MiB\"`, `[\"a\", \"b\"]`, `{ US-GA-2 = \"/runpod-volume\" }`), "
         "else as plain strings.",
         "",

@@ -43,12 +43,12 @@ from syncd.plan import Plan
 from syncd.runtime import mirror as mirror_mod
 from syncd.runtime import readiness
 from syncd.runtime.health import LOOP_STUCK_S, Beat, Health
-from syncd.runtime.leases import Keeper, Leases, Session, target_key
+from syncd.runtime.leases import Keeper, Leases, Session, Target, target_key
 from syncd.settle import Quiet
 from syncd.transfer import Stats
 
 Log = Any
-Key = tuple[str, ...]
+Key = Target
 
 
 def select(config: Config, names: list[str] | None) -> list[MirrorConfig]:
@@ -408,6 +408,8 @@ class Daemon:
         for outcome in () if releases.cancelled() else releases.result():
             if isinstance(outcome, BaseException):  # not a SyncdError: still one line
                 self.log.warning("lease_release_failed", error=repr(outcome))
+        for key in keys:
+            await self.leases.forget(key)
 
     async def _release_one(self, keeper: Keeper, bound: float) -> None:
         try:
@@ -416,6 +418,17 @@ class Daemon:
         except (TimeoutError, SyncdError) as exc:
             self.log.warning("lease_release_failed", target=keeper.lease.target,
                              error=str(exc) or f"no answer within {bound:g} s")
+
+    def _kept(self, new: Config, mirrors: list[MirrorConfig]) -> set[Key]:
+        """The leases a reload keeps: same target and, on S3, the same endpoint settings
+        (new credentials or timeouts need a new connection, so that lease is taken anew)."""
+        settings = {k: self.config.endpoint_named(k.endpoint) for k in self.keepers}
+        kept = set()
+        for m in mirrors:
+            key = target_key(new, m)
+            if key.backend == "volume" or settings.get(key) == new.endpoint(m):
+                kept.add(key)
+        return kept
 
     async def _reload_config(self) -> None:
         try:
@@ -436,10 +449,7 @@ class Daemon:
             return
         self.stopping = False
         self.wake = asyncio.Event()
-        # A lease is kept across a reload when its target is, and (on S3) so is its
-        # endpoint's every setting: new credentials or timeouts need a new connection.
-        kept = {k for m in mirrors if (k := target_key(new, m))[0] == "volume"
-                or self.config.endpoint_named(k[1]) == new.endpoint_named(k[1])}
+        kept = self._kept(new, mirrors)
         await self._release([k for k in self.keepers if k not in kept])
         self.config = new
         self.leases.config = new

@@ -39,25 +39,35 @@ def timing_of(config: Config) -> Timing:
     return Timing(c.ttl_s, c.renew_interval_s, c.renew_deadline_s, c.skew_margin_s)
 
 
-def target_key(config: Config, mirror: MirrorConfig) -> tuple[str, ...]:
-    """What the mirror's lease guards: mirrors with the same key share one lease."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a lease guards. Equal targets share one lease: the same volume root, or the same
+    bucket prefix at the same endpoint URL, whatever the endpoint is called. `name` is how
+    operators read it, `endpoint` which table's settings reach it; neither is identity."""
+
+    backend: str  # "volume" or "s3"
+    place: str  # the volume root, or the endpoint URL ("" for AWS S3)
+    bucket: str = ""
+    prefix: str = ""
+    endpoint: str = field(default=DEFAULT_ENDPOINT, compare=False)
+    name: str = field(default="", compare=False)
+
+
+def target_key(config: Config, mirror: MirrorConfig) -> Target:
+    """What the mirror's lease guards: mirrors with equal targets share one lease."""
     if mirror.lease_backend == "volume":
         root = config.volume_root(mirror)
         if root is None:
             raise ConfigError(f"mirror {mirror.name!r} has no volume in datacenter "
                               f"{config.active_datacenter()!r}", file=config.source,
                               field="mirrors.volumes")
-        return ("volume", str(root))
-    return ("s3", config.endpoint_name(mirror), mirror.bucket, mirror.prefix)
-
-
-def target_name(key: tuple[str, ...]) -> str:
-    """A volume root, `s3://bucket/prefix` on `[s3]`, `NAME:s3://bucket/prefix` on a named
-    endpoint (two endpoints may well hold buckets of the same name)."""
-    if key[0] == "volume":
-        return key[1]
-    where = "" if key[1] == DEFAULT_ENDPOINT else f"{key[1]}:"
-    return f"{where}s3://{key[2]}/{key[3]}"
+        return Target("volume", str(root), name=str(root))
+    endpoint = config.endpoint_name(mirror)
+    # `s3://bucket/prefix` on [s3], `NAME:s3://bucket/prefix` on a named endpoint: two
+    # endpoints may well hold buckets of the same name.
+    label = "" if endpoint == DEFAULT_ENDPOINT else f"{endpoint}:"
+    return Target("s3", config.endpoint(mirror).endpoint_url or "", mirror.bucket,
+                  mirror.prefix, endpoint, f"{label}s3://{mirror.bucket}/{mirror.prefix}")
 
 
 class Leases:
@@ -69,22 +79,36 @@ class Leases:
         self.holder = me(config.lease.instance_id)
         self.journal = Journal(config.lease.journal, self.holder.id)
         self._stack = contextlib.AsyncExitStack()
-        self._leases: dict[tuple[str, ...], Lease] = {}
+        self._leases: dict[Target, Lease] = {}
+        self._stores: dict[Target, S3Store] = {}
 
     async def __aenter__(self) -> Leases:
         self._stack.callback(self.journal.close)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for key in list(self._stores):
+            await self.forget(key)
         await self._stack.aclose()
 
-    async def backend(self, key: tuple[str, ...], mirror: MirrorConfig) -> Backend:
-        if key[0] == "volume":
-            return VolumeLease(Path(key[1]))
-        endpoint = self.config.endpoint(mirror)
-        store = S3Store(endpoint, self.config.transfer, key[2], key[3], endpoint=key[1])
-        await self._stack.enter_async_context(store)
-        return S3Lease(store, store.where, target_name(key))
+    async def backend(self, key: Target) -> Backend:
+        if key.backend == "volume":
+            return VolumeLease(Path(key.place))
+        endpoint = self.config.endpoint_named(key.endpoint)
+        assert endpoint is not None, "a target comes from a validated config"
+        store = S3Store(endpoint, self.config.transfer, key.bucket, key.prefix,
+                        endpoint=key.endpoint)
+        await store.__aenter__()
+        self._stores[key] = store
+        return S3Lease(store, store.where, key.name)
+
+    async def forget(self, key: Target) -> None:
+        """A released target's lease goes with its connection: a reload that changed the
+        endpoint's URL or credentials must not arbitrate through the old one."""
+        self._leases.pop(key, None)
+        store = self._stores.pop(key, None)
+        if store is not None:
+            await store.close()
 
     async def lease(self, mirror: MirrorConfig) -> Lease:
         """The mirror's lease, created on first use (not yet prepared)."""
@@ -94,9 +118,9 @@ class Leases:
                                if self.config.volume_root(m) is not None
                                and target_key(self.config, m) == key)
             self._leases[key] = Lease(
-                await self.backend(key, mirror), timing_of(self.config), self.holder,
+                await self.backend(key), timing_of(self.config), self.holder,
                 detect_dead=self.config.lease.detect_dead_holders, journal=self.journal,
-                log=self.log.bind(target=target_name(key), mirror=sharing))
+                log=self.log.bind(target=key.name, mirror=sharing))
         return self._leases[key]
 
 

@@ -34,6 +34,7 @@ from syncd.budget import ByteBudget
 from syncd.config import DEFAULT_ENDPOINT, S3Config, TransferConfig
 from syncd.errors import (
     AccessDenied,
+    BucketMissing,
     Conflict,
     Interrupted,
     NotFound,
@@ -82,9 +83,9 @@ class S3Store:
         self.prefix = prefix
         self.name = f"s3://{bucket}/{prefix}"
         self._s3 = s3
-        url = s3.endpoint_url or f"AWS S3 {s3.region}"
         # Where, in messages: with several endpoints, "bucket missing" must say on which.
-        self.where = url if endpoint == DEFAULT_ENDPOINT else f"endpoint {endpoint} ({url})"
+        self.where = (s3.location() if endpoint == DEFAULT_ENDPOINT
+                      else f"endpoint {endpoint} ({s3.location()})")
         self._transfer = transfer
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
@@ -117,12 +118,11 @@ class S3Store:
         if self._boto_session is None:
             from aiobotocore.session import AioSession
 
-            self._boto_session = (
-                AioSession(profile=self._s3.profile) if self._s3.profile else AioSession())
+            session = AioSession(profile=self._s3.profile) if self._s3.profile else AioSession()
             if self._s3.access_key_id_env:  # the endpoint's own keys, never another's chain
                 named = self._named_credentials()
-                self._boto_session.set_credentials(named.access_key, named.secret_key,
-                                                   named.token)
+                session.set_credentials(named.access_key, named.secret_key, named.token)
+            self._boto_session = session
         return self._boto_session
 
     async def _control(self) -> Any:
@@ -138,6 +138,9 @@ class S3Store:
                 connect_timeout=self._s3.connect_timeout_s,
                 read_timeout=self._s3.read_timeout_s,
                 retries={"total_max_attempts": self._s3.max_attempts, "mode": "standard"},
+                # The data path goes where the config says; so must the control plane, whatever
+                # AWS_ENDPOINT_URL* or a profile's endpoint_url would make botocore pick.
+                ignore_configured_endpoint_urls=True,
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             )
@@ -162,19 +165,21 @@ class S3Store:
         return self._botocore_requests + (self._http.requests if self._http else 0)
 
     def _named_credentials(self) -> Credentials:
-        """The keys in the environment variables the endpoint names (read at each use, so a
-        rotated secret in a restarted sidecar's environment is picked up)."""
+        """The keys in the environment variables the endpoint names; a variable it names
+        that is not set is an error naming it, never a silent fall-back to another chain."""
         s3, env = self._s3, os.environ
         assert s3.access_key_id_env and s3.secret_access_key_env
         names = [s3.access_key_id_env, s3.secret_access_key_env]
+        if s3.session_token_env:
+            names.append(s3.session_token_env)
         missing = [n for n in names if not env.get(n)]
         if missing:
             raise AccessDenied(
                 f"no credentials for {self.where}: {' and '.join(missing)} "
                 f"{'is' if len(missing) == 1 else 'are'} not set", store=self.name,
                 hint=f"set {' and '.join(names)} in syncd's environment")
-        token = env.get(s3.session_token_env) if s3.session_token_env else None
-        return Credentials(env[names[0]], env[names[1]], token or None)
+        token = env[s3.session_token_env] if s3.session_token_env else None
+        return Credentials(env[names[0]], env[names[1]], token)
 
     async def _credentials(self) -> Credentials:
         """The endpoint's named variables; else environment credentials directly (the
@@ -193,6 +198,11 @@ class S3Store:
                 raise NoCredentialsError()
         frozen = await self._creds.get_frozen_credentials()
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    @property
+    def endpoint_url(self) -> str:
+        """The configured URL; "" for AWS S3."""
+        return self._s3.endpoint_url or ""
 
     @property
     def http(self) -> S3Http:
@@ -230,8 +240,8 @@ class S3Store:
     def _error(self, code: str, status: int | None, message: str, key: str | None) -> StoreError:
         what = f"s3://{self.bucket}/{self.object_key(key)}" if key else self.name
         if code == "NoSuchBucket":
-            return NotFound(f"bucket {self.bucket!r} does not exist at {self.where}",
-                            store=self.name)
+            return BucketMissing(f"bucket {self.bucket!r} does not exist at {self.where}",
+                                 store=self.name)
         if code in _ACCESS_CODES or status == 403:
             return AccessDenied(
                 f"access denied to {what} at {self.where} ({code})", store=self.name, key=key,
@@ -258,8 +268,8 @@ class S3Store:
                                             ok=(200,))
                 resp.release()
         except NotFound:
-            raise NotFound(f"bucket {self.bucket!r} does not exist at {self.where}",
-                           store=self.name) from None
+            raise BucketMissing(f"bucket {self.bucket!r} does not exist at {self.where}",
+                                store=self.name) from None
 
     async def list(self) -> Listing:
         listing = Listing()
@@ -289,9 +299,9 @@ class S3Store:
                     body = await resp.read()
                 finally:
                     resp.release()
-        except NotFound as exc:
-            if "bucket" in str(exc):
-                raise
+        except BucketMissing:
+            raise
+        except NotFound:
             return None
         return body, normalize_etag(resp.headers.get("ETag")) or ""
 

@@ -98,6 +98,11 @@ class Uploads:
             await self._end_upload(key, upload, exc)
             raise
 
+    def _record_name(self, object_key: str) -> str:
+        """One record per object per endpoint: two push mirrors of one volume may send the
+        same file to buckets of the same name at AWS and at R2."""
+        return record_name(self._store.endpoint_url, self._store.bucket, object_key)
+
     async def _upload_head(self, source: Source) -> dict[str, Any] | None:
         """What an upload record must match to resume: the object, and the file's size and
         stat signature (a rewritten checkpoint is a new upload). None without a book, or
@@ -107,7 +112,8 @@ class Uploads:
         ident = await source.identity()
         if ident.mtime_ns is None:
             return None
-        return {"bucket": self._store.bucket, "object_key": self._store.object_key(source.key),
+        return {"endpoint": self._store.endpoint_url, "bucket": self._store.bucket,
+                "object_key": self._store.object_key(source.key),
                 "size": source.size, "signature": list(ident.stat_signature()),
                 "part_size": effective_part_size(source.size, int(self._transfer.part_size))}
 
@@ -118,7 +124,7 @@ class Uploads:
         """The recorded upload of this very file, if it is fresh and the server still has
         it; a record that does not match (or is stale) has its upload aborted."""
         assert self._book is not None
-        name = record_name(self._store.bucket, self._store.object_key(key))
+        name = self._record_name(self._store.object_key(key))
         record = await asyncio.to_thread(self._book.load, name)
         if record is None:
             return None
@@ -182,7 +188,7 @@ class Uploads:
     async def _record(self, upload: PartialUpload, head: dict[str, Any]) -> None:
         """Write the new upload into the book before its first part is sent."""
         assert self._book is not None
-        name = record_name(self._store.bucket, str(head["object_key"]))
+        name = self._record_name(str(head["object_key"]))
         upload.record = name
         upload.progress = Progress(
             {**head, "upload_id": upload.upload_id, "promised": upload.promised,

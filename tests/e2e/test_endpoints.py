@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -232,3 +233,42 @@ def _get(url: str) -> str:
     with opener.open(url, timeout=10) as resp:
         body: Any = resp.read()
     return str(body.decode())
+
+
+def test_a_reload_that_moves_an_endpoint_takes_the_lease_on_the_new_server(
+        two: Two, seaweedfs_s3: S3Server) -> None:
+    """SIGHUP with `[endpoints.mo]` pointed from moto to SeaweedFS: the old lease is released
+    on moto and the new one taken on SeaweedFS, never kept through the old connection."""
+    seaweedfs_s3.client().create_bucket(Bucket=two.bucket)
+    try:
+        vol = two.volume("push")
+        (vol / "a.txt").write_bytes(b"a")
+        out = mirror("out", two.bucket, "push", f'{{ dc1 = "{vol}" }}', endpoint='"mo"',
+                     prefix="out", lease="s3")
+        cfg = two.config(out)
+        setup = Setup(two.moto, two.bucket, two.tmp)
+        daemon = setup.start(cfg)  # the test keys: SeaweedFS checks them
+        try:
+            wait_for(lambda: bucket_tree(two.moto.client(), two.bucket, "out/") == {
+                "a.txt": b"a"}, 60, "the push to moto")
+            text = cfg.read_text(encoding="utf-8")
+            moved = text.replace(f'[endpoints.mo]\nendpoint_url = "{two.moto.endpoint_url}"',
+                                 f'[endpoints.mo]\nendpoint_url = "{seaweedfs_s3.endpoint_url}"')
+            assert moved != text
+            cfg.write_text(moved, encoding="utf-8")
+            daemon.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: bucket_tree(seaweedfs_s3.client(), two.bucket, "out/") == {
+                "a.txt": b"a"}, 60, "the push to SeaweedFS after the reload")
+            lease = json.loads(two.moto.client().get_object(
+                Bucket=two.bucket, Key="out/.syncd/lease.json")["Body"].read())
+            assert lease["released"] is True
+            new = json.loads(seaweedfs_s3.client().get_object(
+                Bucket=two.bucket, Key="out/.syncd/lease.json")["Body"].read())
+            assert new["released"] is False and new["holder"]["pid"] == daemon.proc.pid
+            assert [e["target"] for e in daemon.events("lease_acquired")] == [
+                f"mo:s3://{two.bucket}/out/"] * 2
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        with contextlib.suppress(ClientError, BotoCoreError):
+            empty_and_delete_bucket(seaweedfs_s3.client(), two.bucket)
