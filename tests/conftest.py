@@ -33,6 +33,7 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.fuse_mounts import SharedVolume, shared_volume_on
+from tests.seaweedfs import new_seaweedfs_server
 from tests.servers import (
     ACCESS_KEY,
     HOST,
@@ -45,7 +46,6 @@ from tests.servers import (
     find_free_port,
     new_moto_server,
     new_rclone_server,
-    new_seaweedfs_server,
 )
 
 __all__ = [

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import HOST, S3Server, _server_env, _tail, venv_binary
+from tests.servers import HOST, S3Server, log_tail, server_env, venv_binary
 
 MOUNT_TIMEOUT_S = 15.0
 UNMOUNT_TIMEOUT_S = 10.0
@@ -124,7 +124,7 @@ class WeedMount:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=_server_env(), cwd=self.workdir,
+                env=server_env(), cwd=self.workdir,
             )
         _live_mounts.add(self)
         try:
@@ -139,7 +139,7 @@ class WeedMount:
         if proc is None or proc.poll() is not None:
             code = None if proc is None else proc.returncode
             raise RuntimeError(f"weed mount exited (code {code}); log tail:\n"
-                               f"{_tail(self.log_path)}")
+                               f"{log_tail(self.log_path)}")
         return True
 
     def stop(self) -> None:
@@ -224,9 +224,19 @@ def shared_volume_on(server: S3Server, workdir: Path) -> Iterator[SharedVolume]:
                f"{probe} removed through {a} gone from {b}")
         yield SharedVolume(a, b, filer_path, (mounts[0], mounts[1]))
     except BaseException:
-        for mount in mounts:
-            with contextlib.suppress(Exception):  # the first error is the one to see
-                mount.stop()
+        with contextlib.suppress(Exception):  # the test's error is the one to see
+            _stop_all(mounts)
         raise
+    _stop_all(mounts)
+
+
+def _stop_all(mounts: tuple[WeedMount, ...]) -> None:
+    """Stop every mount, even when one fails to; then raise the first failure."""
+    errors = []
     for mount in mounts:
-        mount.stop()
+        try:
+            mount.stop()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]

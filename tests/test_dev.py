@@ -127,9 +127,9 @@ def test_missing_packages_are_installed_as_root_after_one_update(stubs: Stubs) -
     run = stubs.run(ENSURE, installed=installed, root=True)
     assert run.code == 0, run.stderr
     assert run.calls[1:] == [
-        "apt-get update -qq (DEBIAN_FRONTEND=noninteractive)",
-        "apt-get install -y -q --no-install-recommends buildah fuse3 "
-        "(DEBIAN_FRONTEND=noninteractive)",
+        "apt-get -o DPkg::Lock::Timeout=300 update -qq (DEBIAN_FRONTEND=noninteractive)",
+        "apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends buildah "
+        "fuse3 (DEBIAN_FRONTEND=noninteractive)",
     ]
     assert "dev: installing Debian packages buildah fuse3 (apt-get)" in run.stderr
 
@@ -140,9 +140,10 @@ def test_without_root_they_are_installed_through_sudo(stubs: Stubs) -> None:
     assert run.code == 0, run.stderr
     wanted = " ".join(PACKAGES)
     assert run.calls[1:] == [
-        "sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq",
-        "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
-        + wanted,
+        "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "
+        "update -qq",
+        "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "
+        "install -y -q --no-install-recommends " + wanted,
     ]
 
 

@@ -18,12 +18,12 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from tests.fuse_mounts import SharedVolume, mounted, shared_volume_on
+from tests.seaweedfs import WEED_GRPC_OFFSET
 from tests.servers import (
     ACCESS_KEY,
     HOST,
     REGION,
     SECRET_KEY,
-    WEED_GRPC_OFFSET,
     S3Server,
     ThrottleProxy,
     empty_and_delete_bucket,
