@@ -16,6 +16,7 @@ import pytest
 from syncd.artifacts import Manifest
 from tests.daemons import ART, Setup, version_files
 from tests.mirrors import MiB, syncd, tree, wait_for
+from tests.seaweedfs import new_seaweedfs_server
 from tests.servers import find_free_port, new_moto_server, new_rclone_server
 
 
@@ -184,11 +185,13 @@ def test_sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one(
     assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize("kind", ["moto", "rclone"])
+@pytest.mark.parametrize("kind", ["moto", "rclone", "seaweedfs"])
 def test_daemon_rides_out_an_s3_outage_and_catches_up(kind: str, tmp_path: Path) -> None:
+    """A server of its own, so that stopping it leaves the shared ones alone."""
     port = find_free_port()
     server = (new_moto_server(port, tmp_path) if kind == "moto"
-              else new_rclone_server(port, tmp_path / "data", tmp_path / "srv"))
+              else new_rclone_server(port, tmp_path / "data", tmp_path / "srv")
+              if kind == "rclone" else new_seaweedfs_server(tmp_path / "weed"))
     server.start()
     try:
         setup = Setup(server, "outage", tmp_path)
