@@ -3,8 +3,10 @@
 The rules (docs/leases.md has the reasoning and the guarantees):
 - A contender takes a lease that is absent, released, held by a process it can prove dead
   (same kernel and pid namespace, pid gone), or whose record it has watched stay unchanged
-  for `max(ttl) + skew_margin` by its *own* monotonic clock. Wall-clock times in records are
-  for operators only, so clocks that disagree cannot cause an early takeover.
+  for `max(ttl) + skew_margin` by its *own* monotonic clock, measured between reads (from
+  the read that first showed the record to the start of the latest one that still does).
+  Wall-clock times in records are for operators only, so clocks that disagree cannot cause
+  an early takeover.
 - A corrupt record is held-but-silent: only that observed-stillness rule frees it.
 - A holder counts validity from the *start* of its last successful renewal; once
   `renew_deadline` has passed without one, `check()` fails and nothing more is published.
@@ -47,7 +49,8 @@ class Lease:
         self._lost: str | None = None
         self._dropped: int = 0  # the generation we last held and lost: ours to take again
         self._seen: Any = _UNSEEN
-        self._seen_at = 0.0
+        self._seen_at = 0.0  # when a read first showed the current token (its end)
+        self._read_at = 0.0  # when the latest read began
         self.view: View | None = None
 
     @property
@@ -65,9 +68,11 @@ class Lease:
     # --- contending --------------------------------------------------------------------------
 
     async def observe(self) -> View:
+        started = self._clock()
         view = await self.backend.read()
         if view.token != self._seen:
             self._seen, self._seen_at = view.token, self._clock()
+        self._read_at = started
         self.view = view
         return view
 
@@ -88,8 +93,14 @@ class Lease:
         return None
 
     def quiet_for(self) -> float:
-        """How long the record has shown no change, by our clock."""
-        return self._clock() - self._seen_at if self._seen is not _UNSEEN else 0.0
+        """How long the record has provably shown no change, by our clock: from the end of
+        the read that first showed it to the *start* of the latest read that still did.
+        Never up to "now": a standby paused after a read (SIGSTOP, a frozen VM) must not
+        count its own pause as the holder's silence, since the holder may have renewed all
+        along."""
+        if self._seen is _UNSEEN:
+            return 0.0
+        return max(0.0, self._read_at - self._seen_at)
 
     def takeover_in(self, view: View) -> float:
         record = view.record

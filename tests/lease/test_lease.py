@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import pytest
 from syncd.errors import LeaseLost, LeaseUnsupported
 from syncd.lease.backend import Backend
 from syncd.lease.lease import Lease
-from syncd.lease.record import Timing, me, start_ticks
+from syncd.lease.record import Timing, View, me, start_ticks
 from syncd.lease.s3 import COMMIT_KEY, LEASE_KEY
 from tests.lease.backends import backend, s3_lease
 from tests.servers import S3Server
@@ -275,3 +275,53 @@ async def test_a_volume_holder_whose_record_vanished_is_fenced(tmp_path: Path) -
     assert await b.try_acquire() == "free"
     with pytest.raises(LeaseLost):
         await a.renew()
+
+
+class _PausedAfterRead:
+    """The backend as a standby sees it when it is frozen right after a read returns: the
+    record it holds is already old when it decides. `pause` runs once, inside that read."""
+
+    def __init__(self, inner: Backend, pause: Callable[[], Awaitable[None]] | None) -> None:
+        self._inner = inner
+        self._pause = pause
+        self.kind, self.target = inner.kind, inner.target
+
+    async def read(self) -> View:
+        view = await self._inner.read()
+        pause, self._pause = self._pause, None
+        if pause is not None:
+            await pause()
+        return view
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+async def test_a_standby_paused_after_a_read_never_takes_over_a_renewing_holder(
+        store: Backend) -> None:
+    """The pause (100 s, past ttl + margin) is the standby's, not the holder's: the holder
+    renewed every 10 s through it, so nothing was ever silent."""
+    clock = Clock()
+    a = _lease(store, clock, "a")
+    await a.try_acquire()
+
+    async def frozen_while_holder_renews() -> None:
+        for _ in range(10):
+            clock.now += 10
+            assert await a.renew()
+
+    paused = _PausedAfterRead(store, None)
+    b = _lease(paused, clock, "b")  # type: ignore[arg-type]
+    assert await b.try_acquire() is None
+    clock.now += 10
+    assert await a.renew()
+    clock.now += 5
+    assert await b.try_acquire() is None  # sees the renewal: silent since now
+    clock.now += 5
+    paused._pause = frozen_while_holder_renews  # the same record again, then frozen
+    assert await b.try_acquire() is None  # decided on a record read before the pause
+    a.fence().check()
+    assert b.takeover_in(b.view) > 60  # type: ignore[arg-type]
+    assert await b.try_acquire() is None  # a fresh read shows the renewals
+    a.fence().check()
+    assert (await store.read()).record.gen == 1  # type: ignore[union-attr]
