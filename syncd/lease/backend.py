@@ -32,9 +32,11 @@ class Backend(Protocol):
         """Rewrite the holder's record; the new token. LeaseLost if a newer gen exists."""
         ...
 
-    def superseded(self, gen: int) -> bool:
-        """A cheap synchronous look for a newer generation, right before a publish; False
-        when the backend cannot tell without a network round trip."""
+    def superseded(self, record: LeaseRecord) -> bool:
+        """A cheap synchronous look, right before a publish, for any sign that `record` is
+        no longer the current one: a newer generation, or this generation held by another
+        holder (identity is holder id and nonce, not the number alone). False when the
+        backend cannot tell without a network round trip."""
         ...
 
     async def commit(self, record: LeaseRecord) -> None:

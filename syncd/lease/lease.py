@@ -162,8 +162,9 @@ class Lease:
             if age >= self.timing.renew_deadline_s:
                 self.lose(f"not renewed for {age:.1f}s (renew_deadline_s is "
                           f"{self.timing.renew_deadline_s:g})")
-            elif self.backend.superseded(gen):
-                self.lose(f"generation {gen + 1} exists")
+            elif self.backend.superseded(self.record):
+                self.lose(f"generation {gen} is no longer ours (a newer one exists, or "
+                          "another holder's record is there)")
         if self._lost is not None:
             raise LeaseLost(f"lease on {self.target} lost: {self._lost}")
 

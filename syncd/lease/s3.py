@@ -168,7 +168,7 @@ class S3Lease:
         except NotFound:
             raise LeaseLost(f"lease on {self.target}: the lease object was deleted") from None
 
-    def superseded(self, gen: int) -> bool:
+    def superseded(self, record: LeaseRecord) -> bool:
         return False  # only the server can tell; the commit object makes it say so
 
     async def commit(self, record: LeaseRecord) -> None:

@@ -213,39 +213,39 @@ class VolumeLease:
 
     async def renew(self, record: LeaseRecord, token: Any) -> Any:
         def beat() -> None:
-            if self.superseded(record.gen):
-                raise LeaseLost(f"lease on {self.target}: generation {record.gen} was "
-                                "superseded or removed")
-            raw = _read(self.dir / _name(record.gen, "json"))
-            try:
-                ours = decode(raw or b"").holder.nonce == record.holder.nonce
-            except Corrupt:
-                ours = False
-            if not ours:
-                raise LeaseLost(f"lease on {self.target}: the record of generation "
-                                f"{record.gen} is no longer ours")
+            if self.superseded(record):
+                raise LeaseLost(f"lease on {self.target}: generation {record.gen} is no "
+                                "longer ours (superseded, removed or won by another holder)")
             try:
                 self._beat(record)
             except FileNotFoundError:
                 raise LeaseLost(f"lease on {self.target}: the lease directory was removed "
                                 f"under generation {record.gen}") from None
-            if self.superseded(record.gen):
-                raise LeaseLost(f"lease on {self.target}: generation {record.gen} was "
-                                "superseded or removed")
+            if self.superseded(record):
+                raise LeaseLost(f"lease on {self.target}: generation {record.gen} is no "
+                                "longer ours (superseded, removed or won by another holder)")
         try:
             await asyncio.to_thread(beat)
         except OSError as exc:
             raise self._error(exc, "renew") from None
         return token
 
-    def superseded(self, gen: int) -> bool:
-        """A newer generation exists, or ours is gone (pruned after several takeovers, or
-        `.syncd` removed by hand, after which someone may have started again at 1)."""
+    def superseded(self, record: LeaseRecord) -> bool:
+        """A newer generation exists, ours is gone (pruned after several takeovers, or
+        `.syncd` removed by hand, after which someone may have started again at 1), or the
+        record of our generation names another holder (two contenders that both believed
+        they won it, where the filesystem's link() is not exclusive)."""
         try:
             gens = self._generations(missing_ok=False)
         except OSError:
             return True
-        return not gens or gens[-1] != gen
+        if not gens or gens[-1] != record.gen:
+            return True
+        try:
+            holder = decode(_read(self.dir / _name(record.gen, "json")) or b"").holder
+        except Corrupt:
+            return True
+        return (holder.id, holder.nonce) != (record.holder.id, record.holder.nonce)
 
     async def commit(self, record: LeaseRecord) -> None:
         return None  # a volume cannot reject a stale rename; `superseded` is checked instead

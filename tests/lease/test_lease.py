@@ -15,7 +15,7 @@ import pytest
 from syncd.errors import LeaseLost, LeaseUnsupported
 from syncd.lease.backend import Backend
 from syncd.lease.lease import Lease
-from syncd.lease.record import Timing, View, me, start_ticks
+from syncd.lease.record import Timing, View, encode, me, start_ticks
 from syncd.lease.s3 import COMMIT_KEY, LEASE_KEY
 from tests.lease.backends import backend, s3_lease
 from tests.servers import S3Server
@@ -325,3 +325,24 @@ async def test_a_standby_paused_after_a_read_never_takes_over_a_renewing_holder(
     assert await b.try_acquire() is None  # a fresh read shows the renewals
     a.fence().check()
     assert (await store.read()).record.gen == 1  # type: ignore[union-attr]
+
+
+async def test_the_fence_checks_the_holder_not_only_the_generation(tmp_path: Path) -> None:
+    """Where link() is not exclusive across hosts (two FUSE mounts of one filer), two
+    contenders can both believe they won generation 1. The one whose record is not the one
+    on the volume must stop at its next publish, not at its next renewal."""
+    async with backend("volume", tmp_path / "vol", None, "") as store:
+        await store.prepare()
+        clock = Clock()
+        a = _lease(store, clock, "a")
+        await a.try_acquire()
+        a.fence().check()
+        other = replace(me("b"), id="b", nonce="nonce-b", boot="")
+        assert a.record is not None
+        theirs = replace(a.record, holder=other)
+        (tmp_path / "vol" / ".syncd" / "leases" / "gen-0000000001.json").write_bytes(
+            encode(theirs))
+        with pytest.raises(LeaseLost, match="another holder"):
+            a.fence().check()
+        with pytest.raises(LeaseLost):
+            await a.renew()
