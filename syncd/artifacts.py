@@ -112,13 +112,16 @@ class FileRecord:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    """What a pushed artifact holds. Its bytes depend only on the files, so an unchanged
+    artifact's manifest is never rewritten, not even by a new lease holder: the writer's
+    generation goes with the object (x-amz-meta-syncd-gen), as on every other object."""
+
     artifact: str
     files: dict[str, FileRecord]
-    generation: int = 0
 
     def to_bytes(self) -> bytes:
         body = {
-            "syncd_manifest": MANIFEST_VERSION, "artifact": self.artifact, "gen": self.generation,
+            "syncd_manifest": MANIFEST_VERSION, "artifact": self.artifact,
             "files": {k: {"size": f.size, "etag": f.etag, "checksum": f.checksum}
                       for k, f in sorted(self.files.items())},
         }
@@ -141,7 +144,7 @@ class Manifest:
                 raise ManifestError(f"unknown manifest version {version!r}")
             files = {str(k): FileRecord(_size(v["size"]), str(v["etag"]), str(v["checksum"]))
                      for k, v in body["files"].items()}
-            return cls(str(body["artifact"]), files, int(body.get("gen", 0)))
+            return cls(str(body["artifact"]), files)  # a "gen" of older writers is ignored
         except ManifestError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError,
@@ -185,8 +188,8 @@ def incomplete(groups: Mapping[str, Group], unsettled: set[str],
     return out
 
 
-def manifest_for(name: str, group: Group, published: Mapping[str, tuple[int, str, str]],
-                 generation: int) -> Manifest | None:
+def manifest_for(name: str, group: Group,
+                 published: Mapping[str, tuple[int, str, str]]) -> Manifest | None:
     """The manifest of a pushed artifact, or None while any of its files is not published.
     `published` maps each mirror key to (size, ETag, checksum) as it was published."""
     files: dict[str, FileRecord] = {}
@@ -195,4 +198,4 @@ def manifest_for(name: str, group: Group, published: Mapping[str, tuple[int, str
         if got is None:
             return None
         files[rel] = FileRecord(*got)
-    return Manifest(name, files, generation)
+    return Manifest(name, files)

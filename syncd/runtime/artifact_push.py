@@ -51,9 +51,10 @@ def _held(ours: Split, theirs: Split, waiting: dict[str, str],
 async def push(run: Pass, src: Listing, dst: Listing,
                on_plan: Callable[[Plan], None] | None) -> tuple[Plan, Stats]:
     mirror = run.mirror
+    theirs = artifacts.split(dst, mirror.artifacts)  # with the manifests the bucket holds
     src, dst = _data(src), _data(dst)
     unsettled = _unsettled(run, src)
-    ours, theirs = artifacts.split(src, mirror.artifacts), artifacts.split(dst, mirror.artifacts)
+    ours = artifacts.split(src, mirror.artifacts)
     waiting = artifacts.incomplete(ours.groups, unsettled, mirror.marker)
     held = _held(ours, theirs, waiting, unsettled)
     plan = run.plan(src, dst, policy_of(mirror), held.get)
@@ -84,7 +85,7 @@ async def _manifests(run: Pass, ours: Split, theirs: Split, waiting: dict[str, s
             if rec is not None and rec.src == fingerprint(entry) and rec.checksum:
                 published[f"{name}/{rel}"] = (entry.size, rec.dst.partition(":")[2],
                                               rec.checksum)
-        manifest = artifacts.manifest_for(name, group, published, run.fence.generation)
+        manifest = artifacts.manifest_for(name, group, published)
         if manifest is None:
             st.state = status.FAILED if stats.failed else status.BUILDING
             st.detail = "not every file is uploaded yet"
@@ -98,7 +99,8 @@ async def _manifests(run: Pass, ours: Split, theirs: Split, waiting: dict[str, s
             key = artifacts.manifest_key(name)
             run.fence.check()
             with run.journal.write("publish", key, run.fence.generation):
-                await run.sides.s3.put_small(key, body, fence=run.fence)
+                await run.sides.s3.put_small(key, body, fence=run.fence,
+                                             generation=run.fence.generation)
             run.log.info("manifest_published", artifact=name, version=manifest.version,
                          files=len(manifest.files))
         st.state, st.current, st.detail = status.READY, manifest.version, None

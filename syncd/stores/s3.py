@@ -48,7 +48,7 @@ from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
 from syncd.resume import ResumeBook
 from syncd.stores.base import Capabilities, Fence, Source, Staged
 from syncd.stores.s3_http import S3Http, S3HttpError, head_fields
-from syncd.stores.s3_upload import Uploads
+from syncd.stores.s3_upload import GEN_META, Uploads
 from syncd.stores.sigv4 import EMPTY_SHA256, Credentials
 from syncd.verify import vouched
 
@@ -306,10 +306,14 @@ class S3Store:
         return body, normalize_etag(resp.headers.get("ETag")) or ""
 
     async def put_small(self, key: str, body: bytes, *, if_match: str | None = None,
-                        if_none_match: bool = False, fence: Fence | None = None) -> str:
+                        if_none_match: bool = False, fence: Fence | None = None,
+                        generation: int = 0) -> str:
         """A conditional PUT of a small record; its new ETag. PreconditionFailed (412) when
-        the condition does not hold, Conflict (409) when another write raced it."""
+        the condition does not hold, Conflict (409) when another write raced it. A
+        `generation` is stamped on it as on every object a lease holder publishes."""
         headers: dict[str, str] = {"content-type": "application/json"}
+        if generation:
+            headers[f"x-amz-meta-{GEN_META}"] = str(generation)
         if if_match is not None:
             headers["if-match"] = f'"{if_match}"'
         if if_none_match:

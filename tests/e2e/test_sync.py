@@ -70,6 +70,45 @@ def test_sync_push_uploads_tree_with_own_checksum_then_is_idempotent(s3, bucket,
     assert syncd("check", "-c", str(cfg)).code == 0
 
 
+def test_sync_push_writes_each_manifest_once_stamped_and_deletes_it_with_its_artifact(
+        s3, bucket, tmp_path):
+    vol = tmp_path / "vol"
+    files = {"ckpt-1/w.bin": b"w1", "ckpt-1/c.json": b"{}", "ckpt-2/w.bin": b"w2",
+             "notes.txt": b"n"}
+    for key, data in files.items():
+        (vol / key).parent.mkdir(parents=True, exist_ok=True)
+        (vol / key).write_bytes(data)
+    cfg = write_config(tmp_path / "c.toml", s3.endpoint_url, bucket, direction="push", root=vol,
+                       lease=lease_for(s3.name),
+                       extra='artifacts = ["ckpt-*"]\ndelete = true\nmax_delete_fraction = 1.0')
+    client = s3.client()
+    manifests = {"ckpt-1/.syncd-manifest.json", "ckpt-2/.syncd-manifest.json"}
+
+    first = syncd("sync", "--once", "-c", str(cfg))
+    assert first.code == 0, first.stderr
+    assert set(bucket_tree(client, bucket)) == set(files) | manifests
+    assert len(_events(first.stderr, "manifest_published")) == 2
+    head = client.head_object(Bucket=bucket, Key="models/ckpt-1/.syncd-manifest.json")
+    stamped = {k.lower(): v for k, v in head["Metadata"].items()}
+    assert int(stamped["syncd-gen"]) >= 1  # the writer's lease generation, as on every object
+
+    again = syncd("sync", "--once", "-c", str(cfg))  # nothing changed: nothing is written
+    assert again.code == 0, again.stderr
+    assert _events(again.stderr, "manifest_published") == []
+    assert _events(again.stderr, "copy_published") == []
+    assert client.head_object(Bucket=bucket, Key="models/ckpt-1/.syncd-manifest.json")[
+        "ETag"] == head["ETag"]
+
+    for name in ("w.bin", "c.json"):
+        (vol / "ckpt-1" / name).unlink()
+    (vol / "ckpt-1").rmdir()
+    gone = syncd("sync", "--once", "-c", str(cfg))
+    assert gone.code == 0, gone.stderr
+    assert set(bucket_tree(client, bucket)) == {"ckpt-2/w.bin", "notes.txt",
+                                                "ckpt-2/.syncd-manifest.json"}
+    assert [e["artifact"] for e in _events(gone.stderr, "manifest_deleted")] == ["ckpt-1"]
+
+
 def test_sync_pull_propagates_modification_and_deletes_only_when_enabled(s3, bucket, tmp_path):
     client = s3.client()
     _seed_bucket(client, bucket, {"a.txt": b"one", "b.txt": b"two", "c.txt": b"three"})
