@@ -138,6 +138,17 @@ class LeaseConfig(_Model):
     instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
     detect_dead_holders: bool = True
     journal: str | None = None
+    bucket: str | None = None
+    endpoint: Name | None = None
+    force_volume: bool = False
+
+    @field_validator("bucket")
+    @classmethod
+    def _lease_bucket(cls, v: str | None) -> str | None:
+        if v is not None and not _BUCKET.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid bucket name (3-63 lowercase letters, "
+                             "digits, '.', '-')")
+        return v
 
     @model_validator(mode="after")
     def _ordered(self) -> LeaseConfig:
@@ -303,6 +314,42 @@ class Config(_Model):
                         + (f" (for datacenter {dc})" if dc else "")
                         + f" in mirror {m.name!r}; known: {', '.join(sorted(known))}")
         return self
+
+    @model_validator(mode="after")
+    def _one_arbiter_per_volume(self) -> Config:
+        """Mirrors writing to one volume root share its lease, so they must agree on what
+        arbitrates it: "auto" on one and "volume" on another would be two leases, two
+        writers."""
+        if self.lease.endpoint and self.lease.endpoint not in {*self.endpoints,
+                                                               DEFAULT_ENDPOINT}:
+            raise _FieldProblem("lease.endpoint", f"no endpoint named {self.lease.endpoint!r}")
+        for dc in {dc for m in self.mirrors for dc in m.volumes}:
+            chosen: dict[str, tuple[str, str]] = {}
+            for m in self.mirrors:
+                root = m.volumes.get(dc)
+                if root is None or m.lease_backend != "volume":
+                    continue
+                first = chosen.setdefault(root, (m.name, m.lease))
+                if first[1] != m.lease:
+                    i = self.mirrors.index(m)
+                    raise _FieldProblem(
+                        f"mirrors[{i}].lease",
+                        f"{m.lease!r} in mirror {m.name!r}, but mirror {first[0]!r} on the "
+                        f"same volume {root} ({dc}) says {first[1]!r}: mirrors on one volume "
+                        "share one lease and must name the same one")
+        return self
+
+    def volume_arbiter(self, root: Path) -> tuple[str, str]:
+        """(endpoint name, bucket) of the S3 lease that guards a volume whose filesystem
+        cannot arbitrate it: `[lease] bucket`, else the bucket of the first pull mirror on
+        that root by name (every instance sharing the volume must find the same one; the
+        volume records it, see lease/arbiter.py)."""
+        on_root = sorted((m for m in self.mirrors if m.lease_backend == "volume"
+                          and self.volume_root(m) == root), key=lambda m: m.name)
+        if self.lease.bucket:
+            return self.lease.endpoint or DEFAULT_ENDPOINT, self.lease.bucket
+        assert on_root, "asked only for the root of a volume-leased mirror"
+        return self.lease.endpoint or self.endpoint_name(on_root[0]), on_root[0].bucket
 
     def endpoint_name(self, mirror: MirrorConfig) -> str:
         """The endpoint the mirror uses in this datacenter: its own name, its datacenter's

@@ -42,8 +42,12 @@ _NO_SUCH_ETAG = "0" * 32
 class S3Lease:
     kind = "s3"
 
-    def __init__(self, store: S3Store, endpoint: str, target: str | None = None) -> None:
+    def __init__(self, store: S3Store, endpoint: str, target: str | None = None, *,
+                 keys: str = RESERVED_DIR) -> None:
         self.store = store
+        self._keys = keys  # the lease's own folder, under the store's prefix
+        self._lease_key = f"{keys}/lease.json"
+        self._commit_key = f"{keys}/commit.json"
         self.target = target or store.name
         self._endpoint = endpoint
         self._commit_etag: str | None = None
@@ -54,14 +58,14 @@ class S3Lease:
 
     async def prepare(self) -> None:
         await self.store.check()
-        probe = f"{RESERVED_DIR}/probe-{uuid.uuid4().hex}"
+        probe = f"{self._keys}/probe-{uuid.uuid4().hex}"
         try:
             await self.store.put_small(probe, b"1", if_none_match=True)
         except AccessDenied:
-            raise LeaseError(f"cannot write the lease object {self._url(LEASE_KEY)}: "
-                             "access denied",
-                             hint="grant s3:PutObject and s3:GetObject on the prefix's "
-                                  f"{RESERVED_DIR}/ keys") from None
+            raise LeaseError(f"cannot write the lease object {self._url(self._lease_key)}: "
+                             "access denied (s3:PutObject is missing)",
+                             hint="grant s3:PutObject, s3:GetObject and s3:DeleteObject on "
+                                  f"{self._url(self._keys)}/*") from None
         try:
             ignored = await self._ignores_conditions(probe)
         finally:
@@ -98,8 +102,8 @@ class S3Lease:
             return None, f"{self._url(key)}: {exc}", etag
 
     async def read(self) -> View:
-        record, corrupt, etag = await self._get(LEASE_KEY)
-        committed, _, commit_etag = await self._get(COMMIT_KEY)
+        record, corrupt, etag = await self._get(self._lease_key)
+        committed, _, commit_etag = await self._get(self._commit_key)
         view = View(gen=record.gen if record else 0, record=record, corrupt=corrupt,
                     token=etag, floor=committed.gen if committed else 0,
                     extra={"etag": etag, "commit_etag": commit_etag})
@@ -109,8 +113,9 @@ class S3Lease:
             # the lease object is gone (deleted by hand, a lifecycle rule) but a holder
             # committed: held-but-silent until its commits stop changing
             view.gen, view.token = committed.gen, ("commit", commit_etag)
-            view.corrupt = (f"{self._url(LEASE_KEY)} is missing; {self._url(COMMIT_KEY)} "
-                            f"shows generation {committed.gen} of {committed.holder.describe()}")
+            view.corrupt = (f"{self._url(self._lease_key)} is missing; "
+                            f"{self._url(self._commit_key)} shows generation "
+                            f"{committed.gen} of {committed.holder.describe()}")
         return view
 
     async def create(self, view: View, record: LeaseRecord) -> Any | None:
@@ -118,9 +123,10 @@ class S3Lease:
         token: str | None
         try:
             if etag is None:
-                token = await self.store.put_small(LEASE_KEY, encode(record), if_none_match=True)
+                token = await self.store.put_small(self._lease_key, encode(record),
+                                                   if_none_match=True)
             else:
-                token = await self.store.put_small(LEASE_KEY, encode(record), if_match=etag)
+                token = await self.store.put_small(self._lease_key, encode(record), if_match=etag)
         except (PreconditionFailed, NotFound):  # 412/409: another contender got there;
             token = await self._ours(record)     # 404: If-Match on a deleted object
             if token is None:
@@ -132,32 +138,32 @@ class S3Lease:
     async def _ours(self, record: LeaseRecord) -> str | None:
         """The ETag of the lease object if it holds exactly `record` (a write of ours that
         succeeded although its reply was lost and the retry was refused), else None."""
-        now, _, etag = await self._get(LEASE_KEY)
+        now, _, etag = await self._get(self._lease_key)
         return etag if now == record else None
 
     async def _claim_commit(self, record: LeaseRecord) -> None:
         """Stamp the commit object with our generation: from now on a stale holder's commit
         is rejected by the server. A newer generation already there means we lost."""
         for _ in range(8):
-            committed, _, etag = await self._get(COMMIT_KEY)
+            committed, _, etag = await self._get(self._commit_key)
             if committed is not None and committed.gen > record.gen:
                 raise LeaseLost(f"lease on {self.target}: generation {committed.gen} committed "
                                 f"while we acquired {record.gen}")
             try:
                 if etag is None:
                     self._commit_etag = await self.store.put_small(
-                        COMMIT_KEY, encode(record), if_none_match=True)
+                        self._commit_key, encode(record), if_none_match=True)
                 else:
                     self._commit_etag = await self.store.put_small(
-                        COMMIT_KEY, encode(record), if_match=etag)
+                        self._commit_key, encode(record), if_match=etag)
                 return
             except PreconditionFailed:
                 continue  # a stale holder's last commit raced ours: read again
-        raise LeaseError(f"could not stamp {self._url(COMMIT_KEY)}: it keeps changing")
+        raise LeaseError(f"could not stamp {self._url(self._commit_key)}: it keeps changing")
 
     async def renew(self, record: LeaseRecord, token: Any) -> Any:
         try:
-            return await self.store.put_small(LEASE_KEY, encode(record), if_match=str(token))
+            return await self.store.put_small(self._lease_key, encode(record), if_match=str(token))
         except Conflict:
             raise
         except PreconditionFailed:
@@ -179,7 +185,7 @@ class S3Lease:
         if self._commit_etag is None:
             raise LeaseLost(f"lease on {self.target}: generation {record.gen} never committed")
         try:
-            self._commit_etag = await self.store.put_small(COMMIT_KEY, encode(record),
+            self._commit_etag = await self.store.put_small(self._commit_key, encode(record),
                                                            if_match=self._commit_etag)
         except Conflict:
             raise

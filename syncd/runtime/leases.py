@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 from syncd.backoff import next_delay
 from syncd.config import DEFAULT_ENDPOINT, Config, MirrorConfig
 from syncd.errors import ConfigError, LeaseHeld, LeaseLost, SyncdError
+from syncd.lease.arbiter import Place, VolumeArbiter, keys_of
 from syncd.lease.backend import Backend
 from syncd.lease.journal import Journal
 from syncd.lease.lease import Lease, LeaseFence
 from syncd.lease.record import Timing, View, me
 from syncd.lease.s3 import S3Lease
-from syncd.lease.volume import VolumeLease
 from syncd.stores.s3 import S3Store
 
 Log = Any
@@ -47,10 +47,12 @@ class Target:
 
     backend: str  # "volume" or "s3"
     place: str  # the volume root, or the endpoint URL ("" for AWS S3)
-    bucket: str = ""
+    bucket: str = ""  # s3: the prefix's bucket; volume: the bucket that may arbitrate it
     prefix: str = ""
     endpoint: str = field(default=DEFAULT_ENDPOINT, compare=False)
     name: str = field(default="", compare=False)
+    arbiter_url: str = ""  # volume: that bucket's endpoint URL
+    forced: bool = False  # volume: lease = "volume", the filesystem arbitrates whatever it is
 
 
 def target_key(config: Config, mirror: MirrorConfig) -> Target:
@@ -61,7 +63,11 @@ def target_key(config: Config, mirror: MirrorConfig) -> Target:
             raise ConfigError(f"mirror {mirror.name!r} has no volume in datacenter "
                               f"{config.active_datacenter()!r}", file=config.source,
                               field="mirrors.volumes")
-        return Target("volume", str(root), name=str(root))
+        endpoint, bucket = config.volume_arbiter(root)
+        at = config.endpoint_named(endpoint)
+        assert at is not None, "validated: every endpoint named exists"
+        return Target("volume", str(root), bucket, "", endpoint, str(root),
+                      arbiter_url=at.endpoint_url or "", forced=mirror.lease == "volume")
     endpoint = config.endpoint_name(mirror)
     # `s3://bucket/prefix` on [s3], `NAME:s3://bucket/prefix` on a named endpoint: two
     # endpoints may well hold buckets of the same name.
@@ -93,14 +99,22 @@ class Leases:
 
     async def backend(self, key: Target) -> Backend:
         if key.backend == "volume":
-            return VolumeLease(Path(key.place))
+            async def in_s3(volume_id: str) -> Backend:
+                store = await self._store(key, "")
+                return S3Lease(store, store.where, key.name, keys=keys_of(volume_id))
+            return VolumeArbiter(Path(key.place), Place(key.arbiter_url, key.bucket), in_s3,
+                                 forced=key.forced, force_ok=self.config.lease.force_volume)
+        store = await self._store(key, key.prefix)
+        return S3Lease(store, store.where, key.name)
+
+    async def _store(self, key: Target, prefix: str) -> S3Store:
         endpoint = self.config.endpoint_named(key.endpoint)
         assert endpoint is not None, "a target comes from a validated config"
-        store = S3Store(endpoint, self.config.transfer, key.bucket, key.prefix,
+        store = S3Store(endpoint, self.config.transfer, key.bucket, prefix,
                         endpoint=key.endpoint)
         await store.__aenter__()
         self._stores[key] = store
-        return S3Lease(store, store.where, key.name)
+        return store
 
     async def forget(self, key: Target) -> None:
         """A released target's lease goes with its connection: a reload that changed the
