@@ -1,0 +1,208 @@
+"""Contested takeovers of one network volume by real daemons on two hosts' mounts.
+
+Two `weed mount`s of one SeaweedFS directory stand for two hosts sharing a network volume.
+Their link() lets both hosts create one name, so a pull mirror's lease on it is arbitrated
+in S3 (lease = "auto"). Each trial faults the holder (kill -9, or SIGSTOP past the TTL),
+lets the standbys read its last record, freezes every standby (at least one per mount), and
+thaws them all at the same instant once the holder's silence has outlasted the TTL: each
+then sees enough silence on its first read and contends at once. The journals must show
+exactly one holder per generation, and publication windows of different generations that
+never overlap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import new_bucket_name
+from tests.fuse_mounts import SharedVolume
+from tests.mirrors import SYNCD, bucket_tree, env, tree, wait_for, write_config
+from tests.servers import S3Server
+
+TTL, INTERVAL, DEADLINE, MARGIN = 2.0, 0.25, 1.2, 0.8
+TRIALS = 10
+FAST = f"""
+[lease]
+ttl_s = {TTL}
+renew_interval_s = {INTERVAL}
+renew_deadline_s = {DEADLINE}
+skew_margin_s = {MARGIN}
+detect_dead_holders = false
+[daemon]
+poll_interval_s = 0.3
+"""
+
+
+@dataclass
+class Node:
+    name: str
+    mount: str
+    proc: subprocess.Popen[bytes]
+    journal: Path
+    log: Path
+    frozen_at: list[float] = field(default_factory=list)  # monotonic times of SIGSTOPs
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        if not self.journal.exists():
+            return []
+        lines = self.journal.read_text().splitlines()
+        return [e for e in map(json.loads, filter(None, lines)) if e["event"] == kind]
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def acquired(self) -> set[int]:
+        return {e["gen"] for e in self.events("acquired")}
+
+
+@dataclass
+class Hosts:
+    server: S3Server
+    bucket: str
+    volume: SharedVolume
+    tmp: Path
+    nodes: list[Node] = field(default_factory=list)
+    written: int = 0
+
+    def config(self, mount: str) -> Path:
+        root = self.volume.a if mount == "a" else self.volume.b
+        return write_config(self.tmp / f"{mount}.toml", self.server.endpoint_url, self.bucket,
+                            direction="pull", root=root, top=FAST)
+
+    def start(self, mount: str) -> Node:
+        name = f"n{len(self.nodes)}{mount}"
+        journal, log = self.tmp / f"{name}.jsonl", self.tmp / f"{name}.log"
+        environ = env(SYNCD_LEASE__INSTANCE_ID=name, SYNCD_LEASE__JOURNAL=str(journal))
+        with log.open("ab") as err:
+            proc = subprocess.Popen([SYNCD, "run", "-c", str(self.config(mount))],
+                                    env=environ, stdout=subprocess.DEVNULL, stderr=err)
+        node = Node(name, mount, proc, journal, log)
+        self.nodes.append(node)
+        return node
+
+    def add(self, count: int) -> None:
+        client = self.server.client()
+        for _ in range(count):
+            self.written += 1
+            client.put_object(Bucket=self.bucket, Key=f"models/f/{self.written:04d}.bin",
+                              Body=os.urandom(2048))
+
+    def synced(self) -> bool:
+        src = bucket_tree(self.server.client(), self.bucket)
+        return len(src) == self.written and tree(self.volume.a) == src
+
+    def holder(self) -> Node:
+        """The live node whose latest acquisition is the newest generation."""
+        newest = max((g, n.name) for n in self.nodes for g in n.acquired())
+        node = next(n for n in self.nodes if n.name == newest[1])
+        assert node.alive, node.name
+        return node
+
+
+@pytest.fixture
+def hosts(shared_volume: SharedVolume, seaweedfs_s3: S3Server,
+          tmp_path: Path) -> Iterator[Hosts]:
+    bucket = new_bucket_name()
+    seaweedfs_s3.client().create_bucket(Bucket=bucket)
+    h = Hosts(seaweedfs_s3, bucket, shared_volume, tmp_path)
+    yield h
+    for n in h.nodes:
+        if n.alive:
+            n.proc.send_signal(signal.SIGCONT)
+            n.proc.kill()
+            n.proc.wait(10)
+
+
+def _in_standby(node: Node) -> bool:
+    return node.log.exists() and b"lease_standby" in node.log.read_bytes()
+
+
+def audit(nodes: list[Node]) -> None:
+    """The invariant, from the journals alone: one holder per generation, and publication
+    windows of different generations never overlap. A publication a frozen node had begun
+    before its SIGSTOP ends there (its rename had returned; it could only write the journal
+    line after the thaw); one begun after a freeze would be a fenced node publishing."""
+    holders: dict[int, set[str]] = {}
+    for n in nodes:
+        for gen in n.acquired():
+            holders.setdefault(gen, set()).add(n.name)
+    assert all(len(names) == 1 for names in holders.values()), holders
+    spans: dict[int, list[float]] = {}
+    for n in nodes:
+        won = n.acquired()
+        for e in n.events("publish") + n.events("delete") + n.events("switch"):
+            assert e["gen"] in won, (n.name, e)
+            end = e["end"]
+            for frozen in n.frozen_at:
+                if e["start"] > frozen:  # after a freeze only under a generation won since
+                    assert any(a["gen"] == e["gen"] and a["at"] > frozen
+                               for a in n.events("acquired")), (n.name, frozen, e)
+                elif frozen < end:
+                    end = frozen
+            span = spans.setdefault(e["gen"], [e["start"], end])
+            span[0], span[1] = min(span[0], e["start"]), max(span[1], end)
+    ordered = sorted(spans.items())
+    for (g1, (_, end1)), (g2, (start2, _)) in itertools.pairwise(ordered):
+        assert end1 <= start2, f"gen {g1} published until {end1}, gen {g2} from {start2}"
+
+
+def _trial(hosts: Hosts, fault: str, trial: int) -> None:
+    holder = hosts.holder()
+    for mount in ("a", "b"):  # at least one standby on each mount
+        if not any(n.mount == mount and n.alive and n is not holder for n in hosts.nodes):
+            hosts.start(mount)
+    standbys = [n for n in hosts.nodes if n.alive and n is not holder]
+    wait_for(lambda: all(map(_in_standby, standbys)), what="standbys")
+    before = {n.name: n.acquired() for n in standbys}
+    if fault == "kill":
+        holder.proc.kill()
+        holder.proc.wait(10)
+    else:
+        holder.proc.send_signal(signal.SIGSTOP)
+        holder.frozen_at.append(time.monotonic())
+    time.sleep(4 * INTERVAL)  # every standby reads the holder's last record
+    for n in standbys:
+        n.proc.send_signal(signal.SIGSTOP)
+        n.frozen_at.append(time.monotonic())
+    time.sleep(TTL + MARGIN + 0.3)
+    for n in standbys:  # all at the same instant
+        n.proc.send_signal(signal.SIGCONT)
+
+    def winners() -> list[Node]:
+        return [n for n in standbys if n.acquired() - before[n.name]]
+    wait_for(winners, timeout=30, what=f"a takeover in trial {trial}")
+    time.sleep(3 * INTERVAL)  # a second winner would have shown by now
+    assert len(winners()) == 1, (trial, [n.name for n in winners()])
+    hosts.add(2)
+    wait_for(hosts.synced, timeout=60, what=f"sync by the winner of trial {trial}")
+    if fault == "pause":  # the old holder wakes up fenced and stays as a standby
+        holder.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: holder.events("lost"), timeout=15,
+                 what=f"the paused holder of trial {trial} to notice")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_contested_takeovers_across_two_mounts_never_make_two_holders(
+        hosts: Hosts, fault: str) -> None:
+    hosts.add(4)
+    hosts.start("a")
+    wait_for(hosts.synced, timeout=60, what="first sync")
+    for trial in range(TRIALS):
+        _trial(hosts, fault, trial)
+    audit(hosts.nodes)
+    gens = sorted(g for n in hosts.nodes for g in n.acquired())
+    assert gens == list(range(gens[0], gens[0] + TRIALS + 1))  # one takeover per trial
+    assert not (hosts.volume.a / ".syncd/leases").exists()  # arbitrated in S3, not by link()
