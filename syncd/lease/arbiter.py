@@ -81,10 +81,10 @@ class VolumeIdentity:
                                   "runs on this volume") from None
         return body
 
-    def _create(self) -> None:
+    def _create(self, volume_id: str) -> None:
         own_dir(self.root / RESERVED_DIR, store=str(self.root))
         tmp = self.path.with_name(f".{ID_FILE}.{uuid.uuid4().hex}")
-        body = {"v": VERSION, "id": uuid.uuid4().hex, "created_wall": time.time(),
+        body = {"v": VERSION, "id": volume_id, "created_wall": time.time(),
                 "arbiter": {"url": self.place.url, "bucket": self.place.bucket}}
         write_new(tmp, json.dumps(body, indent=1).encode() + b"\n")
         try:
@@ -94,22 +94,12 @@ class VolumeIdentity:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    async def resolve(self, *, create: bool) -> str | None:
-        """The volume id (None if there is none yet and `create` is False). LeaseError when
+    async def existing(self) -> str | None:
+        """The recorded volume id, or None when the volume has none yet. LeaseError when
         the volume is arbitrated elsewhere than this config says."""
         body = await asyncio.to_thread(self._read)
         if body is None:
-            if not create:
-                return None
-            await asyncio.to_thread(self._create)
-            # Two first instances on hosts that share the volume may both "win" the link on
-            # such a filesystem; whichever file the volume kept is read back once both have
-            # landed, so they agree on the id before either takes a lease.
-            await asyncio.sleep(self.settle_s)
-            body = await asyncio.to_thread(self._read)
-            if body is None:
-                raise LeaseError(f"{self.path} vanished right after it was created",
-                                 hint="is something cleaning .syncd/ on this volume?")
+            return None
         recorded = Place(str(body["arbiter"].get("url", "")),
                          str(body["arbiter"].get("bucket", "")))
         if recorded != self.place:
@@ -119,6 +109,19 @@ class VolumeIdentity:
                 hint="every host of one volume must use one arbiter: set [lease] bucket and "
                      "endpoint to the recorded one")
         return str(body["id"])
+
+    async def create(self, volume_id: str) -> str:
+        """Record `volume_id` unless the volume has an id already; the id it keeps."""
+        await asyncio.to_thread(self._create, volume_id)
+        # Two first instances on hosts that share the volume may both "win" the link on
+        # such a filesystem; whichever file the volume kept is read back once both have
+        # landed, so they agree on the id before either takes a lease.
+        await asyncio.sleep(self.settle_s)
+        kept = await self.existing()
+        if kept is None:
+            raise LeaseError(f"{self.path} vanished right after it was created",
+                             hint="is something cleaning .syncd/ on this volume?")
+        return kept
 
 
 class VolumeArbiter:
@@ -172,25 +175,39 @@ class VolumeArbiter:
                          "force_volume = true if only one host ever mounts this volume")
             self._inner = VolumeLease(self.root)
             return self._inner
-        volume_id = await self.identity.resolve(create=create)
+        volume_id = await self.identity.existing()
         if volume_id is None:
-            return None
+            if not create:
+                return None
+            # The arbiter is proven (reachable, writable, honouring conditions) before the
+            # volume records it: a first run with read-only credentials must leave nothing
+            # that a corrected config would then contradict.
+            candidate = uuid.uuid4().hex
+            await self._prepared(await self._make_s3(candidate))
+            volume_id = await self.identity.create(candidate)
         self._inner = await self._make_s3(volume_id)
         return self._inner
+
+    async def _prepared(self, inner: Backend) -> Backend:
+        try:
+            await inner.prepare()
+        except LeaseError as exc:
+            if inner.kind != "s3":
+                raise
+            unsupported = isinstance(exc, LeaseUnsupported)
+            raise type(exc)(
+                f"the lease of volume {self.root} ({self.fs.name if self.fs else '?'}, "
+                f"which cannot arbitrate it) is kept in S3: {exc}",
+                hint="name a bucket on a server that honours conditional writes in [lease] "
+                     "bucket and endpoint" if unsupported else
+                f"{exc.hint}; or name a writable bucket in [lease] bucket" if exc.hint
+                else "name a writable bucket in [lease] bucket") from None
+        return inner
 
     async def prepare(self) -> None:
         inner = await self._decide(create=True)
         assert inner is not None
-        try:
-            await inner.prepare()
-        except LeaseError as exc:
-            if inner.kind != "s3" or isinstance(exc, LeaseUnsupported):
-                raise
-            raise LeaseError(
-                f"the lease of volume {self.root} ({self.fs.name if self.fs else '?'}, "
-                f"which cannot arbitrate it) is kept in S3: {exc}",
-                hint=f"{exc.hint}; or name a writable bucket in [lease] bucket"
-                if exc.hint else "name a writable bucket in [lease] bucket") from None
+        await self._prepared(inner)
 
     async def read(self) -> View:
         inner = await self._decide(create=False)

@@ -108,6 +108,8 @@ class Leases:
         return S3Lease(store, store.where, key.name)
 
     async def _store(self, key: Target, prefix: str) -> S3Store:
+        if key in self._stores:  # a volume's arbiter is probed before its id is recorded
+            return self._stores[key]
         endpoint = self.config.endpoint_named(key.endpoint)
         assert endpoint is not None, "a target comes from a validated config"
         store = S3Store(endpoint, self.config.transfer, key.bucket, prefix,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -10,10 +11,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
+from tests.fuse_mounts import SharedVolume
 from tests.mirrors import SYNCD, MiB, Run, env, syncd, tree, write_config
-from tests.servers import find_free_port
+from tests.servers import (
+    S3Server,
+    find_free_port,
+    make_s3_client,
+    new_moto_server,
+    s3_client_config,
+)
 
 
 def _one_error_line(run: Run, code: int, *needles: str) -> None:
@@ -175,3 +184,50 @@ def test_cli_env_override_error_names_the_variable(tmp_path):
 
 def test_cli_no_config_is_one_line_exit_3(tmp_path):
     _one_error_line(syncd("sync", "--once"), 3, "SYNCD_CONFIG")
+
+
+@pytest.fixture
+def read_only_keys(tmp_path: Path) -> Iterator[tuple[S3Server, str, str, str]]:
+    """A moto server of its own that enforces IAM, with a bucket holding one object and a
+    user allowed only to read: (server, bucket, access key, secret key). moto lets the first
+    INITIAL_NO_AUTH_ACTION_COUNT requests through unchecked: its readiness probe and the
+    five set-up calls below."""
+    server = new_moto_server(find_free_port(), tmp_path / "iam-moto")
+    server.env = {"INITIAL_NO_AUTH_ACTION_COUNT": "6"}
+    server.start()
+    try:
+        bucket = "read-only-models"
+        admin = server.client()
+        admin.create_bucket(Bucket=bucket)
+        admin.put_object(Bucket=bucket, Key="models/config.json", Body=b"{}")
+        iam = boto3.client("iam", endpoint_url=server.endpoint_url, region_name="us-east-1",
+                           aws_access_key_id=server.access_key,
+                           aws_secret_access_key=server.secret_key,
+                           config=s3_client_config())
+        iam.create_user(UserName="reader")
+        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Resource": "*",
+                "Action": ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket"]}]}))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        yield server, bucket, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        server.stop()
+
+
+def test_pull_onto_a_network_volume_with_read_only_keys_names_the_missing_permission(
+        read_only_keys: tuple[S3Server, str, str, str], shared_volume: SharedVolume,
+        tmp_path: Path) -> None:
+    """A FUSE volume's lease is kept in S3; pull credentials that may only read get one line
+    naming the permission and the way out, and the volume is left untouched."""
+    server, bucket, access_key, secret_key = read_only_keys
+    reader = make_s3_client(server.endpoint_url, access_key=access_key, secret_key=secret_key)
+    assert reader.get_object(Bucket=bucket, Key="models/config.json")["Body"].read() == b"{}"
+    cfg = write_config(tmp_path / "c.toml", server.endpoint_url, bucket, direction="pull",
+                       root=shared_volume.a)
+    run = syncd("sync", "--once", "-c", str(cfg),
+                environ=env(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key))
+    _one_error_line(run, 12, "s3:PutObject is missing",
+                    f"s3://{bucket}/.syncd/volumes/", "[lease] bucket")
+    assert secret_key not in run.stderr + run.stdout
+    assert sorted(os.listdir(shared_volume.a)) == []  # no data, and no volume id recorded

@@ -7,8 +7,10 @@ and thaw holders and then check the journals, the volume and the bucket:
 - the writing intervals of different generations never overlap, in generation order;
 - nothing is published by a holder after it lost its lease.
 
-Two set-ups cover both backends: a pull mirror fenced by the volume lease, and a push mirror
-fenced by the S3 lease on moto (rclone cannot hold one: see tests/lease/test_lease.py).
+Three set-ups: a pull mirror fenced by the volume lease on a local disk; a push mirror fenced
+by the S3 lease on moto (rclone cannot hold one: see tests/lease/test_lease.py); and a pull
+mirror on a network volume, two `weed mount`s of one SeaweedFS directory with the daemons
+alternating between them (two hosts), whose lease is therefore arbitrated in S3.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.fuse_mounts import SharedVolume
 from tests.mirrors import SYNCD, bucket_tree, env, syncd, tree, wait_for, write_config
 from tests.servers import S3Server
 
@@ -40,7 +43,7 @@ detect_dead_holders = false
 [daemon]
 poll_interval_s = 0.3
 """
-SETUPS = ("pull-volume", "push-s3")
+SETUPS = ("pull-volume", "push-s3", "pull-shared")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Cluster:
     tmp: Path
     daemons: list[Daemon] = field(default_factory=list)
     written: int = 0
+    cfg_b: Path | None = None  # pull-shared: the same volume through the second host's mount
 
     @property
     def pull(self) -> bool:
@@ -82,7 +86,8 @@ class Cluster:
         environ = env(SYNCD_LEASE__INSTANCE_ID=name, SYNCD_LEASE__JOURNAL=str(journal),
                       **extra_env)
         with log.open("ab") as err:
-            proc = subprocess.Popen([SYNCD, "run", "-c", str(self.cfg)], env=environ,
+            cfg = self.cfg_b if self.cfg_b and len(self.daemons) % 2 else self.cfg
+            proc = subprocess.Popen([SYNCD, "run", "-c", str(cfg)], env=environ,
                                     stdout=subprocess.DEVNULL, stderr=err)
         daemon = Daemon(name, proc, journal, log)
         self.daemons.append(daemon)
@@ -154,15 +159,25 @@ def assert_one_writer_at_a_time(cluster: Cluster, frozen: dict[str, float] | Non
 @pytest.fixture(params=SETUPS)
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     setup = str(request.param)
-    server: S3Server = request.getfixturevalue("moto_s3")
+    shared: SharedVolume | None = None
+    if setup == "pull-shared":  # daemons alternate between two hosts' mounts of one volume
+        server: S3Server = request.getfixturevalue("seaweedfs_s3")
+        shared = request.getfixturevalue("shared_volume")
+        vol = shared.a
+    else:
+        server = request.getfixturevalue("moto_s3")
+        vol = tmp_path / "vol"
+        vol.mkdir()
     bucket = f"lease-{os.urandom(6).hex()}"
     server.client().create_bucket(Bucket=bucket)
-    vol = tmp_path / "vol"
-    vol.mkdir()
-    direction, lease = ("pull", "volume") if setup == "pull-volume" else ("push", "s3")
-    cfg = write_config(tmp_path / "c.toml", server.endpoint_url, bucket, direction=direction,
-                       root=vol, lease=lease, top=FAST, extra="settle_s = 0")
-    c = Cluster(setup, server, bucket, vol, cfg, tmp_path)
+    direction, lease = {"pull-volume": ("pull", "volume"), "push-s3": ("push", "s3"),
+                        "pull-shared": ("pull", "auto")}[setup]
+
+    def config(name: str, root: Path) -> Path:
+        return write_config(tmp_path / name, server.endpoint_url, bucket, direction=direction,
+                            root=root, lease=lease, top=FAST, extra="settle_s = 0")
+    c = Cluster(setup, server, bucket, vol, config("c.toml", vol), tmp_path,
+                cfg_b=config("b.toml", shared.b) if shared else None)
     yield c
     for d in c.daemons:
         if d.proc.poll() is None:

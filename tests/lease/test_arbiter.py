@@ -33,16 +33,20 @@ SETTLE_S = 0.3
 async def arbiter(root: Path, server: S3Server, bucket: str, *, forced: bool = False,
                   force_ok: bool = False, place: Place | None = None
                   ) -> AsyncIterator[VolumeArbiter]:
+    stores: list[S3Store] = []
+
     async def in_s3(volume_id: str) -> Backend:
         store = S3Store(s3_config(server), TRANSFER, bucket, "")
         await store.__aenter__()
+        stores.append(store)
         return S3Lease(store, server.endpoint_url, str(root), keys=keys_of(volume_id))
     chosen = VolumeArbiter(root, place or Place(server.endpoint_url, bucket), in_s3,
                            forced=forced, force_ok=force_ok, settle_s=SETTLE_S)
     try:
         yield chosen
     finally:
-        await chosen.close()
+        for store in stores:
+            await store.close()
 
 
 def _record(target: str, gen: int, name: str) -> LeaseRecord:
@@ -149,3 +153,18 @@ async def test_reading_a_volume_that_never_had_a_lease_creates_nothing(
         view = await a.read()
     assert not view.exists
     assert not (shared_volume.a / ".syncd").exists()
+
+
+async def test_an_arbiter_that_ignores_conditional_writes_is_refused_before_the_volume_records_it(
+        shared_volume: SharedVolume, rclone_s3: S3Server) -> None:
+    """rclone serve s3 lets every conditional PUT through: it cannot arbitrate, and the
+    volume must not remember it (a corrected config would then be refused)."""
+    bucket = new_bucket_name()
+    rclone_s3.client().create_bucket(Bucket=bucket)
+    async with arbiter(shared_volume.a, rclone_s3, bucket) as a:
+        with pytest.raises(LeaseUnsupported) as caught:
+            await a.prepare()
+    assert "ignores S3 conditional writes" in str(caught.value)
+    assert str(shared_volume.a) in str(caught.value)
+    assert "[lease] bucket" in (caught.value.hint or "")
+    assert not (shared_volume.a / ".syncd/volume.json").exists()
