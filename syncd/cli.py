@@ -32,7 +32,7 @@ from syncd.errors import (
 # answers scripts; neither should pay ~0.7 s of imports for a one-line answer.
 if TYPE_CHECKING:
     from syncd import config as config_mod
-    from syncd.lease.record import View
+    from syncd.lease.record import Timing, View
     from syncd.plan import Plan
     from syncd.runtime.leases import Leases, Target
     from syncd.transfer import Stats
@@ -372,21 +372,34 @@ def _lease_rows(cfg: config_mod.Config) -> dict[Target, list[config_mod.MirrorCo
     return rows
 
 
-def _status(key: Target, mirrors: list[str], view: View, now: float) -> dict[str, Any]:
+def _status(key: Target, mirrors: list[str], view: View, now: float,
+            timing: Timing) -> dict[str, Any]:
+    """One target's lease as `lease status` reports it. A one-shot read cannot observe
+    silence (takeover needs `takeover_after_s` of it, watched by a standby's own clock), so
+    the ages are the record's wall-clock times against ours: for operators only. A holder not
+    renewed for its TTL by that measure is "silent", never "held" with a negative expiry."""
     row: dict[str, Any] = {"target": key.name, "backend": key.backend, "mirrors": mirrors,
                            "gen": view.gen, "state": "free", "holder": None}
     record = view.record
     if view.corrupt is not None:
         row.update(state="corrupt", detail=view.corrupt)
     elif record is not None:
+        age = now - record.renewed_wall
         row.update(
-            state="released" if record.released else "held",
+            state="released" if record.released else "held" if age < record.ttl_s
+            else "silent",
             holder={"id": record.holder.id, "host": record.holder.host,
                     "pid": record.holder.pid},
-            acquired_age_s=round(now - record.acquired_wall, 1),
-            renewed_age_s=round(now - record.renewed_wall, 1),
-            expires_in_s=round(record.renewed_wall + record.ttl_s - now, 1),
+            acquired_age_s=round(max(0.0, now - record.acquired_wall), 1),
+            renewed_age_s=round(max(0.0, age), 1),
+            ttl_s=record.ttl_s,
+            takeover_after_s=timing.takeover_after(record.ttl_s),
+            beat=record.beat,  # changes with every renewal: two reads tell a live holder
         )
+        if row["state"] == "held":
+            row["expires_in_s"] = round(record.ttl_s - max(0.0, age), 1)
+        if age < -1.0:  # its clock is ahead of ours: ages are not what they seem
+            row["clock_ahead_s"] = round(-age, 1)
     return row
 
 
@@ -400,11 +413,19 @@ def _status_line(row: dict[str, Any]) -> str:
     who = f"{h['id']} (host {h['host']}, pid {h['pid']})"
     if row["state"] == "released":
         return f"{head}: released by {who}, generation {row['gen']}"
-    expiry = (f"expires in {row['expires_in_s']:.0f}s" if row["expires_in_s"] > 0
-              else f"not renewed for {row['renewed_age_s']:.0f}s")
+    ahead = (f"; its wall clock is {row['clock_ahead_s']:.0f}s ahead of ours"
+             if "clock_ahead_s" in row else "")
+    standby = (f"a standby takes over only after it has itself seen no renewal for "
+               f"{row['takeover_after_s']:.0f}s")
+    if row["state"] == "silent":
+        return (f"{head}: silent: not renewed for {row['renewed_age_s']:.0f}s by its wall "
+                f"clock (ttl {row['ttl_s']:g}s{ahead}), last held by {who}, generation "
+                f"{row['gen']}, heartbeat {row['beat']} (if it changes between two looks, "
+                f"the holder is alive and its clock behind ours); {standby}")
     return (f"{head}: held by {who}, generation {row['gen']}, acquired "
             f"{row['acquired_age_s']:.0f}s ago, renewed {row['renewed_age_s']:.0f}s ago, "
-            f"{expiry} (wall clocks; takeover is judged by observed silence)")
+            f"expires in {row['expires_in_s']:.0f}s unless renewed (by its wall clock"
+            f"{ahead}; {standby})")
 
 
 @lease_app.command("status")
@@ -422,8 +443,9 @@ def lease_status(
         cfg = config_mod.load(config)
         async with Leases(cfg, logs.get()) as leases:
             for key, ms in _lease_rows(cfg).items():
-                view = await (await leases.lease(ms[0])).backend.read()
-                row = _status(key, [m.name for m in ms], view, time.time())
+                lease = await leases.lease(ms[0])
+                row = _status(key, [m.name for m in ms], await lease.backend.read(),
+                              time.time(), lease.timing)
                 typer.echo(json.dumps(row) if as_json else _status_line(row))
         return 0
 

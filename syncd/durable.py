@@ -13,17 +13,25 @@ from pathlib import Path
 
 def write_new(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Create `path` (it must not exist, and is never a symlink followed) with `data`, fsynced.
-    `data` may come in chunks, so a large record is never whole in memory."""
+    `data` may come in chunks, so a large record is never whole in memory. On any failure
+    after the create (ENOSPC, EIO, a failing `data` iterator) the file is removed again."""
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o644)
     try:
-        for chunk in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            for chunk in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        # what we created is ours to remove: a full disk must not fill up with empty files,
+        # one per failed attempt (a lease renewal every few seconds)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 def replace(path: Path, data: bytes | Iterable[bytes]) -> None:

@@ -33,6 +33,7 @@ from syncd.stores.base import Fence, Source, Store
 from syncd.verify import OWN_ALGO
 
 QUIET_BELOW = 1 << 20  # files smaller than this are logged at debug level when published
+DELETE_BATCH = 1000  # keys per journalled delete (the S3 DeleteObjects limit too)
 Log = Any  # a structlog BoundLogger
 
 
@@ -243,8 +244,8 @@ class Transfer:
                 raise IntegrityError(f"{key}: received {staged.size} bytes, listed {entry.size}",
                                      store=self.src.name, key=key)
             ident = await source.identity()
-            with self.journal.write("publish", key, self.fence.generation):
-                published = await self.dst.publish(staged, self.fence)
+            with self.journal.write("publish", key, self.fence) as w:
+                published = await self.dst.publish(staged, w.fence)
         except BaseException:
             await self.dst.discard(staged)
             raise
@@ -268,8 +269,10 @@ class Transfer:
 
     async def _delete(self, deletes: list[Delete]) -> None:
         keys = [d.key for d in deletes]
-        with self.journal.write("delete", f"{len(keys)} keys", self.fence.generation):
-            await self.dst.delete(keys, self.fence)
+        for i in range(0, len(keys), DELETE_BATCH):  # journal lines of a bounded size
+            batch = keys[i:i + DELETE_BATCH]
+            with self.journal.write("delete", batch, self.fence) as w:
+                await self.dst.delete(batch, w.fence)
         for key in keys:
             self.record.pop(key, None)
             self.log.info("delete_done", key=key)

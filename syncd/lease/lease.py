@@ -125,11 +125,20 @@ class Lease:
         if token is None:
             return None
         self.record, self._token, self._renewed_at, self._lost = record, token, started, None
+        before = view.record.holder if view.record else None
         self.journal.event("acquired", gen=record.gen, target=self.target, reason=reason,
-                           previous=view.record.holder.id if view.record else None)
+                           previous=before.id if before else None,
+                           previous_pid=before.pid if before else None,
+                           previous_nonce=before.nonce if before else None, **self._window())
         return reason
 
     # --- holding -----------------------------------------------------------------------------
+
+    def _window(self) -> dict[str, float]:
+        """The validity window for the journal: from the start of the latest successful
+        renewal (or of the acquisition) to the last moment the fence lets a publication by."""
+        return {"start": self._renewed_at,
+                "valid_until": self._renewed_at + self.timing.renew_deadline_s}
 
     def valid_for(self) -> float:
         """Seconds this holder may still publish without another successful renewal."""
@@ -192,7 +201,10 @@ class Lease:
             self.check(record.gen)  # past the deadline: lost
             return False
         self.check(record.gen)  # the deadline passed while the write was in flight
-        self.record, self._token, self._renewed_at = new, token, started
+        # the window never moves back, even if a slower, earlier renewal ever ended last
+        self.record, self._token = new, token
+        self._renewed_at = max(self._renewed_at, started)
+        self.journal.event("renewed", gen=record.gen, target=self.target, **self._window())
         return True
 
     async def commit(self, gen: int) -> None:
@@ -213,9 +225,11 @@ class Lease:
             return
         if self._lost is None:
             self._lost = "released"  # fence first: nothing publishes once successors may
+            fenced = self._clock()
             try:
                 await self.backend.renew(record.release(self._wall()), self._token)
-                self.journal.event("released", gen=record.gen, target=self.target)
+                self.journal.event("released", gen=record.gen, target=self.target,
+                                   fenced_at=fenced)
             except SyncdError as exc:
                 if self.log is not None:
                     self.log.warning("lease_release_failed", target=self.target,
@@ -229,6 +243,10 @@ class LeaseFence:
 
     lease: Lease
     generation: int
+
+    @property
+    def target(self) -> str:
+        return self.lease.target
 
     def check(self) -> None:
         self.lease.check(self.generation)

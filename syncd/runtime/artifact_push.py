@@ -98,8 +98,8 @@ async def _manifests(run: Pass, ours: Split, theirs: Split, waiting: dict[str, s
         if not same:
             key = artifacts.manifest_key(name)
             run.fence.check()
-            with run.journal.write("publish", key, run.fence.generation):
-                await run.sides.s3.put_small(key, body, fence=run.fence,
+            with run.journal.write("publish", key, run.fence) as w:
+                await run.sides.s3.put_small(key, body, fence=w.fence,
                                              generation=run.fence.generation)
             run.log.info("manifest_published", artifact=name, version=manifest.version,
                          files=len(manifest.files))
@@ -114,7 +114,7 @@ async def _gone(run: Pass, ours: Split, theirs: Split, src: Listing) -> None:
         if not (run.mirror.delete and src.complete and src.entries):
             continue
         key = artifacts.manifest_key(name)
-        with run.journal.write("delete", key, run.fence.generation):
-            await run.sides.s3.delete([key], run.fence)
+        with run.journal.write("delete", [key], run.fence) as w:
+            await run.sides.s3.delete([key], w.fence)
         run.status.artifacts.pop(name, None)
         run.log.info("manifest_deleted", artifact=name)

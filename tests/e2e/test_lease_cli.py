@@ -7,16 +7,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
 import pytest
 
+from syncd.lease.record import LeaseRecord, encode, me
 from tests.e2e.test_bad_input import _one_error_line, _read_only
 from tests.mirrors import SYNCD, env, syncd, tree, write_config
 from tests.servers import HOST, REGION, S3Server, find_free_port, venv_binary
@@ -65,9 +68,12 @@ def test_status_shows_free_held_and_released_and_sync_refuses_a_held_lease(
                                     "pid": daemon.pid}
         assert status["gen"] == 1 and status["backend"] == "volume"
         assert status["target"] == str(vol) and status["mirrors"] == ["m"]
+        assert 0 < float(status["expires_in_s"]) <= 30  # type: ignore[arg-type]
+        assert status["takeover_after_s"] == 45 and status["ttl_s"] == 30
         human = syncd("lease", "status", "-c", str(cfg)).stdout
         assert f"held by holder-1 (host {socket.gethostname()}, pid {daemon.pid}), " \
                "generation 1" in human
+        assert "seen no renewal for 45s" in human
 
         run = syncd("sync", "--once", "-c", str(cfg))
         _one_error_line(run, 12, "held by holder-1", "generation 1", "taken over in")
@@ -245,3 +251,58 @@ def test_an_unwritable_journal_is_one_config_error(pull: tuple[Path, Path],
                 environ=env(SYNCD_LEASE__JOURNAL=str(tmp_path / "no-such-dir" / "j.jsonl")))
     _one_error_line(run, 3, "lease.journal", "No such file or directory")
     assert tree(vol) == {}
+
+
+def _plant(vol: Path, renewed_ago: float) -> None:
+    """A valid volume lease record of generation 1, last renewed `renewed_ago` s ago by the
+    holder's wall clock (negative: its clock is ahead of ours)."""
+    now = time.time()
+    holder = replace(me("quiet"), id="quiet", host="elsewhere", pid=4242, boot="")
+    record = LeaseRecord(target=str(vol), gen=1, holder=holder, ttl_s=30.0,
+                         acquired_wall=now - max(renewed_ago, 0) - 60,
+                         renewed_wall=now - renewed_ago, beat=7)
+    leases = vol / ".syncd/leases"
+    leases.mkdir(parents=True)
+    (leases / "gen-0000000001.json").write_bytes(encode(record))
+
+
+def _human(cfg: Path) -> str:
+    run = syncd("lease", "status", "-c", str(cfg))
+    assert run.code == 0, run.stderr
+    return run.stdout
+
+
+def test_status_shows_a_holder_that_stopped_renewing_as_silent_never_a_negative_expiry(
+    pull: tuple[Path, Path],
+) -> None:
+    cfg, vol = pull
+    _plant(vol, renewed_ago=100)
+    status = _status(cfg)
+    assert status["state"] == "silent" and status["gen"] == 1
+    assert status["renewed_age_s"] == pytest.approx(100, abs=5)
+    assert "expires_in_s" not in status and status["beat"] == 7
+    assert status["takeover_after_s"] == 45  # max(ttl 30, ours 30) + the default margin 15
+    assert all(v >= 0 for v in status.values() if isinstance(v, int | float))
+    human = _human(cfg)
+    assert re.search(r"silent: not renewed for 10\ds by its wall clock \(ttl 30s\)", human), \
+        human
+    assert "last held by quiet (host elsewhere, pid 4242), generation 1, heartbeat 7" in human
+    assert "seen no renewal for 45s" in human
+    assert "expires" not in human and "-" not in human.split("]", 1)[1]
+    run = syncd("sync", "--once", "-c", str(cfg))  # silent is not free: a standby must watch
+    _one_error_line(run, 12, "held by quiet", "taken over in 45s")
+
+
+def test_status_of_a_holder_whose_wall_clock_is_ahead_shows_no_negative_age(
+    pull: tuple[Path, Path],
+) -> None:
+    cfg, vol = pull
+    _plant(vol, renewed_ago=-120)
+    status = _status(cfg)
+    assert status["state"] == "held"
+    assert status["renewed_age_s"] == 0 and status["expires_in_s"] == 30
+    assert status["clock_ahead_s"] == pytest.approx(120, abs=5)
+    human = _human(cfg)
+    assert "renewed 0s ago, expires in 30s unless renewed" in human, human
+    assert re.search(r"its wall clock is 1[12]\ds ahead of ours", human), human
+    assert "-" not in human.split("]", 1)[1]

@@ -3,6 +3,7 @@ injected monotonic clock so expiry is exact and the tests are fast."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -346,3 +347,28 @@ async def test_the_fence_checks_the_holder_not_only_the_generation(tmp_path: Pat
             a.fence().check()
         with pytest.raises(LeaseLost):
             await a.renew()
+
+
+async def test_renewals_on_a_full_volume_leave_no_temp_files(tmp_path: Path) -> None:
+    """Every renewal writes a heartbeat through a temp file. On a full disk the write fails
+    (the renewal with it, transiently) and the empty file it had created must go too: it
+    used to stay, one per attempt, under .syncd/leases/tmp."""
+    from syncd.durable import write_new
+    from syncd.lease.volume import VolumeLease
+    from tests.lease.full_disk import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "vol") as root:
+        store = VolumeLease(root)
+        await store.prepare()
+        clock = Clock()
+        a = _lease(store, clock, "a")
+        await a.try_acquire()
+        fill(root)
+        for _ in range(5):
+            clock.now += 1
+            assert await a.renew() is False  # NoSpace: transient, inside the deadline
+        a.fence().check()
+        assert os.listdir(root / ".syncd/leases/tmp") == []
+        with pytest.raises(OSError, match="No space left"):
+            write_new(root / "record", b"x" * 10000)
+        assert not (root / "record").exists()
