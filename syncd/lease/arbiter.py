@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd.durable import write_new
-from syncd.errors import LeaseError, LeaseUnsupported, NotFound, SyncdError
+from syncd.errors import LeaseError, LeaseLost, LeaseUnsupported, NotFound, StoreError, SyncdError
 from syncd.fskind import FsType, fs_type, local_exclusive
 from syncd.keys import RESERVED_DIR
 from syncd.lease.backend import Backend
@@ -141,6 +141,7 @@ class VolumeArbiter:
         self._forced = forced
         self._force_ok = force_ok
         self._inner: Backend | None = None
+        self._ready = False  # prepared once: a backend chosen anew is prepared at once
         self.fs: FsType | None = None
 
     @property
@@ -173,8 +174,7 @@ class VolumeArbiter:
                     "writers could both win the lease",
                     hint="use lease = \"auto\" (an S3 conditional-write lease), or set [lease] "
                          "force_volume = true if only one host ever mounts this volume")
-            self._inner = VolumeLease(self.root)
-            return self._inner
+            return await self._chosen(VolumeLease(self.root))
         volume_id = await self.identity.existing()
         if volume_id is None:
             if not create:
@@ -185,8 +185,13 @@ class VolumeArbiter:
             candidate = uuid.uuid4().hex
             await self._prepared(await self._make_s3(candidate))
             volume_id = await self.identity.create(candidate)
-        self._inner = await self._make_s3(volume_id)
-        return self._inner
+        return await self._chosen(await self._make_s3(volume_id))
+
+    async def _chosen(self, inner: Backend) -> Backend:
+        if self._ready:
+            await self._prepared(inner)
+        self._inner = inner
+        return inner
 
     async def _prepared(self, inner: Backend) -> Backend:
         try:
@@ -208,9 +213,10 @@ class VolumeArbiter:
         inner = await self._decide(create=True)
         assert inner is not None
         await self._prepared(inner)
+        self._ready = True
 
     async def read(self) -> View:
-        inner = await self._decide(create=False)
+        inner = await self._decide(create=self._ready)
         if inner is None:
             return View(token=())  # no id yet: nobody ever held it
         return await inner.read()
@@ -220,7 +226,18 @@ class VolumeArbiter:
         return await self._inner.create(view, record)
 
     async def renew(self, record: LeaseRecord, token: Any) -> Any:
+        """Also looks again at the filesystem: a volume mounted (or unmounted) over the root
+        since the choice was made is another filesystem, whose lease is decided anew."""
         assert self._inner is not None, "prepared first"
+        try:
+            now = await asyncio.to_thread(fs_type, self.root)
+        except OSError as exc:
+            raise StoreError(f"volume lease of {self.root}: cannot statfs it: "
+                             f"{exc.strerror or exc}", store=self.target) from None
+        if now != self.fs:
+            was, self._inner, self.fs = self.fs, None, None
+            raise LeaseLost(f"lease on {self.target}: the filesystem under it changed from "
+                            f"{was} to {now} (mounted or unmounted); its lease is decided anew")
         return await self._inner.renew(record, token)
 
     def superseded(self, record: LeaseRecord) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.errors import LeaseError, LeaseUnsupported
+from syncd.errors import LeaseError, LeaseLost, LeaseUnsupported
 from syncd.lease.arbiter import Place, VolumeArbiter, keys_of
 from syncd.lease.backend import Backend
 from syncd.lease.record import LeaseRecord, me
@@ -168,3 +169,29 @@ async def test_an_arbiter_that_ignores_conditional_writes_is_refused_before_the_
     assert str(shared_volume.a) in str(caught.value)
     assert "[lease] bucket" in (caught.value.hint or "")
     assert not (shared_volume.a / ".syncd/volume.json").exists()
+
+
+async def test_a_filesystem_mounted_over_the_root_later_ends_the_lease_and_is_decided_anew(
+        tmp_path: Path, moto_s3: S3Server) -> None:
+    """The root was a plain directory when the arbiter was chosen; a volume mounted over it
+    since is another filesystem, whose lease is not the one held."""
+    root = tmp_path / "vol"
+    root.mkdir()
+    async with arbiter(root, moto_s3, new_bucket_name()) as chosen:
+        await chosen.prepare()
+        view = await chosen.read()
+        record = _record(str(root), view.next_gen, "a")
+        token = await chosen.create(view, record)
+        assert token is not None
+        mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)]
+        await asyncio.to_thread(subprocess.run, mount, check=True)
+        try:
+            with pytest.raises(LeaseLost) as caught:
+                await chosen.renew(record, token)
+            assert "changed from" in str(caught.value) and "tmpfs" in str(caught.value)
+            view = await chosen.read()  # decided and prepared anew, on the new filesystem
+            assert not view.exists and "tmpfs" in chosen.arbiter
+            assert await chosen.create(view, _record(str(root), view.next_gen, "b"))
+            assert (root / ".syncd/leases/gen-0000000001.json").exists()
+        finally:
+            await asyncio.to_thread(subprocess.run, ["umount", "-l", str(root)], check=True)
