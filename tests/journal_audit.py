@@ -35,8 +35,9 @@ infinity, unless its process is known to have ended, by `halted` or by a success
 "holder process is gone" takeover naming it. Outcomes "fenced" and "failed" landed nothing.
 
 `halted` maps an instance id to the CLOCK_MONOTONIC moment the test killed it (taken after
-the kill, e.g. after `wait()` returned) or froze it (SIGSTOP): whatever it had begun by then
-is taken to have landed by then or never, so its windows are cut there. For a frozen process
+the kill, e.g. after `wait()` returned) or froze it (SIGSTOP), or to every moment it was
+frozen while holding a lease: whatever it had begun by such a moment is taken to have landed
+by then or never, so its window is cut at the first of them inside it. For a frozen process
 that is an assumption (a rename that returned, a request whose bytes were in the kernel)
 which the test should check on the store, as tests/e2e/test_leases.py does.
 
@@ -59,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 Line = Mapping[str, Any]
+Halted = Mapping[str, float | Sequence[float]]  # instance -> moment(s) it stopped
 Journals = Iterable["str | os.PathLike[str] | Iterable[Line]"]
 
 MAY_HAVE_LANDED = ("ok", "unknown", "open")
@@ -196,7 +198,7 @@ def tenures(journals: Journals) -> list[Tenure]:
     return sorted(out, key=lambda t: (t.target, t.gen, t.acquired_at))
 
 
-def publications(journals: Journals, halted: Mapping[str, float] | None = None
+def publications(journals: Journals, halted: Halted | None = None
                  ) -> list[Publication]:
     """Every publication, begin and outcome paired, windows cut by `halted` and by proven
     deaths (module docstring). Ordered by start."""
@@ -228,8 +230,15 @@ def publications(journals: Journals, halted: Mapping[str, float] | None = None
     return sorted(out, key=lambda p: (p.start, p.end))
 
 
+def _times(stops: float | Sequence[float] | None) -> list[float]:
+    """`halted` values: one moment, or every moment an instance was frozen, in order."""
+    if stops is None:
+        return []
+    return sorted(stops) if isinstance(stops, Sequence) else [float(stops)]
+
+
 def _publication(who: Writer, begin: Line, outcome: Line | None,
-                 halted: Mapping[str, float], died: Mapping[Writer, float]) -> Publication:
+                 halted: Halted, died: Mapping[Writer, float]) -> Publication:
     keys = begin.get("keys") or ([begin["key"]] if "key" in begin else [])
     start = float(begin["start"])
     if outcome is None:
@@ -237,9 +246,10 @@ def _publication(who: Writer, begin: Line, outcome: Line | None,
     else:
         end = float(outcome["end"])
         result = str(outcome.get("outcome", "fenced" if "_" in outcome["event"] else "ok"))
-    stop = halted.get(who.instance)
-    if stop is not None and start <= stop < end:
-        end = stop
+    for stop in _times(halted.get(who.instance)):
+        if start <= stop < end:
+            end = stop
+            break
     op = str(begin.get("op") or str(begin["event"]).removesuffix("_begin"))
     checked = outcome.get("checked_at") if outcome is not None else None
     target = begin.get("target")
@@ -271,7 +281,7 @@ def regressions(journals: Journals) -> list[Finding]:
     return out
 
 
-def overlaps(journals: Journals, halted: Mapping[str, float] | None = None) -> list[Finding]:
+def overlaps(journals: Journals, halted: Halted | None = None) -> list[Finding]:
     """Validity that outlasts the next generation's acquisition, publications outside their
     writer's validity or under a generation it never held, and publications of different
     generations that overlap (module docstring)."""
@@ -292,7 +302,8 @@ def overlaps(journals: Journals, halted: Mapping[str, float] | None = None) -> l
             for nxt in (n for n in ts if n.gen == later[0]):
                 end = t.end
                 if nxt.reason == DEAD and nxt.previous == t.writer:
-                    end = min(end, halted.get(t.writer.instance, -math.inf))
+                    end = min(end, max(_times(halted.get(t.writer.instance)),
+                                       default=-math.inf))
                 if end > nxt.acquired_at:
                     out.append(Finding(
                         "validity overlaps acquisition", target, t.gen,
@@ -327,7 +338,7 @@ def overlaps(journals: Journals, halted: Mapping[str, float] | None = None) -> l
     return out
 
 
-def problems(journals: Journals, halted: Mapping[str, float] | None = None) -> list[Finding]:
+def problems(journals: Journals, halted: Halted | None = None) -> list[Finding]:
     """Everything this module checks; empty when the journals prove one writer at a time."""
     lines = _lines(journals)
     return [*double_holders([lines]), *regressions([lines]), *overlaps([lines], halted)]

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests import journal_audit
 from tests.fuse_mounts import SharedVolume
 from tests.mirrors import SYNCD, bucket_tree, env, syncd, tree, wait_for, write_config
 from tests.servers import S3Server
@@ -154,6 +155,9 @@ def assert_one_writer_at_a_time(cluster: Cluster, frozen: dict[str, float] | Non
     ordered = sorted(spans.items())
     for (g1, (_, end1, w1)), (g2, (start2, _, w2)) in itertools.pairwise(ordered):
         assert end1 <= start2, f"gen {g1} ({w1}) until {end1}, gen {g2} ({w2}) from {start2}"
+    # the full audit: validity windows too, and publications that never got an outcome line
+    found = journal_audit.problems([d.journal for d in cluster.daemons], halted=frozen)
+    assert not found, "\n".join(map(str, found))
 
 
 @pytest.fixture(params=SETUPS)
