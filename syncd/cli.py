@@ -206,41 +206,21 @@ def _failure(name: str, stats: Stats) -> SyncdError:
 def check(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
     """Compare volume and bucket; print differences; exit 4 on drift."""
     from syncd import config as config_mod
-    from syncd.plan import Adopt, Skip
+    from syncd.runtime import drift
     from syncd.runtime import mirror as mirror_mod
-    from syncd.transfer import same_bytes
-
 
     async def main() -> int:
         cfg = config_mod.load(config)
-        drift = 0
+        found = 0
         for m in _mirrors(cfg, mirror):
             async with mirror_mod.opened(cfg, m, write=False) as sides:
-                plan, _ = await mirror_mod.plan_for(sides, m)
-                for action in plan.actions:
-                    if isinstance(action, Adopt) and await same_bytes(
-                            sides.src, action.src, sides.dst, action.dst):
-                        continue
-                    if isinstance(action, Skip) and action.reason == "unchanged":
-                        continue
-                    drift += 1
-                    typer.echo(f"[{m.name}] {_drift_line(action)}")
-        typer.echo(f"{drift} difference(s)" if drift else "in sync")
-        return int(ExitCode.DRIFT) if drift else 0
+                for difference in await drift.differences(sides, m):
+                    found += 1
+                    typer.echo(f"[{m.name}] {difference}")
+        typer.echo(f"{found} difference(s)" if found else "in sync")
+        return int(ExitCode.DRIFT) if found else 0
 
     _run(main)
-
-
-def _drift_line(action: Any) -> str:
-    from syncd.plan import Adopt, Copy, Delete, Refuse, Skip
-
-    if isinstance(action, Copy | Adopt):
-        kind = "missing" if action.reason == "new" else "differs"
-        return f"{kind}  {action.key}"
-    if isinstance(action, Delete | Skip):
-        return f"extra    {action.key}"
-    assert isinstance(action, Refuse)
-    return f"refused  {action.key!r} ({action.detail})"
 
 
 @app.command()

@@ -4,6 +4,8 @@ Written after every pass by the lease holder, read by `syncd wait` (a worker's e
 possibly on another host sharing the volume), `syncd status` and the readiness probe. It also
 remembers when each artifact version was retired, so old versions are pruned after their
 grace period even across restarts. Missing or unreadable means "nothing known yet".
+Only a holder writes it, right after a fence check: a holder fenced out midway must not
+overwrite what its successor reported (readiness would follow the stale one).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from syncd import durable
 from syncd.keys import RESERVED_DIR
+from syncd.stores.base import Fence
 
 VERSION = 1
 READY, BUILDING, HELD, FAILED, GONE = "ready", "building", "held", "failed", "gone"
@@ -100,5 +103,8 @@ async def load(root: Path, mirror: str) -> MirrorStatus:
     return await asyncio.to_thread(read, root, mirror)
 
 
-async def save(root: Path, status: MirrorStatus) -> None:
-    await asyncio.to_thread(_write, root, status)
+async def save(root: Path, status: MirrorStatus, fence: Fence) -> None:
+    def write() -> None:
+        fence.check()
+        _write(root, status)
+    await asyncio.to_thread(write)

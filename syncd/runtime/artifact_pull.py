@@ -3,8 +3,10 @@
 For each artifact the wanted version is named by its manifest when the bucket has one (and
 the bucket agrees with it; otherwise it is still being pushed and the volume keeps what it
 has), else by its listing. A version that differs from the current one is built in its own
-directory: unchanged files hard-linked from the current version, the rest downloaded and
+directory: unchanged files seeded from the current version (hard-linked where the volume
+keeps links, else copied and checked against the recorded checksum), the rest downloaded and
 verified; only a build that holds exactly the wanted files, each verified, is switched in.
+Every write to the volume (seeding, switching, pruning) follows a check of the lease's fence.
 An interrupted build is resumed by the next pass (same version, same directory).
 """
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from syncd import artifacts, status
 from syncd.artifacts import Group, Manifest, ManifestError
 from syncd.errors import IntegrityError
-from syncd.listing import Entry, Listing, fingerprint
+from syncd.listing import Entry, Listing, Recorded, fingerprint
 from syncd.plan import Plan, Policy
 from syncd.runtime.mirror import Pass, policy_of
 from syncd.status import ArtifactStatus
@@ -114,10 +116,9 @@ async def _intend(run: Pass, group: Group) -> Build | None:
         st.state, st.detail = status.READY, None
         return None
     if previous and previous not in (version, current):
-        await versions.remove(previous)  # a build of a version the bucket no longer holds
+        await versions.remove(previous, run.fence)  # a version the bucket no longer holds
     st.state, st.detail = status.BUILDING, f"building version {version}"
-    run.fence.check()
-    await versions.prepare(version)
+    await versions.prepare(version, run.fence)
     if current is not None:
         await _seed(run, versions, current, version, name, files)
     builder = versions.builder(version)
@@ -133,18 +134,26 @@ def _hold(run: Pass, name: str, st: ArtifactStatus, why: str) -> None:
 
 async def _seed(run: Pass, versions: Versions, current: str, version: str, name: str,
                 files: dict[str, Entry]) -> None:
-    """Link the files the wanted version shares with the current one (per the record)."""
+    """Seed the files the wanted version shares with the current one (per the record). A
+    copy has a fingerprint of its own: recorded with the checksum it was checked against,
+    so the build's plan counts it as verified."""
     expected = {}
     for rel, entry in files.items():
         rec = run.record.get(f"{name}/{rel}")
         if rec is not None and rec.src == fingerprint(entry):
-            expected[rel] = rec.dst
+            expected[rel] = rec
     if not expected:
         return
     content = run.sides.volume.root / name if current == LEGACY else versions.content(current)
-    linked = await versions.seed(content, version, expected)
-    if linked:
-        run.log.info("artifact_seeded", artifact=name, version=version, linked=linked)
+    seeded = await versions.seed(content, version, expected, run.fence, run.on_bytes)
+    for rel, copy in seeded.copied.items():
+        rec = expected[rel]
+        run.record[f"{name}/{rel}"] = Recorded(rec.src, fingerprint(copy), rec.checksum,
+                                               run.fence.generation)
+    if seeded.linked or seeded.copied:
+        run.log.info("artifact_seeded", artifact=name, version=version, linked=seeded.linked,
+                     copied=len(seeded.copied), unchanged=len(expected),
+                     links=seeded.how.links, fs=seeded.how.fs.name)
 
 
 async def _build(run: Pass, build: Build) -> Stats:
@@ -235,8 +244,7 @@ async def _prune(run: Pass) -> None:
                 continue
             since = retired.setdefault(version, now)
             if now - since >= grace:
-                run.fence.check()
-                await versions.remove(version)
+                await versions.remove(version, run.fence)
                 del retired[version]
                 run.log.info("version_pruned", artifact=name, version=version)
         for version in [v for v in retired if v in keep or v not in on_disk]:

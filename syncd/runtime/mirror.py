@@ -23,6 +23,7 @@ from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
 from syncd.plan import Plan, Policy, Reason, Skip, compute
 from syncd.resume import ResumeBook
+from syncd.runtime import leftovers
 from syncd.stores.base import Fence, OpenFence, Store
 from syncd.stores.s3 import STALE_UPLOAD_S, S3Store
 from syncd.stores.versions import LEGACY, Versions
@@ -72,6 +73,7 @@ class Memory:
     artifacts: dict[str, int] = field(default_factory=dict)  # pull: artifacts by state
     refused: int = 0  # keys the last pass refused
     deletes_held: int = 0  # deletes the guard held back in the last pass
+    swept: int | None = None  # the lease generation whose first pass removed leftovers
 
     def lag_s(self, now: float) -> float:
         return now - min(self.pending.values()) if self.pending else 0.0
@@ -125,31 +127,56 @@ async def listings(sides: Sides) -> tuple[Listing, Listing]:
     return src, dst
 
 
-async def volume_view(sides: Sides, mirror: MirrorConfig, listing: Listing) -> Listing:
-    """The volume as readers see it: each artifact link's current version listed in place."""
+@dataclass(slots=True)
+class View:
+    """The volume as readers see it: each artifact link's current version listed in place,
+    and the store each such artifact's files are read through (its version directory: the
+    volume store never follows the link itself)."""
+
+    listing: Listing
+    holders: dict[str, VolumeStore] = field(default_factory=dict)  # artifact -> its version
+
+    def holder(self, key: str, volume: VolumeStore) -> VolumeStore:
+        """The store that reads `key` (a mirror key) as a reader would find it."""
+        for name, store in self.holders.items():
+            if key.startswith(f"{name}/"):
+                return store
+        return volume
+
+
+async def volume_view(sides: Sides, mirror: MirrorConfig, listing: Listing) -> View:
+    """The volume as readers see it (see `View`)."""
     if not mirror.artifacts:
-        return listing
-    view = Listing(dict(listing.entries), listing.complete, dict(listing.refused))
-    for key in list(view.refused):
+        return View(listing)
+    view = View(Listing(dict(listing.entries), listing.complete, dict(listing.refused)))
+    for key in list(view.listing.refused):
         versions = Versions(sides.volume, key)
         current = await versions.current()
         if current is None or current == LEGACY:
             continue
-        del view.refused[key]
-        inner = await versions.builder(current).list()
-        view.entries.update(inner.entries)
+        del view.listing.refused[key]
+        builder = versions.builder(current)
+        view.listing.entries.update((await builder.list()).entries)
+        view.holders[key] = builder
     return view
 
 
-async def plan_for(sides: Sides, mirror: MirrorConfig) -> tuple[Plan, Record]:
-    """One flat plan over every file (dry runs, `syncd check`)."""
+async def plan_view(sides: Sides, mirror: MirrorConfig) -> tuple[Plan, Record, View]:
+    """One flat plan over every file, and the volume it was planned against."""
     src, dst = await listings(sides)
     if sides.pull:
-        dst = await volume_view(sides, mirror, dst)
+        view = await volume_view(sides, mirror, dst)
     else:
         dst.entries = {k: e for k, e in dst.entries.items() if not artifacts.is_manifest(k)}
+        view = View(dst)
     record = await state.load(sides.root, mirror.name)
-    return compute(src, dst, record, policy_of(mirror)), record
+    return compute(src, view.listing, record, policy_of(mirror)), record, view
+
+
+async def plan_for(sides: Sides, mirror: MirrorConfig) -> tuple[Plan, Record]:
+    """One flat plan over every file (dry runs)."""
+    plan, record, _ = await plan_view(sides, mirror)
+    return plan, record
 
 
 @dataclass(slots=True)
@@ -204,7 +231,7 @@ async def cycle(
     async with opened(config, mirror, write=True) as sides:
         fence.check()
         if sides.pull:
-            removed = await sides.volume.clean_temporaries()
+            removed = await sides.volume.clean_temporaries(fence)
             if removed:
                 log.info("temporaries_removed", count=removed)
         elif memory is None or memory.cleaned is None or (
@@ -212,6 +239,12 @@ async def cycle(
             await _abort_abandoned(sides.s3, log)
             if memory is not None:
                 memory.cleaned = time.monotonic()
+        if memory is None or memory.swept != fence.generation:  # a new holder: leftovers?
+            swept = await leftovers.sweep(sides.volume, mirror, fence)
+            if swept:
+                log.info("leftovers_removed", count=swept, gen=fence.generation)
+            if memory is not None:
+                memory.swept = fence.generation
         src, dst = await listings(sides)
         run = Pass(config, mirror, sides, fence, journal, log,
                    await state.load(sides.root, mirror.name, src.entries),
@@ -248,6 +281,6 @@ async def cycle(
             if (status.content(run.status) != status_before
                     or now - run.status.updated_wall > status.REFRESH_S):
                 run.status.updated_wall = now  # a no-op pass writes nothing most times
-                with contextlib.suppress(OSError):
-                    await status.save(sides.root, run.status)
+                with contextlib.suppress(OSError):  # not LeaseLost: a fenced pass is told
+                    await status.save(sides.root, run.status, fence)
         return plan, stats

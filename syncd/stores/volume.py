@@ -109,9 +109,18 @@ class VolumeStore:
                            key=key, hint="free space on the volume or grow it")
         if exc.errno in _ACCESS_ERRNOS:
             return AccessDenied(f"cannot write {where}: {reason}", store=self.name, key=key)
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
-            return StoreError(f"{where}: path conflicts with an existing file, directory or "
-                              f"symlink ({reason})", store=self.name, key=key)
+        # Said as it is: the same errno comes from a write blocked by a file where a
+        # directory must go and from a read refused at a symlink (an artifact's link,
+        # opened without following it), and only the first is a conflict.
+        if exc.errno == errno.ENOTDIR:
+            return StoreError(f"{where}: a file or a symlink (not followed) stands where the "
+                              f"path needs a directory ({reason})", store=self.name, key=key)
+        if exc.errno == errno.ELOOP:
+            return StoreError(f"{where}: is a symlink, which syncd does not follow ({reason})",
+                              store=self.name, key=key)
+        if exc.errno == errno.EISDIR:
+            return StoreError(f"{where}: is a directory, not a file ({reason})",
+                              store=self.name, key=key)
         return StoreError(f"{where}: {reason}", store=self.name, key=key)
 
     async def check(self, *, writable: bool) -> None:
@@ -133,10 +142,11 @@ class VolumeStore:
         os.close(fd)
         os.unlink(probe)
 
-    async def clean_temporaries(self) -> int:
-        """Remove staging leftovers of an earlier crash; returns how many. Partial downloads
-        with a readable sidecar stay for `resume_max_age_s`, so the next pass resumes them."""
-        return await self._downloads.clean_temporaries()
+    async def clean_temporaries(self, fence: Fence) -> int:
+        """Remove staging leftovers of an earlier crash (under `fence`); returns how many.
+        Partial downloads with a readable sidecar stay for `resume_max_age_s`, so the next
+        pass resumes them."""
+        return await self._downloads.clean_temporaries(fence)
 
     # --- listing -----------------------------------------------------------------------------
 
@@ -213,6 +223,22 @@ class VolumeStore:
         if unsafe_reason(entry.key):
             raise UnsafeKey(f"refused key {entry.key!r}")
         return VolumeSource(self, entry)
+
+    async def unreadable(self, key: str) -> str | None:
+        """Why the file `key` cannot be read now, or None: it is opened (never through a
+        symlink) and its first byte read. A listing only stats; a file can stat fine and
+        still fail to open (a hard link a FUSE host lost, issue 17)."""
+        def first_byte() -> None:
+            fd = self._open_file(key)
+            try:
+                os.pread(fd, 1, 0)
+            finally:
+                os.close(fd)
+        try:
+            await asyncio.to_thread(first_byte)
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+        return None
 
     async def checksum(self, entry: Entry, algo: Algo | None = None) -> Checksum | None:
         algo = algo or OWN_ALGO

@@ -36,7 +36,7 @@ from syncd.resume import (
     sidecar_of,
     worth_resuming,
 )
-from syncd.stores.base import Source, Staged
+from syncd.stores.base import Fence, Source, Staged
 from syncd.stores.direct import (
     ALIGN,
     DIRECT_MIN,
@@ -111,9 +111,11 @@ class Downloads:
         """`path` was renamed into place: nothing of it is staged any more."""
         self._partials.discard(path.name)
 
-    async def clean_temporaries(self) -> int:
+    async def clean_temporaries(self, fence: Fence) -> int:
         """Remove staging leftovers of an earlier crash; returns how many. Partial downloads
-        with a readable sidecar stay for `resume_max_age_s`, so the next pass resumes them."""
+        with a readable sidecar stay for `resume_max_age_s`, so the next pass resumes them.
+        Each removal follows a fence check: a holder that lost its lease must not delete
+        what its successor is staging."""
         def clean() -> int:
             if self.tmp_dir.is_symlink():
                 raise StoreError(f"{self.tmp_dir} is a symlink; refusing to clean it",
@@ -123,7 +125,8 @@ class Downloads:
                 keep = fresh_partials(self.tmp_dir, files, time.time(), self._resume_max_age_s)
                 keep.update(*((p, sidecar_of(self.tmp_dir / p).name) for p in self._partials))
                 removed = 0
-                for name in set(files) - keep:
+                for name in sorted(set(files) - keep):
+                    fence.check()
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.tmp_dir / name)
                         removed += 1

@@ -14,6 +14,7 @@ from syncd import status
 from syncd.config import Config, parse
 from syncd.runtime.readiness import Reader, judge
 from syncd.status import ArtifactStatus, MirrorStatus
+from syncd.stores.base import OpenFence
 
 CONFIG = """
 [[mirrors]]
@@ -82,11 +83,11 @@ async def test_check_reads_status_files_of_pull_mirrors_only(tmp_path: Path) -> 
     for m in cfg.mirrors:
         (tmp_path / m.name).mkdir()
     await status.save(tmp_path / "models", passed(
-        "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")))
+        "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")), OpenFence())
     verdict = await Reader().check(cfg, list(cfg.mirrors))
     assert verdict.body["missing"] == ["loose: no pass has finished yet"]
     assert set(verdict.body["mirrors"]) == {"models", "loose"}  # a push mirror never gates
-    await status.save(tmp_path / "loose", passed("loose"))
+    await status.save(tmp_path / "loose", passed("loose"), OpenFence())
     assert (await Reader().check(cfg, list(cfg.mirrors))).ok
 
 
@@ -102,7 +103,7 @@ async def test_an_unreadable_status_is_named_not_taken_for_no_pass(tmp_path: Pat
     cfg = config(tmp_path)
     for m in cfg.mirrors:
         (tmp_path / m.name).mkdir()
-    await status.save(tmp_path / "loose", passed("loose"))
+    await status.save(tmp_path / "loose", passed("loose"), OpenFence())
     status.path_for(tmp_path / "models", "models").mkdir(parents=True)  # EISDIR, not ENOENT
     verdict = await Reader().check(cfg, list(cfg.mirrors))
     assert not verdict.ok
@@ -129,8 +130,8 @@ async def test_a_hung_volume_answers_not_ready_without_piling_up_reads(tmp_path:
     os.close(fd)
     fifo.unlink()
     await status.save(tmp_path / "models", passed(
-        "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")))
-    await status.save(tmp_path / "loose", passed("loose"))
+        "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")), OpenFence())
+    await status.save(tmp_path / "loose", passed("loose"), OpenFence())
     for _ in range(50):
         verdict = await reader.check(cfg, list(cfg.mirrors))
         if verdict.ok:
@@ -146,8 +147,8 @@ async def test_concurrent_probes_share_one_read_and_agree(tmp_path: Path) -> Non
     for m in cfg.mirrors:
         (tmp_path / m.name).mkdir()
     await status.save(tmp_path / "models", passed(
-        "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")))
-    await status.save(tmp_path / "loose", passed("loose"))
+        "models", llama=ArtifactStatus(status.READY, "m-1", "m-1")), OpenFence())
+    await status.save(tmp_path / "loose", passed("loose"), OpenFence())
     reader = Reader(timeout_s=5.0)
     verdicts = await asyncio.gather(*(reader.check(cfg, list(cfg.mirrors)) for _ in range(8)))
     assert all(v.ok for v in verdicts), [v.body["missing"] for v in verdicts]

@@ -149,7 +149,7 @@ async def test_download_resumes_from_verified_parts_after_cancel(s3, bucket, tmp
     async with S3Store(_s3cfg(s3), TRANSFER, bucket, "m/") as src:
         entry = (await src.list()).entries["shard.bin"]
         kept = await _interrupted_download(volume, src, entry)
-        assert await volume.clean_temporaries() == 0  # the next pass starts by cleaning
+        assert await volume.clean_temporaries(OpenFence()) == 0  # the next pass starts by cleaning
         staged, tap = await _pull(volume, src, entry)
     assert staged.resumed == _part_bytes(kept) >= 2 * PART
     assert tap.read_bytes == SIZE - staged.resumed
@@ -259,7 +259,7 @@ async def test_clean_temporaries_keeps_fresh_partials_and_removes_old_and_orphan
     for leftover in ("0123abcd.part", ".probe-1", ".resume-fresh.part.json.12ab.tmp"):
         (tmp / leftover).write_bytes(b"x")
 
-    assert await volume.clean_temporaries() == 9
+    assert await volume.clean_temporaries(OpenFence()) == 9
     assert sorted(p.name for p in tmp.iterdir()) == ["resume-fresh.part",
                                                      "resume-fresh.part.json"]
 

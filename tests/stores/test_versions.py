@@ -15,10 +15,12 @@ import pytest
 
 from syncd.errors import LeaseLost, StoreError
 from syncd.keys import RESERVED_DIR
-from syncd.listing import Entry, fingerprint
+from syncd.listing import Entry, Recorded, fingerprint
 from syncd.stores.base import OpenFence
 from syncd.stores.versions import LEGACY, Versions
 from syncd.stores.volume import VolumeStore
+from syncd.verify import OWN_ALGO, hash_bytes
+from tests.fences import CountdownFence
 
 V1 = {"w.bin": b"weights one", "sub/config.json": b'{"v": 1}'}
 V2 = {"w.bin": b"weights two!", "sub/config.json": b'{"v": 2}'}
@@ -44,7 +46,7 @@ async def store(tmp_path: Path) -> VolumeStore:
 
 async def build(versions: Versions, version: str, files: dict[str, bytes]) -> Path:
     """A complete version as the pull side leaves it before the switch."""
-    await versions.prepare(version)
+    await versions.prepare(version, OpenFence())
     content = versions.content(version)
     for rel, data in files.items():
         (content / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,13 @@ def fingerprint_of(path: Path) -> str:
     return fingerprint(Entry(path.name, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino))
 
 
+def recorded(path: Path) -> Recorded:
+    """What syncd records once it has published and verified `path`."""
+    data = path.read_bytes()
+    return Recorded(f"{len(data)}:etag", fingerprint_of(path),
+                    f"{OWN_ALGO}:{hash_bytes(data, [OWN_ALGO])[OWN_ALGO]}")
+
+
 # --- building -----------------------------------------------------------------------------------
 
 
@@ -84,7 +93,7 @@ async def test_versions_prepare_makes_a_version_dir_no_reader_knows_about(
     store: VolumeStore,
 ) -> None:
     versions = Versions(store, "llama")
-    await versions.prepare("v1")
+    await versions.prepare("v1", OpenFence())
     assert versions.path("v1") == store.root / RESERVED_DIR / "artifacts" / "llama" / "v1"
     assert versions.path("v1").is_dir()
     assert versions.content("v1") == versions.path("v1") / "llama"
@@ -107,7 +116,7 @@ async def test_versions_builder_lists_the_version_with_mirror_keys(store: Volume
 async def test_versions_prepare_is_idempotent(store: VolumeStore) -> None:
     versions = Versions(store, "llama")
     content = await build(versions, "v1", V1)
-    await versions.prepare("v1")
+    await versions.prepare("v1", OpenFence())
     assert read_all(content) == V1
 
 
@@ -265,17 +274,18 @@ async def test_versions_seed_links_only_files_whose_fingerprint_matches(
     """Bytes syncd verified are reused; a file changed since (or missing) is downloaded."""
     versions = Versions(store, "llama")
     old = await build(versions, "v1", {"same.bin": b"s", "sub/same.json": b"j", "edited": b"e"})
-    await versions.prepare("v2")
+    await versions.prepare("v2", OpenFence())
     expected = {
-        "same.bin": fingerprint_of(old / "same.bin"),
-        "sub/same.json": fingerprint_of(old / "sub" / "same.json"),
-        "edited": fingerprint_of(old / "edited"),
-        "gone": "1:1:1",
+        "same.bin": recorded(old / "same.bin"),
+        "sub/same.json": recorded(old / "sub" / "same.json"),
+        "edited": recorded(old / "edited"),
+        "gone": Recorded("1:e", "1:1:1"),
     }
     os.utime(old / "edited", ns=(1, 1))  # touched after syncd verified it
-    linked = await versions.seed(old, "v2", expected)
+    seeded = await versions.seed(old, "v2", expected, OpenFence())
     new = versions.content("v2")
-    assert linked == 2
+    assert seeded.how.links, seeded.how  # a local disk (tests/test_fskind.py)
+    assert (seeded.linked, seeded.copied) == (2, {})
     assert read_all(new) == {"same.bin": b"s", "sub/same.json": b"j"}
     assert (new / "same.bin").stat().st_ino == (old / "same.bin").stat().st_ino
 
@@ -285,9 +295,8 @@ async def test_versions_seed_skips_links_and_files_already_built(store: VolumeSt
     old = await build(versions, "v1", {"a": b"a", "b": b"b"})
     (old / "ln").symlink_to(old / "a")
     new = await build(versions, "v2", {"b": b"downloaded"})
-    expected = {"a": fingerprint_of(old / "a"), "b": fingerprint_of(old / "b"),
-                "ln": fingerprint_of(old / "a")}
-    assert await versions.seed(old, "v2", expected) == 1
+    expected = {"a": recorded(old / "a"), "b": recorded(old / "b"), "ln": recorded(old / "a")}
+    assert (await versions.seed(old, "v2", expected, OpenFence())).linked == 1
     assert read_all(new) == {"a": b"a", "b": b"downloaded"}
     assert not (new / "ln").exists()
 
@@ -297,9 +306,35 @@ async def test_versions_seed_from_a_legacy_directory(store: VolumeStore) -> None
     legacy.mkdir()
     (legacy / "w.bin").write_bytes(b"w")
     versions = Versions(store, "llama")
-    await versions.prepare("v1")
-    assert await versions.seed(legacy, "v1", {"w.bin": fingerprint_of(legacy / "w.bin")}) == 1
+    await versions.prepare("v1", OpenFence())
+    seeded = await versions.seed(legacy, "v1", {"w.bin": recorded(legacy / "w.bin")},
+                                 OpenFence())
+    assert seeded.linked == 1
     assert read_all(versions.content("v1")) == {"w.bin": b"w"}
+
+
+async def test_versions_seed_stops_at_the_next_file_once_the_fence_is_lost(
+    store: VolumeStore,
+) -> None:
+    """A holder fenced out midway links nothing more into its build (issue 17)."""
+    versions = Versions(store, "llama")
+    files = {f"f{i}": bytes([i]) for i in range(6)}
+    old = await build(versions, "v1", files)
+    await versions.prepare("v2", OpenFence())
+    expected = {k: recorded(old / k) for k in files}
+    await versions.seed(old, "v2", {}, OpenFence())  # the volume's link probe is done once
+    fence = CountdownFence(allowed=2)
+    with pytest.raises(LeaseLost):
+        await versions.seed(old, "v2", expected, fence)
+    assert len(read_all(versions.content("v2"))) == 2 == fence.passed
+    assert fence.refused == 1
+
+
+async def test_versions_prepare_with_a_lost_lease_creates_nothing(store: VolumeStore) -> None:
+    versions = Versions(store, "llama")
+    with pytest.raises(LeaseLost):
+        await versions.prepare("v1", LostFence())
+    assert not (store.meta_dir / "artifacts").exists()
 
 
 # --- fencing ------------------------------------------------------------------------------------
@@ -379,11 +414,26 @@ async def test_versions_remove_deletes_one_version(store: VolumeStore) -> None:
     versions = Versions(store, "llama")
     await build(versions, "v1", V1)
     await build(versions, "v2", V2)
-    await versions.remove("v1")
+    await versions.remove("v1", OpenFence())
     assert await versions.on_disk() == ["v2"]
     assert not versions.path("v1").exists()
-    await versions.remove("never-built")
+    await versions.remove("never-built", OpenFence())
     assert await versions.on_disk() == ["v2"]
+    assert read_all(versions.content("v2")) == V2
+
+
+async def test_versions_remove_stops_at_the_next_entry_once_the_fence_is_lost(
+    store: VolumeStore,
+) -> None:
+    """Pruning by a holder fenced out midway deletes nothing more."""
+    versions = Versions(store, "llama")
+    files = {f"f{i}": b"x" for i in range(6)}
+    await build(versions, "v1", files)
+    fence = CountdownFence(allowed=2)
+    with pytest.raises(LeaseLost):
+        await versions.remove("v1", fence)
+    assert len(read_all(versions.content("v1"))) == len(files) - 2
+    assert fence.refused == 1
 
 
 async def test_versions_remove_unlinks_a_symlink_without_following_it(
@@ -394,12 +444,108 @@ async def test_versions_remove_unlinks_a_symlink_without_following_it(
     outside.mkdir()
     (outside / "precious").write_bytes(b"keep")
     versions = Versions(store, "llama")
-    await versions.prepare("v1")
+    await versions.prepare("v1", OpenFence())
     versions.path("planted").symlink_to(outside)
-    await versions.remove("planted")
+    await versions.remove("planted", OpenFence())
     assert not present(versions.path("planted"))
     assert read_all(outside) == {"precious": b"keep"}
 
 
 async def test_versions_on_disk_is_empty_before_any_version(store: VolumeStore) -> None:
     assert await Versions(store, "llama").on_disk() == []
+
+
+# --- fenced switches and leftovers of killed ones -----------------------------------------------
+
+
+async def test_versions_switch_fenced_after_its_temporary_link_keeps_the_old_version(
+    store: VolumeStore,
+) -> None:
+    """The lease is lost between staging the new link and renaming it over the old one."""
+    versions = Versions(store, "llama")
+    await build(versions, "v1", V1)
+    await build(versions, "v2", V2)
+    await versions.switch("v1", OpenFence())
+    fence = CountdownFence(allowed=2)  # the switch's start, the temporary link; not the rename
+    with pytest.raises(LeaseLost):
+        await versions.switch("v2", fence)
+    assert fence.refused == 1
+    assert await versions.current() == "v1"
+    assert read_all(store.root / "llama") == V1
+    assert strays(store.root) == []
+
+
+def killed_switch(versions: Versions, version: str, hexpart: str = "0123456789ab") -> Path:
+    """What a switch killed between creating its temporary link and renaming it leaves."""
+    parent = (versions.store.root / versions.artifact).parent
+    tmp = parent / f".{Path(versions.artifact).name}.syncd-{hexpart}"
+    tmp.symlink_to(versions.link_target(version))
+    return tmp
+
+
+@pytest.mark.parametrize("artifact", ["llama", "models/llama"])
+async def test_versions_sweep_removes_a_killed_switch_link_and_nothing_alike(
+    store: VolumeStore, tmp_path: Path, artifact: str
+) -> None:
+    versions = Versions(store, artifact)
+    await build(versions, "v1", V1)
+    await build(versions, "v2", V2)
+    await versions.switch("v1", OpenFence())
+    leftover = killed_switch(versions, "v2")
+    parent, name = leftover.parent, Path(artifact).name
+    lookalikes = {
+        f".{name}.syncd-0123456789a": "link",  # 11 hex digits
+        f".{name}.syncd-0123456789AB": "link",  # upper case: never made by syncd
+        f".{name}.syncd-0123456789ab.bak": "link",
+        f"{name}.syncd-0123456789ab": "link",  # no leading dot
+        f".{name}x.syncd-0123456789ab": "link",  # another name
+        f".{name}.syncd-aaaaaaaaaaaa": "file",  # the exact name, but not a link
+        f".{name}.syncd-bbbbbbbbbbbb": "foreign",  # the exact name, pointing elsewhere
+    }
+    for entry, kind in lookalikes.items():
+        if kind == "file":
+            (parent / entry).write_bytes(b"someone's")
+        else:
+            (parent / entry).symlink_to(versions.link_target("v2") if kind == "link"
+                                        else str(tmp_path))
+    assert await versions.sweep(OpenFence()) == 1
+    assert not present(leftover)
+    assert sorted(p.name for p in parent.iterdir() if ".syncd-" in p.name) == sorted(lookalikes)
+    assert await versions.current() == "v1"
+    assert read_all(store.root / artifact) == V1
+    assert await versions.sweep(OpenFence()) == 0
+
+
+async def test_versions_sweep_retires_a_directory_a_killed_takeover_swapped_out(
+    store: VolumeStore,
+) -> None:
+    """Killed after RENAME_EXCHANGE and before moving the old directory away: the link is
+    in place and the hand-copied directory sits under the temporary name. It is retired
+    like any taken-over directory (kept for readers, pruned later), never deleted."""
+    versions = Versions(store, "llama")
+    await build(versions, "v1", V1)
+    swapped = store.root / ".llama.syncd-00ff00ff00ff"
+    swapped.mkdir()
+    (swapped / "w.bin").write_bytes(b"hand copied")
+    (store.root / "llama").symlink_to(versions.link_target("v1"))
+    assert await versions.sweep(OpenFence()) == 1
+    assert not present(swapped)
+    kept = [v for v in await versions.on_disk() if v.startswith(f"{LEGACY}-")]
+    assert len(kept) == 1
+    assert read_all(versions.path(kept[0])) == {"w.bin": b"hand copied"}
+    assert await versions.current() == "v1"
+
+
+async def test_versions_sweep_with_a_lost_lease_removes_nothing(store: VolumeStore) -> None:
+    versions = Versions(store, "llama")
+    await build(versions, "v1", V1)
+    leftover = killed_switch(versions, "v1")
+    with pytest.raises(LeaseLost):
+        await versions.sweep(LostFence())
+    assert present(leftover)
+
+
+async def test_versions_sweep_without_the_artifact_directory_is_a_no_op(
+    store: VolumeStore,
+) -> None:
+    assert await Versions(store, "models/llama").sweep(OpenFence()) == 0
