@@ -384,7 +384,8 @@ def _status(key: Target, mirrors: list[str], view: View, now: float,
 
 
 def _status_line(row: dict[str, Any]) -> str:
-    head = f"{row['target']} [{row['backend']} lease; {', '.join(row['mirrors'])}]"
+    via = f" via {row['arbiter']}" if row.get("arbiter") else ""
+    head = f"{row['target']} [{row['backend']} lease{via}; {', '.join(row['mirrors'])}]"
     if row["state"] == "corrupt":
         return f"{head}: unreadable record, treated as held ({row['detail']})"
     if row["holder"] is None:
@@ -426,6 +427,9 @@ def lease_status(
                 lease = await leases.lease(ms[0])
                 row = _status(key, [m.name for m in ms], await lease.backend.read(),
                               time.time(), lease.timing)
+                arbiter = getattr(lease.backend, "arbiter", "")
+                if arbiter:  # a volume's: its filesystem, or the S3 bucket that holds it
+                    row["arbiter"] = arbiter
                 typer.echo(json.dumps(row) if as_json else _status_line(row))
         return 0
 

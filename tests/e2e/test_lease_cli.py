@@ -21,6 +21,7 @@ import pytest
 
 from syncd.lease.record import LeaseRecord, encode, me
 from tests.e2e.test_bad_input import _one_error_line, _read_only
+from tests.fuse_mounts import SharedVolume
 from tests.mirrors import SYNCD, env, syncd, tree, write_config
 from tests.servers import HOST, REGION, S3Server, find_free_port, venv_binary
 
@@ -68,6 +69,7 @@ def test_status_shows_free_held_and_released_and_sync_refuses_a_held_lease(
                                     "pid": daemon.pid}
         assert status["gen"] == 1 and status["backend"] == "volume"
         assert status["target"] == str(vol) and status["mirrors"] == ["m"]
+        assert str(status["arbiter"]).startswith("the filesystem (")  # a local disk's link()
         assert 0 < float(status["expires_in_s"]) <= 30  # type: ignore[arg-type]
         assert status["takeover_after_s"] == 45 and status["ttl_s"] == 30
         human = syncd("lease", "status", "-c", str(cfg)).stdout
@@ -306,3 +308,33 @@ def test_status_of_a_holder_whose_wall_clock_is_ahead_shows_no_negative_age(
     assert "renewed 0s ago, expires in 30s unless renewed" in human, human
     assert re.search(r"its wall clock is 1[12]\ds ahead of ours", human), human
     assert "-" not in human.split("]", 1)[1]
+
+
+def test_status_and_break_of_a_network_volume_lease_kept_in_s3_from_either_host(
+        shared_volume: SharedVolume, seaweedfs_s3: S3Server, tmp_path: Path) -> None:
+    bucket = f"cli-{os.urandom(6).hex()}"
+    client = seaweedfs_s3.client()
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="models/a.txt", Body=b"a")
+    cfg_a, cfg_b = (write_config(tmp_path / f"{host}.toml", seaweedfs_s3.endpoint_url, bucket,
+                                 direction="pull", root=root, top=SLOW_TTL)
+                    for host, root in (("a", shared_volume.a), ("b", shared_volume.b)))
+    assert _status(cfg_b)["state"] == "free"
+    assert not (shared_volume.b / ".syncd").exists()  # looking wrote nothing
+    run = syncd("sync", "--once", "-c", str(cfg_a))
+    assert run.code == 0, run.stderr
+    status = _status(cfg_b)  # the other host finds the same lease, through the volume's id
+    assert status["state"] == "released" and status["gen"] == 1
+    assert status["target"] == str(shared_volume.b)
+    assert str(status["arbiter"]).startswith(f"s3://{bucket} at {seaweedfs_s3.endpoint_url}")
+    assert "fuse" in str(status["arbiter"])
+    human = syncd("lease", "status", "-c", str(cfg_b)).stdout
+    assert f"[volume lease via s3://{bucket}" in human
+    volume_id = json.loads((shared_volume.b / ".syncd/volume.json").read_bytes())["id"]
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f".syncd/volumes/{volume_id}/")
+    assert {o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]} == {"lease.json",
+                                                                       "commit.json"}
+    broke = syncd("lease", "break", str(shared_volume.b), "--yes", "-c", str(cfg_b))
+    assert broke.code == 0, broke.stderr
+    assert _status(cfg_a)["gen"] == 2
+    assert tree(shared_volume.b) == {"a.txt": b"a"}
