@@ -92,8 +92,10 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
             # POSIX: a ']' right after '[' or '[!' is a member, not the end of the class.
             first = i + 2 if pattern.startswith("[!", i) else i + 1
             end = pattern.find("]", first + 1)
-            members = "".join(
-                f"\\{ch}" if ch in "\\[]^" else ch for ch in pattern[first:end])
+            members = "".join(  # '&~|' and a doubled '-' are set operators to come in re
+                f"\\{ch}" if ch in "\\[]^&~|" or (ch == "-" and prev == "-") else ch
+                for prev, ch in zip(" " + pattern[first:end], pattern[first:end],
+                                    strict=False))
             negate = "^/" if first == i + 2 else ""  # never crosses a segment
             if end == -1 or not _valid_class(f"[{negate}{members}]"):
                 out.append(re.escape(c))  # not a class (unclosed, or a range like [z-a])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 from hypothesis import given, settings
@@ -398,3 +399,15 @@ def test_selected_everything_without_globs_and_nothing_excluded_by_double_star(k
 def test_glob_match_treats_reversed_range_as_literal_text():
     assert glob_match("[z-a].txt", "[z-a].txt") is True
     assert glob_match("[z-a].txt", "b.txt") is False
+
+
+@pytest.mark.parametrize(("pattern", "key", "matches"), [
+    ("[&&]", "&", True), ("[~~a]", "a", True), ("[||]", "|", True),
+    ("[a--b]", "[a--b]", True), ("[a--b]", "a", False), ("[--]", "-", True)])
+def test_glob_classes_with_doubled_set_operators_are_members_without_a_warning(
+        pattern: str, key: str, matches: bool) -> None:
+    """re reads '&&', '~~', '||' and '--' in a class as set operators to come (a
+    FutureWarning now); in a glob they are plain members, and '[a--b]' an invalid range."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert glob_match(pattern, key) is matches
