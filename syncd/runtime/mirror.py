@@ -104,7 +104,8 @@ def note_pending(memory: Memory, plan: Plan, stats: Stats, st: status.MirrorStat
 
 
 @contextlib.asynccontextmanager
-async def opened(config: Config, mirror: MirrorConfig, *, write: bool) -> AsyncIterator[Sides]:
+async def opened(config: Config, mirror: MirrorConfig, *, write: bool,
+                 fence: Fence | None = None) -> AsyncIterator[Sides]:
     root = config.volume_root(mirror)
     if root is None:
         raise ConfigError(
@@ -118,7 +119,7 @@ async def opened(config: Config, mirror: MirrorConfig, *, write: bool) -> AsyncI
     book = ResumeBook(volume.meta_dir / "uploads") if mirror.direction == "push" else None
     async with S3Store(config.endpoint(mirror), t, mirror.bucket, mirror.prefix, resume=book,
                        endpoint=config.endpoint_name(mirror)) as s3:
-        await asyncio.gather(s3.check(), volume.check(writable=write))
+        await asyncio.gather(s3.check(), volume.check(writable=write, fence=fence))
         yield Sides(s3, volume, root, mirror.direction == "pull")
 
 
@@ -228,7 +229,7 @@ async def cycle(
     stopping: Callable[[], bool] = lambda: False, meter: Meter = NO_METER,
 ) -> tuple[Plan, Stats]:
     fence = fence or OpenFence()
-    async with opened(config, mirror, write=True) as sides:
+    async with opened(config, mirror, write=True, fence=fence) as sides:
         fence.check()
         if sides.pull:
             removed = await sides.volume.clean_temporaries(fence)

@@ -123,18 +123,21 @@ class VolumeStore:
                               store=self.name, key=key)
         return StoreError(f"{where}: {reason}", store=self.name, key=key)
 
-    async def check(self, *, writable: bool) -> None:
-        """The root must exist (a missing mount must not silently fill the container disk)."""
+    async def check(self, *, writable: bool, fence: Fence | None = None) -> None:
+        """The root must exist (a missing mount must not silently fill the container disk).
+        `writable` proves it can be written, under `fence` when a lease holder asks."""
         if not await aiofiles.os.path.isdir(self.root):
             raise NotFound(f"volume root {self.root} does not exist or is not a directory",
                            store=self.name, hint="is the volume mounted?")
         if writable:
             with self._translated():
-                await asyncio.to_thread(self._prepare_dirs)
+                await asyncio.to_thread(self._prepare_dirs, fence)
 
-    def _prepare_dirs(self) -> None:
+    def _prepare_dirs(self, fence: Fence | None) -> None:
         """syncd's own directories must be real directories: a symlink planted at `.syncd`
         would otherwise send temp files, state writes and leftover cleanup elsewhere."""
+        if fence is not None:
+            fence.check()
         for path in (self.meta_dir, self.tmp_dir, self.meta_dir / "state"):
             own_dir(path, store=self.name)
         probe = self.tmp_dir / f".probe-{uuid.uuid4().hex}"

@@ -34,6 +34,19 @@ async def test_volume_refuses_symlinked_own_directory_and_touches_nothing_outsid
     assert sorted(p.name for p in outside.iterdir()) == ["precious.bin"]
 
 
+async def test_a_holder_that_lost_its_lease_writes_nothing_when_proving_the_volume_writable(
+    tmp_path,
+):
+    """The writability probe creates syncd's directories and a probe file: writes to the
+    target like any other, so they wait for the fence."""
+    store = VolumeStore(tmp_path, part_size=5 << 20, multipart_threshold=5 << 20)
+    with pytest.raises(LeaseLost):
+        await store.check(writable=True, fence=RevokedFence())
+    assert list(tmp_path.iterdir()) == []
+    await store.check(writable=True, fence=OpenFence())
+    assert sorted(p.name for p in (tmp_path / ".syncd").iterdir()) == ["state", "tmp"]
+
+
 def test_staging_writes_more_chunks_than_iov_max(tmp_path):
     chunks = [os.urandom(7) for _ in range(3000)]  # e.g. tiny HTTP chunks from a proxy
     path = tmp_path / "f"
