@@ -43,7 +43,7 @@ def hash_range(fd: int, start: int, end: int, digest: Digest) -> None:
     while start < end:
         chunk = os.pread(fd, min(WRITE_BATCH, end - start), start)
         if not chunk:
-            raise OSError(errno.EIO, "staged file shorter than written")
+            raise OSError(errno.EIO, f"file shorter than the {end} bytes written")
         digest.update(chunk)
         start += len(chunk)
 
@@ -124,7 +124,7 @@ class InOrderHash:
         if got < 0:  # refused: the caller hashes the rest through the page cache
             self._direct = None
         elif start < end:
-            raise OSError(errno.EIO, "staged file shorter than written")
+            raise OSError(errno.EIO, f"file shorter than the {end} bytes written")
         return start
 
 

@@ -26,22 +26,12 @@ import pytest
 
 from tests import journal_audit
 from tests.conftest import new_bucket_name
+from tests.e2e.test_leases import FAST, INTERVAL, MARGIN, TTL
 from tests.fuse_mounts import SharedVolume
 from tests.mirrors import SYNCD, bucket_tree, env, tree, wait_for, write_config
 from tests.servers import S3Server
 
-TTL, INTERVAL, DEADLINE, MARGIN = 2.0, 0.25, 1.2, 0.8
 TRIALS = 10
-FAST = f"""
-[lease]
-ttl_s = {TTL}
-renew_interval_s = {INTERVAL}
-renew_deadline_s = {DEADLINE}
-skew_margin_s = {MARGIN}
-detect_dead_holders = false
-[daemon]
-poll_interval_s = 0.3
-"""
 
 
 @dataclass
