@@ -97,7 +97,7 @@ async def test_pass_fenced_midway_leaves_the_successors_status_alone(
     successor = status.MirrorStatus("m", updated_wall=123.0, error="the successor's word")
     await status.save(root, successor, OpenFence())
     written = status.path_for(root, "m").read_bytes()
-    fence = CountdownFence(allowed=1)  # the pass starts; its first publication is refused
+    fence = CountdownFence(allowed=2)  # the volume probe and the pass start; then refused
     with pytest.raises(LeaseLost):
         await run_pass(cfg, fence)
     assert fence.refused >= 2  # the publication, then the status write after it
