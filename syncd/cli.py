@@ -422,16 +422,27 @@ def lease_status(
 
     async def main() -> int:
         cfg = config_mod.load(config)
+        failed: SyncdError | None = None
         async with Leases(cfg, logs.get()) as leases:
             for key, ms in _lease_rows(cfg).items():
+                names = [m.name for m in ms]
                 lease = await leases.lease(ms[0])
-                row = _status(key, [m.name for m in ms], await lease.backend.read(),
-                              time.time(), lease.timing)
+                try:  # one target that cannot be read (unmounted, refused) hides no other
+                    view = await lease.backend.read()
+                except SyncdError as exc:
+                    failed = failed or exc
+                    row = {"target": key.name, "backend": key.backend, "mirrors": names,
+                           "state": "error", "error": str(exc)}
+                    typer.echo(json.dumps(row) if as_json else
+                               f"{key.name} [{key.backend} lease; {', '.join(names)}]: "
+                               f"cannot read it: {exc}")
+                    continue
+                row = _status(key, names, view, time.time(), lease.timing)
                 arbiter = getattr(lease.backend, "arbiter", "")
                 if arbiter:  # a volume's: its filesystem, or the S3 bucket that holds it
                     row["arbiter"] = arbiter
                 typer.echo(json.dumps(row) if as_json else _status_line(row))
-        return 0
+        return int(failed.exit_code) if failed else 0
 
     _run(main)
 
@@ -466,11 +477,11 @@ def lease_break(
         log = logs.get()
         async with Leases(cfg, log) as leases:
             lease = await leases.lease(rows[chosen[0]][0])
-            await lease.backend.prepare()
-            view = await lease.backend.read()
-            if not view.exists:
+            if not (await lease.backend.read()).exists:  # a look writes nothing
                 typer.echo(f"{lease.target}: no lease to break")
                 return 0
+            await lease.backend.prepare()
+            view = await lease.backend.read()
             now = time.time()
             record = LeaseRecord(target=lease.target, gen=view.next_gen, holder=leases.holder,
                                  ttl_s=lease.timing.ttl_s, acquired_wall=now, renewed_wall=now,

@@ -44,6 +44,7 @@ class Lease:
         self._clock = clock
         self._wall = wall
         self.record: LeaseRecord | None = None
+        self._held_as = ""  # the identity of the generation held
         self._token: Any = None
         self._renewed_at = 0.0
         self._lost: str | None = None
@@ -56,6 +57,14 @@ class Lease:
     @property
     def target(self) -> str:
         return self.backend.target
+
+    @property
+    def identity(self) -> str:
+        """What the lease is, the same on every host (a volume's root differs from mount to
+        mount; its S3 lease object does not): what journals name, so audits compare one
+        lease across hosts. The one it was acquired as while held (a volume's arbiter may
+        be decided anew after a loss)."""
+        return self._held_as or str(getattr(self.backend, "identity", self.target))
 
     @property
     def gen(self) -> int:
@@ -125,8 +134,10 @@ class Lease:
         if token is None:
             return None
         self.record, self._token, self._renewed_at, self._lost = record, token, started, None
+        self._held_as = ""
+        self._held_as = self.identity
         before = view.record.holder if view.record else None
-        self.journal.event("acquired", gen=record.gen, target=self.target, reason=reason,
+        self.journal.event("acquired", gen=record.gen, target=self.identity, reason=reason,
                            previous=before.id if before else None,
                            previous_pid=before.pid if before else None,
                            previous_nonce=before.nonce if before else None, **self._window())
@@ -149,7 +160,7 @@ class Lease:
     def lose(self, reason: str) -> None:
         if self.record is not None and self._lost is None:
             self._lost = reason
-            self.journal.event("lost", gen=self.record.gen, target=self.target, reason=reason)
+            self.journal.event("lost", gen=self.record.gen, target=self.identity, reason=reason)
 
     @property
     def lost_reason(self) -> str | None:
@@ -159,7 +170,7 @@ class Lease:
         """Forget a lost generation, so this instance contends again."""
         if self.record is not None:
             self._dropped = self.record.gen
-        self.record, self._token, self._lost = None, None, None
+        self.record, self._token, self._lost, self._held_as = None, None, None, ""
 
     def check(self, gen: int) -> None:
         """The fence: raise LeaseLost unless generation `gen` is still ours and provably
@@ -204,7 +215,7 @@ class Lease:
         # the window never moves back, even if a slower, earlier renewal ever ended last
         self.record, self._token = new, token
         self._renewed_at = max(self._renewed_at, started)
-        self.journal.event("renewed", gen=record.gen, target=self.target, **self._window())
+        self.journal.event("renewed", gen=record.gen, target=self.identity, **self._window())
         return True
 
     async def commit(self, gen: int) -> None:
@@ -228,13 +239,13 @@ class Lease:
             fenced = self._clock()
             try:
                 await self.backend.renew(record.release(self._wall()), self._token)
-                self.journal.event("released", gen=record.gen, target=self.target,
+                self.journal.event("released", gen=record.gen, target=self.identity,
                                    fenced_at=fenced)
             except SyncdError as exc:
                 if self.log is not None:
                     self.log.warning("lease_release_failed", target=self.target,
                                      gen=record.gen, error=str(exc))
-        self.record, self._token, self._lost = None, None, None
+        self.record, self._token, self._lost, self._held_as = None, None, None, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +257,8 @@ class LeaseFence:
 
     @property
     def target(self) -> str:
-        return self.lease.target
+        """The lease's identity, as journal lines name it."""
+        return self.lease.identity
 
     def check(self) -> None:
         self.lease.check(self.generation)

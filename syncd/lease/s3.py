@@ -48,6 +48,8 @@ class S3Lease:
         self._keys = keys  # the lease's own folder, under the store's prefix
         self._lease_key = f"{keys}/lease.json"
         self._commit_key = f"{keys}/commit.json"
+        # what the lease is, the same on every host whatever its endpoint is called
+        self.identity = f"{store.endpoint_url or 'aws'} {self._url(self._lease_key)}"
         self.target = target or store.name
         self._endpoint = endpoint
         self._commit_etag: str | None = None

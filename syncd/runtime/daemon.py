@@ -33,8 +33,9 @@ from typing import Any
 from syncd import config as config_mod
 from syncd.backoff import next_delay
 from syncd.config import Config, MirrorConfig
-from syncd.errors import LeaseLost, SyncdError, first_error
+from syncd.errors import LeaseError, LeaseLost, SyncdError, first_error
 from syncd.keys import RESERVED_DIR
+from syncd.lease.arbiter import Place, VolumeRecord
 from syncd.ops import logging as logs
 from syncd.ops.http import Server, Verdict
 from syncd.ops.metrics import LeaseState, Metrics, MirrorState, Snapshot
@@ -426,9 +427,30 @@ class Daemon:
         kept = set()
         for m in mirrors:
             key = target_key(new, m)
-            if key.backend == "volume" or settings.get(key) == new.endpoint(m):
+            if key.backend == "volume":  # its settings are those of the bucket arbitrating it
+                same = settings.get(key) == new.endpoint_named(key.endpoint) and \
+                    new.lease.force_volume == self.config.lease.force_volume
+            else:
+                same = settings.get(key) == new.endpoint(m)
+            if same:
                 kept.add(key)
         return kept
+
+    async def _arbiters_agree(self, new: Config, mirrors: list[MirrorConfig]) -> None:
+        """A reload that would arbitrate a volume elsewhere than the volume records is
+        rejected before any lease is let go: the new lease would be refused, and the
+        daemon would have dropped a working one for nothing."""
+        for m in mirrors:
+            key = target_key(new, m)
+            if key.backend != "volume" or key in self.keepers:
+                continue
+            volume = VolumeRecord(Path(key.place))
+            recorded = await asyncio.to_thread(volume.read)
+            place = Place(key.arbiter_url, key.bucket)
+            if recorded is not None and recorded.kind == "s3" and recorded.place != place:
+                raise LeaseError(f"the lease of volume {key.place} is kept in "
+                                 f"{recorded.describe()} (recorded in {volume.path}), but "
+                                 f"the new config would keep it in {place.describe()}")
 
     async def _reload_config(self) -> None:
         try:
@@ -437,6 +459,7 @@ class Daemon:
             if not mirrors:
                 raise SyncdError(f"no mirror has a volume in datacenter "
                                  f"{new.active_datacenter()!r}")
+            await self._arbiters_agree(new, mirrors)
         except SyncdError as exc:
             self.log.error("config_rejected", error=str(exc), kept=self.config.source)
             return

@@ -103,7 +103,8 @@ class Leases:
                 store = await self._store(key, "")
                 return S3Lease(store, store.where, key.name, keys=keys_of(volume_id))
             return VolumeArbiter(Path(key.place), Place(key.arbiter_url, key.bucket), in_s3,
-                                 forced=key.forced, force_ok=self.config.lease.force_volume)
+                                 timing_of(self.config), forced=key.forced,
+                                 force_ok=self.config.lease.force_volume)
         store = await self._store(key, key.prefix)
         return S3Lease(store, store.where, key.name)
 

@@ -8,6 +8,7 @@ Every name syncd writes under is temporary first, then renamed into place:
     <artifact's directory>/.<name>.syncd-<12 hex>   an artifact switch's new link: `Versions.sweep`
     .syncd/state/.<mirror>.json.<32 hex>.tmp   `durable.replace`'s temp files of this mirror's
     .syncd/status/.<mirror>.json.<32 hex>.tmp  record and status
+    .syncd/.volume.json.<32 hex>.tmp           the volume's record (lease/arbiter.py)
 
 A kill between creating one and renaming it leaves it for good, so the first pass of each
 lease generation (a new holder, or the same one after it lost the lease) removes those of
@@ -27,6 +28,7 @@ from urllib.parse import unquote
 from syncd import state, status
 from syncd.config import MirrorConfig
 from syncd.keys import unsafe_reason
+from syncd.lease.arbiter import ID_FILE
 from syncd.stores.base import Fence
 from syncd.stores.versions import Versions
 from syncd.stores.volume import VolumeStore
@@ -36,7 +38,8 @@ async def sweep(volume: VolumeStore, mirror: MirrorConfig, fence: Fence) -> int:
     """Remove this mirror's leftovers from `volume`; returns how many."""
     removed = 0
     for path in (state.path_for(volume.root, mirror.name),
-                 status.path_for(volume.root, mirror.name)):
+                 status.path_for(volume.root, mirror.name),
+                 volume.meta_dir / ID_FILE):  # the volume's record, written once
         with volume._translated():
             removed += await asyncio.to_thread(_durable_temps, path, fence)
     if mirror.direction == "pull" and mirror.artifacts:

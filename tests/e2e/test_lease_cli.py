@@ -155,7 +155,7 @@ def test_a_read_only_volume_cannot_hold_a_volume_lease(moto_s3: S3Server,
     cfg, bucket, vol = _push(moto_s3, tmp_path, lease="volume")
     with _read_only(vol):
         run = syncd("sync", "--once", "-c", str(cfg))
-    _one_error_line(run, 6, f"{vol}/.syncd/leases", "Read-only file system")
+    _one_error_line(run, 6, f"{vol}/.syncd/volume.json", "Read-only file system")
     assert "Contents" not in moto_s3.client().list_objects_v2(Bucket=bucket)
 
 

@@ -185,3 +185,24 @@ def test_contested_takeovers_across_two_mounts_never_make_two_holders(
     gens = sorted(g for n in hosts.nodes for g in n.acquired())
     assert gens == list(range(gens[0], gens[0] + TRIALS + 1))  # one takeover per trial
     assert not (hosts.volume.a / ".syncd/leases").exists()  # arbitrated in S3, not by link()
+
+
+def test_a_reload_naming_another_arbiter_is_rejected_and_the_lease_kept(hosts: Hosts) -> None:
+    """The volume records the bucket that arbitrates it: a SIGHUP to a config naming another
+    would drop a working lease for one the volume refuses, so it is rejected up front."""
+    hosts.add(2)
+    node = hosts.start("a")
+    wait_for(hosts.synced, timeout=60, what="first sync")
+    other = new_bucket_name()
+    hosts.server.client().create_bucket(Bucket=other)
+    cfg = hosts.tmp / "a.toml"
+    cfg.write_text(cfg.read_text().replace("[lease]", f'[lease]\nbucket = "{other}"', 1))
+    node.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: b"config_rejected" in node.log.read_bytes(), what="the rejection")
+    rejected = next(json.loads(line) for line in node.log.read_text().splitlines()
+                    if '"config_rejected"' in line)
+    assert f"s3://{hosts.bucket}" in rejected["error"] and f"s3://{other}" in rejected["error"]
+    hosts.add(2)
+    wait_for(hosts.synced, timeout=60, what="the old config still syncing")
+    assert node.alive and not node.events("released") and not node.events("lost")
+    assert node.acquired() == {1}

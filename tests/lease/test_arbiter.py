@@ -8,19 +8,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from syncd.errors import LeaseError, LeaseLost, LeaseUnsupported
+from syncd.errors import LeaseError, LeaseHeld, LeaseLost, LeaseUnsupported
 from syncd.lease.arbiter import Place, VolumeArbiter, keys_of
 from syncd.lease.backend import Backend
-from syncd.lease.record import LeaseRecord, me
+from syncd.lease.record import LeaseRecord, Timing, me
 from syncd.lease.s3 import S3Lease
+from syncd.lease.volume import VolumeLease
 from syncd.stores.s3 import S3Store
 from tests.conftest import new_bucket_name
 from tests.fuse_mounts import SharedVolume
@@ -28,6 +31,7 @@ from tests.lease.backends import TRANSFER, s3_config
 from tests.servers import S3Server
 
 SETTLE_S = 0.3
+TIMING = Timing(ttl_s=1.0, renew_interval_s=0.2, renew_deadline_s=0.6, skew_margin_s=0.2)
 
 
 @contextlib.asynccontextmanager
@@ -41,7 +45,7 @@ async def arbiter(root: Path, server: S3Server, bucket: str, *, forced: bool = F
         await store.__aenter__()
         stores.append(store)
         return S3Lease(store, server.endpoint_url, str(root), keys=keys_of(volume_id))
-    chosen = VolumeArbiter(root, place or Place(server.endpoint_url, bucket), in_s3,
+    chosen = VolumeArbiter(root, place or Place(server.endpoint_url, bucket), in_s3, TIMING,
                            forced=forced, force_ok=force_ok, settle_s=SETTLE_S)
     try:
         yield chosen
@@ -70,7 +74,8 @@ async def test_a_local_filesystem_arbitrates_its_own_volume_lease(
         view = await chosen.read()
         assert await chosen.create(view, _record(str(tmp_path), view.next_gen, "a"))
     assert (tmp_path / ".syncd/leases/gen-0000000001.json").exists()
-    assert not (tmp_path / ".syncd/volume.json").exists()
+    recorded = json.loads((tmp_path / ".syncd/volume.json").read_bytes())
+    assert recorded["arbiter"] == {"kind": "link"}  # so a host reaching it over NFS follows
     assert _keys(moto_s3, bucket) == []  # nothing in S3
 
 
@@ -141,7 +146,7 @@ async def test_a_damaged_volume_id_is_an_error_never_a_new_id(
     async with arbiter(shared_volume.a, seaweedfs_s3, bucket) as a:
         with pytest.raises(LeaseError) as caught:
             await a.prepare()
-    assert "volume.json" in str(caught.value) and "not a volume id" in str(caught.value)
+    assert "volume.json" in str(caught.value) and "not a volume record" in str(caught.value)
     assert (shared_volume.a / ".syncd/volume.json").read_bytes() == b'{"v": 1, "id": "x'
 
 
@@ -195,3 +200,102 @@ async def test_a_filesystem_mounted_over_the_root_later_ends_the_lease_and_is_de
             assert (root / ".syncd/leases/gen-0000000001.json").exists()
         finally:
             await asyncio.to_thread(subprocess.run, ["umount", "-l", str(root)], check=True)
+
+
+def _record_by_hand(root: Path, arbiter: dict[str, str]) -> str:
+    volume_id = uuid.uuid4().hex
+    (root / ".syncd").mkdir(exist_ok=True)
+    (root / ".syncd/volume.json").write_text(json.dumps(
+        {"v": 1, "id": volume_id, "created_wall": 0, "arbiter": arbiter}))
+    return volume_id
+
+
+async def test_a_host_where_the_volume_is_local_follows_the_s3_lease_its_other_hosts_recorded(
+        tmp_path: Path, moto_s3: S3Server) -> None:
+    """An NFS server (or a VM host under virtiofs) sees ext4 where its clients see NFS: it
+    must contend for the clients' S3 lease, not hold a link() lease of its own."""
+    bucket = new_bucket_name()
+    moto_s3.client().create_bucket(Bucket=bucket)
+    volume_id = _record_by_hand(tmp_path, {"kind": "s3", "url": moto_s3.endpoint_url,
+                                           "bucket": bucket})
+    async with arbiter(tmp_path, moto_s3, bucket) as chosen:
+        await chosen.prepare()
+        assert chosen.arbiter.startswith(f"s3://{bucket}")
+        view = await chosen.read()
+        assert await chosen.create(view, _record(str(tmp_path), view.next_gen, "server"))
+    assert f".syncd/volumes/{volume_id}/lease.json" in _keys(moto_s3, bucket)
+    assert not (tmp_path / ".syncd/leases").exists()
+    async with arbiter(tmp_path, moto_s3, bucket, forced=True, force_ok=True) as forced:
+        with pytest.raises(LeaseError) as caught:  # a second, link() lease: refused
+            await forced.prepare()
+    assert 'lease = "volume" would hold a second lease' in str(caught.value)
+
+
+async def test_a_network_mount_of_a_volume_recorded_as_link_arbitrated_is_refused(
+        shared_volume: SharedVolume, seaweedfs_s3: S3Server) -> None:
+    _record_by_hand(shared_volume.a, {"kind": "link"})
+    async with arbiter(shared_volume.b, seaweedfs_s3, new_bucket_name()) as b:
+        with pytest.raises(LeaseUnsupported) as caught:
+            await b.prepare()
+    assert "recorded in" in str(caught.value) and "fuse" in str(caught.value)
+
+
+async def test_a_volume_record_removed_under_a_holder_ends_its_lease(
+        shared_volume: SharedVolume, seaweedfs_s3: S3Server) -> None:
+    """`.syncd/` deleted by hand: another host would create a new id, a second lease; the
+    holder finds out at its next renewal and contends again under the new record."""
+    bucket = new_bucket_name()
+    seaweedfs_s3.client().create_bucket(Bucket=bucket)
+    async with arbiter(shared_volume.a, seaweedfs_s3, bucket) as a:
+        await a.prepare()
+        view = await a.read()
+        record = _record(a.target, view.next_gen, "a")
+        token = await a.create(view, record)
+        assert token is not None
+        token = await a.renew(record, token)
+        shutil.rmtree(shared_volume.b / ".syncd")
+        with pytest.raises(LeaseLost) as caught:
+            await a.renew(record, token)
+        assert "volume.json" in str(caught.value) and "missing" in str(caught.value)
+        assert a.superseded(record)  # nothing more is published under it
+        view = await a.read()  # decided anew: a new id, a new lease, free
+        assert not view.exists
+        assert (shared_volume.a / ".syncd/volume.json").exists()
+
+
+async def test_s3_waits_for_a_lease_held_through_the_filesystem_before_taking_a_volume(
+        shared_volume: SharedVolume, seaweedfs_s3: S3Server) -> None:
+    """A syncd from before volume records holds the volume by link(): a new one must not
+    start an S3 lease beside it until that holder releases or falls silent."""
+    bucket = new_bucket_name()
+    seaweedfs_s3.client().create_bucket(Bucket=bucket)
+    old = VolumeLease(shared_volume.a)
+    await old.prepare()
+    view = await old.read()
+    held = _record(str(shared_volume.a), view.next_gen, "old")
+    assert await old.create(view, held) is not None
+    async with arbiter(shared_volume.b, seaweedfs_s3, bucket) as b:
+        with pytest.raises(LeaseHeld) as caught:
+            await b.prepare()
+        assert "held through its filesystem by old" in str(caught.value)
+        assert not (shared_volume.b / ".syncd/volume.json").exists()
+        await old.renew(held.release(time.time()), None)
+        await b.prepare()  # released: S3 takes over
+        assert b.arbiter.startswith(f"s3://{bucket}")
+
+
+async def test_s3_takes_a_volume_whose_filesystem_lease_has_fallen_silent(
+        shared_volume: SharedVolume, seaweedfs_s3: S3Server) -> None:
+    bucket = new_bucket_name()
+    seaweedfs_s3.client().create_bucket(Bucket=bucket)
+    old = VolumeLease(shared_volume.a)
+    await old.prepare()
+    view = await old.read()
+    silent = replace(_record(str(shared_volume.a), view.next_gen, "old"), ttl_s=1.0)
+    assert await old.create(view, silent)
+    async with arbiter(shared_volume.b, seaweedfs_s3, bucket) as b:
+        with pytest.raises(LeaseHeld):
+            await b.prepare()
+        await asyncio.sleep(TIMING.takeover_after(silent.ttl_s) + 0.2)
+        await b.prepare()
+        assert b.arbiter.startswith(f"s3://{bucket}")
