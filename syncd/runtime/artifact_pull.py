@@ -21,7 +21,7 @@ from syncd.artifacts import Group, Manifest, ManifestError
 from syncd.errors import IntegrityError
 from syncd.listing import Entry, Listing, Recorded, fingerprint
 from syncd.plan import Plan, Policy
-from syncd.runtime.mirror import Pass, policy_of
+from syncd.runtime.passes import Pass, policy_of
 from syncd.status import ArtifactStatus
 from syncd.stores.versions import LEGACY, Versions
 from syncd.stores.volume import VolumeStore

@@ -17,7 +17,7 @@ from syncd import artifacts, status
 from syncd.artifacts import Split
 from syncd.listing import Listing, fingerprint
 from syncd.plan import Plan, Reason
-from syncd.runtime.mirror import Pass, policy_of
+from syncd.runtime.passes import Pass, policy_of
 from syncd.status import ArtifactStatus
 from syncd.transfer import Stats
 

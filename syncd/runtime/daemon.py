@@ -45,6 +45,7 @@ from syncd.runtime import mirror as mirror_mod
 from syncd.runtime import readiness
 from syncd.runtime.health import LOOP_STUCK_S, Beat, Health
 from syncd.runtime.leases import Keeper, Leases, Session, Target, target_key
+from syncd.runtime.passes import Memory
 from syncd.settle import Quiet
 from syncd.transfer import Stats
 
@@ -83,7 +84,7 @@ class MirrorLoop:
     """One mirror, forever: wait for the lease, pass, wait for the next reason to pass."""
 
     def __init__(self, daemon: Daemon, config: Config, mirror: MirrorConfig, keeper: Keeper,
-                 memory: mirror_mod.Memory) -> None:
+                 memory: Memory) -> None:
         self.daemon = daemon
         self.config = config
         self.mirror = mirror
@@ -226,7 +227,7 @@ class Daemon:
         self.keepers: dict[Key, Keeper] = {}
         self.keeper_tasks: dict[Key, asyncio.Task[None]] = {}
         self.loops: dict[str, asyncio.Task[None]] = {}
-        self.memories: dict[str, mirror_mod.Memory] = {}
+        self.memories: dict[str, Memory] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()  # a second stop signal: skip the grace period
         self._reload = asyncio.Event()
@@ -304,7 +305,7 @@ class Daemon:
         now = time.monotonic()
         mirrors = []
         for name, m in sorted(self.mirrors.items()):
-            memory = self.memories.get(name) or mirror_mod.Memory()
+            memory = self.memories.get(name) or Memory()
             beat = self.health.mirrors.get(name)
             keeper = self.keepers.get(target_key(self.config, m))
             mirrors.append(MirrorState(
@@ -362,7 +363,7 @@ class Daemon:
                 self.keepers[key] = keeper
                 self.keeper_tasks[key] = asyncio.create_task(
                     keeper.run(), name=f"lease {keeper.lease.target}")
-            memory = self.memories.setdefault(m.name, mirror_mod.Memory())
+            memory = self.memories.setdefault(m.name, Memory())
             loop = MirrorLoop(self, self.config, m, self.keepers[key], memory)
             self.loops[m.name] = asyncio.create_task(loop.run(), name=f"mirror {m.name}")
 

@@ -18,7 +18,8 @@ from enum import StrEnum
 
 from syncd.config import MirrorConfig
 from syncd.plan import Action, Adopt, Copy, Reason, Refuse, Skip
-from syncd.runtime.mirror import Sides, View, plan_view
+from syncd.runtime.mirror import View, plan_view
+from syncd.runtime.passes import Sides
 from syncd.transfer import same_bytes
 
 READERS = 16  # files opened at once (a network volume answers each open in a round trip)

@@ -14,76 +14,26 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from syncd import artifacts, settle, state, status
+from syncd import artifacts, state, status
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
-from syncd.plan import Plan, Policy, Reason, Skip, compute
+from syncd.plan import Plan, Reason, Skip, compute
 from syncd.resume import ResumeBook
 from syncd.runtime import leftovers
-from syncd.stores.base import Fence, OpenFence, Store
+from syncd.runtime.artifact_pull import pull
+from syncd.runtime.artifact_push import push
+from syncd.runtime.passes import Memory, Pass, Sides, policy_of
+from syncd.stores.base import Fence, OpenFence
 from syncd.stores.s3 import STALE_UPLOAD_S, S3Store
 from syncd.stores.versions import LEGACY, Versions
 from syncd.stores.volume import VolumeStore
-from syncd.transfer import NO_METER, Log, Meter, Stats, Transfer
+from syncd.transfer import NO_METER, Log, Meter, Stats
 
 CLEAN_EVERY_S = 3600.0  # how often a daemon looks for abandoned multipart uploads
 HELD = frozenset({Reason.NOT_SETTLED, Reason.ARTIFACT_INCOMPLETE})
-FAILING = "(pass failing)"  # the pending entry that ages while whole passes fail
-
-
-def policy_of(mirror: MirrorConfig) -> Policy:
-    return Policy(
-        include=mirror.include, exclude=mirror.exclude, delete=mirror.delete,
-        max_delete_count=mirror.max_delete_count,
-        max_delete_fraction=mirror.max_delete_fraction,
-    )
-
-
-@dataclass(slots=True)
-class Sides:
-    """The mirror's two stores, oriented by direction: data flows src -> dst."""
-
-    s3: S3Store
-    volume: VolumeStore
-    root: Path
-    pull: bool
-
-    @property
-    def src(self) -> Store:
-        return self.s3 if self.pull else self.volume
-
-    @property
-    def dst(self) -> Store:
-        return self.volume if self.pull else self.s3
-
-
-@dataclass(slots=True)
-class Memory:
-    """What a daemon remembers about one mirror between passes."""
-
-    quiet: settle.Quiet | None = None  # push: observed stability of the volume's files
-    manifests: dict[str, tuple[str, artifacts.Manifest]] = field(default_factory=dict)
-    due: float | None = None  # push: when the next waiting file settles (monotonic)
-    cleaned: float | None = None  # push: when abandoned uploads were last looked for
-    pending: dict[str, float] = field(default_factory=dict)  # unsynced -> first seen (mono)
-    artifacts: dict[str, int] = field(default_factory=dict)  # pull: artifacts by state
-    refused: int = 0  # keys the last pass refused
-    deletes_held: int = 0  # deletes the guard held back in the last pass
-    swept: int | None = None  # the lease generation whose first pass removed leftovers
-
-    def lag_s(self, now: float) -> float:
-        return now - min(self.pending.values()) if self.pending else 0.0
-
-    def count_pending(self) -> int:
-        return len(self.pending) - (FAILING in self.pending)
-
-    def failing(self, now: float) -> None:
-        """A whole pass failed: what it would have synced is unknown, and ages from now."""
-        self.pending.setdefault(FAILING, now)
 
 
 def note_pending(memory: Memory, plan: Plan, stats: Stats, st: status.MirrorStatus,
@@ -180,37 +130,6 @@ async def plan_for(sides: Sides, mirror: MirrorConfig) -> tuple[Plan, Record]:
     return plan, record
 
 
-@dataclass(slots=True)
-class Pass:
-    """Everything one cycle of one mirror works with."""
-
-    config: Config
-    mirror: MirrorConfig
-    sides: Sides
-    fence: Fence
-    journal: Journal
-    log: Log
-    record: Record
-    status: status.MirrorStatus
-    memory: Memory
-    on_bytes: Callable[[int], None] | None
-    stopping: Callable[[], bool]
-    meter: Meter = NO_METER
-    listed: set[str] = field(default_factory=set)  # keys whose record entries stay
-
-    def transfer(self, src: Store, dst: Store) -> Transfer:
-        return Transfer(src, dst, self.record, self.fence,
-                        concurrency=self.config.transfer.concurrency, log=self.log,
-                        on_bytes=self.on_bytes, journal=self.journal, stopping=self.stopping,
-                        meter=self.meter)
-
-    def plan(self, src: Listing, dst: Listing, policy: Policy,
-             hold: Callable[[str], Reason | None] | None = None) -> Plan:
-        plan = compute(src, dst, self.record, policy, hold)
-        self.listed.update(a.key for a in plan.actions)
-        return plan
-
-
 async def _abort_abandoned(s3: S3Store, log: Log) -> None:
     """Multipart uploads nobody will complete (a crash long ago) cost storage: abort them."""
     try:
@@ -255,10 +174,8 @@ async def cycle(
         status_before = status.content(run.status)
         try:
             if sides.pull:
-                from syncd.runtime.artifact_pull import pull
                 plan, stats = await pull(run, src, dst, on_plan)
             else:
-                from syncd.runtime.artifact_push import push
                 plan, stats = await push(run, src, dst, on_plan)
         except SyncdError as exc:
             run.status.error = str(exc)

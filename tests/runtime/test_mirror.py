@@ -11,7 +11,8 @@ from syncd import status
 from syncd.errors import IntegrityError, Unreachable
 from syncd.listing import Entry
 from syncd.plan import Copy, Plan, Reason, Skip
-from syncd.runtime.mirror import FAILING, Memory, note_pending
+from syncd.runtime.mirror import note_pending
+from syncd.runtime.passes import FAILING, Memory
 from syncd.status import ArtifactStatus, MirrorStatus
 from syncd.transfer import Stats
 

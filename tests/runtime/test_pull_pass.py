@@ -24,7 +24,8 @@ from syncd import config as config_mod
 from syncd import state, status
 from syncd.errors import LeaseLost
 from syncd.runtime import drift
-from syncd.runtime.mirror import Memory, cycle, opened
+from syncd.runtime.mirror import cycle, opened
+from syncd.runtime.passes import Memory
 from syncd.stores.base import Fence, OpenFence
 from syncd.stores.versions import Versions
 from syncd.stores.volume import VolumeStore
