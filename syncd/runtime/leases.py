@@ -66,14 +66,15 @@ def target_key(config: Config, mirror: MirrorConfig) -> Target:
         endpoint, bucket = config.volume_arbiter(root)
         at = config.endpoint_named(endpoint)
         assert at is not None, "validated: every endpoint named exists"
-        return Target("volume", str(root), bucket, "", endpoint, str(root),
+        return Target("volume", str(root), bucket=bucket, endpoint=endpoint, name=str(root),
                       arbiter_url=at.endpoint_url or "", forced=mirror.lease == "volume")
     endpoint = config.endpoint_name(mirror)
     # `s3://bucket/prefix` on [s3], `NAME:s3://bucket/prefix` on a named endpoint: two
     # endpoints may well hold buckets of the same name.
     label = "" if endpoint == DEFAULT_ENDPOINT else f"{endpoint}:"
-    return Target("s3", config.endpoint(mirror).endpoint_url or "", mirror.bucket,
-                  mirror.prefix, endpoint, f"{label}s3://{mirror.bucket}/{mirror.prefix}")
+    return Target("s3", config.endpoint(mirror).endpoint_url or "", bucket=mirror.bucket,
+                  prefix=mirror.prefix, endpoint=endpoint,
+                  name=f"{label}s3://{mirror.bucket}/{mirror.prefix}")
 
 
 class Leases:
