@@ -11,12 +11,18 @@ Environment overlay: `SYNCD_DATACENTER`, `SYNCD_S3__ENDPOINT_URL`, `SYNCD_TRANSF
 `SYNCD_MIRRORS__<NAME>__DELETE`, `SYNCD_ENDPOINTS__<NAME>__ENDPOINT_URL`, ... Values are read
 as TOML values (`true`, `16`, `"x"`) and fall back to plain strings. Errors name the file (or
 variable), the field and the reason.
+
+Bad input is bounded before it is parsed: tomllib and pydantic recurse once per level of
+nesting, so a 500-level file would end in a RecursionError (issue 18). The file's size, each
+variable's size and the nesting of both are checked first, and any RecursionError still left
+becomes the same one-line ConfigError.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +48,9 @@ ENV_PREFIX = "SYNCD_"
 ENV_CONFIG = "SYNCD_CONFIG"
 _NOT_OVERLAID = {ENV_CONFIG, "SYNCD_LOG_FORMAT"}
 MiB = 1 << 20
+MAX_CONFIG_BYTES = 1 * MiB  # a real file is a few KiB
+MAX_ENV_VALUE_BYTES = 64 * 1024
+MAX_DEPTH = 32  # levels of tables, arrays and inline tables; a real file uses 4
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -407,6 +416,7 @@ def _overlay(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         path = [p.lower() for p in var[len(ENV_PREFIX):].split("__") if p]
         if not path:
             continue
+        levels = len(path) - 1  # the tables the value sits in
         target: Any = data
         dotted = path[0]
         if path[0] == "endpoints" and len(path) == 3:
@@ -430,9 +440,86 @@ def _overlay(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
                 if not isinstance(target, dict):
                     raise ConfigError("cannot set a field inside a non-table", file=f"env {var}")
             dotted = ".".join(path)
-        target[path[-1]] = env_value(env[var])
+        value = _env_value(env[var], var)
+        if levels + _depth(value) > MAX_DEPTH:
+            raise ConfigError(_too_deep(), file=f"env {var}")
+        target[path[-1]] = value
         origins[dotted] = var
     return origins
+
+
+def _env_value(text: str, var: str) -> Any:
+    size = len(text.encode("utf-8", "surrogateescape"))
+    if size > MAX_ENV_VALUE_BYTES:
+        raise ConfigError(f"larger than the limit of {MAX_ENV_VALUE_BYTES // 1024} KiB "
+                          f"({size} bytes)", file=f"env {var}")
+    if _nesting(text) > MAX_DEPTH:
+        raise ConfigError(_too_deep(), file=f"env {var}")
+    try:
+        return env_value(text)
+    except RecursionError:  # the pre-scan should have caught it
+        raise ConfigError(_too_deep(), file=f"env {var}") from None
+
+
+# A token of TOML text as the depth pre-scan needs it: a whole string of any of the four
+# kinds, ended where tomllib ends it (a one-line string at its line's end, a multi-line one
+# taking up to two more quotes), a comment, a bracket or a newline. Possessive and atomic,
+# so linear on any input.
+_TOKEN = re.compile(r"""
+    (?P<str> "{3} (?: [^"\\]++ | \\. | "(?!"") )*+ (?: "{3}"{0,2} | \Z )
+           | '{3} (?> .*? (?: '{3}'{0,2} | \Z ) )
+           | " (?: [^"\\\n]++ | \\[^\n] )*+ "?
+           | ' [^'\n]*+ '? )
+  | (?P<comment> \#[^\n]*+ )
+  | (?P<open> [\[{] ) | (?P<close> [\]}] ) | (?P<newline> \n )
+""", re.VERBOSE | re.DOTALL)
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of arrays and inline tables in TOML text, found without parsing
+    it (tomllib recurses once per level). Brackets inside strings and comments do not
+    count, nor those of a `[table]` or `[[array]]` header line."""
+    depth = deepest = 0
+    header = False
+    line_start = True  # no token yet on this line
+    end = 0
+    for m in _TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind == "newline":
+            header, line_start, end = False, True, m.end()
+            continue
+        at_start = line_start and not text[end:m.start()].strip(" \t")
+        line_start = False
+        if header or kind in ("str", "comment"):
+            continue
+        if kind == "open":
+            if depth == 0 and at_start and m.group() == "[":
+                header = True
+                continue
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def _depth(value: object) -> int:
+    """How many levels of tables and arrays a parsed value is (0 for a scalar), dotted keys
+    and headers included; without recursion, since it guards what recursion cannot take."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _too_deep() -> str:
+    return (f"nested deeper than the limit of {MAX_DEPTH} levels of tables, arrays and "
+            "inline tables")
 
 
 def _named(names: list[Any], spelled: str, kind: str, var: str) -> int:
@@ -460,13 +547,24 @@ def parse(
     text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None
 ) -> Config:
     """Validate TOML text plus the environment overlay into a Config."""
+    size = len(text) if len(text) > MAX_CONFIG_BYTES else len(text.encode(errors="replace"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(_too_large(), file=source)
+    if _nesting(text) > MAX_DEPTH:
+        raise ConfigError(_too_deep(), file=source)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=source) from None
+    except RecursionError:  # the pre-scan should have caught it
+        raise ConfigError(_too_deep(), file=source) from None
+    if _depth(data) - 1 > MAX_DEPTH:  # the document itself is no level
+        raise ConfigError(_too_deep(), file=source)
     origins = _overlay(data, os.environ if env is None else env)
     try:
         return Config.model_validate({**data, "source": source})
+    except RecursionError:
+        raise ConfigError(_too_deep(), file=source) from None
     except ValidationError as exc:
         problems = []
         errors = exc.errors()
@@ -491,10 +589,36 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     if not chosen:
         raise ConfigError("no config file given", hint="pass --config PATH or set SYNCD_CONFIG")
     p = Path(chosen)
+    return parse(_read(p), source=str(p))
+
+
+def _too_large() -> str:
+    return f"larger than the limit of {MAX_CONFIG_BYTES // MiB} MiB"
+
+
+def _read(p: Path) -> str:
+    """The file's text, at most MAX_CONFIG_BYTES of it. Only a regular file: a FIFO would
+    block a SIGHUP reload forever (hence O_NONBLOCK), /dev/zero would never end."""
     try:
-        text = p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(p)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise ConfigError(f"cannot read: {kind}", file=str(p))
+        with open(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=str(p)) from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(_too_large(), file=str(p))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read: {exc}", file=str(p)) from None
-    return parse(text, source=str(p))

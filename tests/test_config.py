@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from syncd.config import ENV_CONFIG, MiB, load, parse
+from syncd.config import (
+    ENV_CONFIG,
+    MAX_CONFIG_BYTES,
+    MAX_DEPTH,
+    MAX_ENV_VALUE_BYTES,
+    MiB,
+    _depth,
+    _nesting,
+    load,
+    parse,
+)
 from syncd.errors import ConfigError, ExitCode
 
 SOURCE = "/etc/syncd/test.toml"
@@ -423,3 +437,124 @@ def test_example_config_is_valid_and_documents_every_field() -> None:
             assert re.search(rf"^#?\s*{name}\s*=|^\[{name}[.\]]|^\[\[{name}\]\]", text,
                              re.M), (
                 f"{model.__name__}.{name} is not documented in {path.name}")
+
+
+# --- bounds: size and nesting, before parsing (issue 18) ----------------------------------------
+
+DEEP = 500  # tomllib and pydantic recurse per level: this deep was a RecursionError
+
+
+def _nested_array(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize("text", [
+    f"datacenter = {_nested_array(DEEP)}",
+    "datacenter = " + "{a = " * DEEP + "1" + "}" * DEEP,
+    "[" + ".".join(["a"] * DEEP) + "]\nx = 1",  # a header: tables, no brackets
+    "a" + ".a" * DEEP + " = 1",  # dotted keys
+    f"datacenter = {_nested_array(MAX_DEPTH + 1)}\n{MINIMAL}",
+    MINIMAL + f"include = {_nested_array(MAX_DEPTH - 1)}",  # inside [[mirrors]]: 2 more
+])
+def test_parse_nesting_past_the_limit_is_one_line_naming_the_file_and_limit(text: str) -> None:
+    err = config_error(text)
+    assert_names(err, f"{SOURCE}: nested deeper than the limit of {MAX_DEPTH} levels")
+    assert "\n" not in str(err)
+
+
+def test_parse_nesting_at_the_limit_is_read_and_validated() -> None:
+    err = config_error(f"datacenter = {_nested_array(MAX_DEPTH)}\n{MINIMAL}")
+    assert_names(err, "datacenter: Input should be a valid string")
+    assert "nested deeper" not in str(err)
+
+
+def test_parse_brackets_in_strings_comments_and_headers_do_not_count_as_nesting() -> None:
+    deep = "[{" * DEEP
+    text = MINIMAL + f"""settle_s = 1  # {deep}
+include = ["{deep}", '{deep}', \"\"\"
+{deep}\\\"\"\"\"\"\", '''
+{deep}''''  , "\\"{deep}"]
+[[ "mirrors" ]]  # {deep}
+name = "m2"
+bucket = "bkt"
+direction = "pull"
+volumes = {{ dc1 = "/mnt/m2" }}
+"""
+    config = parse(text, source=SOURCE, env={})
+    assert config.mirrors[0].include[0] == deep
+    assert config.mirrors[0].include[2] == f'{deep}"""'  # an escaped one, two closing
+    assert config.mirrors[0].include[3] == f"{deep}'"
+
+
+_TEXT = st.text(st.sampled_from("ab []{}#\"'\\\n\t,=."), max_size=12)
+_VALUES = st.recursive(
+    st.integers(0, 9) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["a", "b", "c d", "[x]"]), inner, max_size=3),
+    max_leaves=12)
+
+
+def _toml(value: object, style: int) -> str:
+    """`value` as a TOML value, strings in one of the four spellings where it can hold them."""
+    if isinstance(value, list):
+        return "[\n  " + ", # [{\n  ".join(_toml(v, style + i) for i, v in enumerate(value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v, style)}"
+                               for k, v in value.items()) + "}"
+    if not isinstance(value, str):
+        return str(value)
+    if style % 4 == 1 and not re.search(r"['\n]", value):
+        return f"'{value}'"
+    if style % 4 == 2 and "'''" not in value and not value.startswith("\n"):
+        return f"'''{value}'''"
+    if style % 4 == 3 and not value.startswith("\n"):
+        return '"""' + value.replace("\\", "\\\\").replace('"', '\\"') + '"""'
+    return json.dumps(value)
+
+
+@given(value=_VALUES, style=st.integers(0, 3))
+@settings(max_examples=300, deadline=None)
+def test_nesting_prescan_counts_what_tomllib_nests_whatever_the_strings_hold(
+        value: object, style: int) -> None:
+    text = f"[t]\nv = {_toml(value, style)}  # ]]\n"
+    assert tomllib.loads(text)["t"]["v"] == value
+    assert _nesting(text) == _depth(value)
+
+
+def test_parse_text_over_the_size_limit_is_one_line_naming_the_file_and_limit() -> None:
+    err = config_error(MINIMAL + "#" * MAX_CONFIG_BYTES)
+    assert_names(err, f"{SOURCE}: larger than the limit of 1 MiB")
+
+
+@pytest.mark.parametrize(("var", "value", "message"), [
+    ("SYNCD_TRANSFER__CONCURRENCY", _nested_array(DEEP), "nested deeper than the limit"),
+    ("SYNCD_S3__REGION", "x" * (MAX_ENV_VALUE_BYTES + 1), "larger than the limit"),
+    ("SYNCD_" + "__".join(["A"] * 31), "[[[1]]]", "nested deeper than the limit"),  # 30 + 3
+])
+def test_parse_env_value_past_a_bound_is_one_line_naming_the_variable(
+        var: str, value: str, message: str) -> None:
+    err = config_error(MINIMAL, env={var: value})
+    assert_names(err, f"env {var}: {message}")
+    assert "\n" not in str(err)
+
+
+def test_load_file_over_the_size_limit_names_the_file_and_limit(
+    tmp_path: Path, no_syncd_env: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text(MINIMAL + "#" * MAX_CONFIG_BYTES, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == f"{path}: larger than the limit of 1 MiB"
+
+
+def test_load_a_directory_or_a_fifo_is_refused_without_blocking(
+    tmp_path: Path, no_syncd_env: pytest.MonkeyPatch
+) -> None:
+    """A FIFO nobody writes to would block the read (and a SIGHUP reload) forever."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    for path, kind in [(tmp_path, "a directory"), (fifo, "not a regular file")]:
+        with pytest.raises(ConfigError) as info:
+            load(path)
+        assert str(info.value) == f"{path}: cannot read: {kind}"

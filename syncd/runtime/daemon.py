@@ -454,6 +454,8 @@ class Daemon:
                                  f"the new config would keep it in {place.describe()}")
 
     async def _reload_config(self) -> None:
+        """Any failure before the switch keeps the old config running: an exit here would
+        only have systemd restart into the same bad file (issue 18)."""
         try:
             new = config_mod.load(self.config.source)
             mirrors = select(new, self.names)
@@ -461,8 +463,10 @@ class Daemon:
                 raise SyncdError(f"no mirror has a volume in datacenter "
                                  f"{new.active_datacenter()!r}")
             await self._arbiters_agree(new, mirrors)
-        except SyncdError as exc:
-            self.log.error("config_rejected", error=str(exc), kept=self.config.source)
+        except Exception as exc:  # not only SyncdError: a bug must not end the daemon
+            error = str(exc) if isinstance(exc, SyncdError) else \
+                f"unexpected {type(exc).__name__}: {exc}"
+            self.log.error("config_rejected", error=error, kept=self.config.source)
             return
         self.notify.reloading()
         if new.http != self.config.http:

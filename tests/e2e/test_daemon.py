@@ -185,6 +185,53 @@ def test_sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one(
     assert daemon.stop() == 0
 
 
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)  # about the reload, not S3
+def test_sighup_keeps_the_old_config_on_any_failure_to_load(setup: Setup,
+                                                             tmp_path: Path) -> None:
+    """Each of these ended the daemon (exit 1, so Restart=on-failure looped on the bad file)
+    or printed a traceback (issue 18): one `config_rejected` line each, the old config runs."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    cfg = setup.config("pull", vol)
+    good = cfg.read_text()
+    setup.put("one.bin", b"1")
+    daemon = setup.start(cfg)
+    wait_for(lambda: (vol / "one.bin").exists(), what="first sync")
+    other = tmp_path / "other"  # a volume whose record JSON is nested past the recursion limit
+    (other / ".syncd").mkdir(parents=True)
+    (other / ".syncd" / "volume.json").write_text("[" * 100_000)
+
+    def deep(c: Path) -> None:
+        c.write_text(good.replace("[daemon]", "[daemon]\nx = " + "[" * 500 + "]" * 500))
+
+    bad = [
+        (deep, "nested deeper than the limit of 32"),
+        (lambda c: c.write_text(good + "#" * (1 << 20)), "larger than the limit of 1 MiB"),
+        (lambda c: c.unlink(), "file not found"),  # vanished
+        (lambda c: c.mkdir(), "a directory"),
+        (lambda c: (c.rmdir(), c.write_text(good.replace(str(vol), str(other)))),
+         "unexpected RecursionError"),
+    ]
+    for i, (spoil, error) in enumerate(bad, 1):
+        spoil(cfg)
+        daemon.proc.send_signal(signal.SIGHUP)
+
+        def answered(n: int = i) -> bool:
+            return daemon.proc.poll() is not None or len(daemon.events("config_rejected")) >= n
+
+        wait_for(answered, what=f"rejection {i}")
+        assert daemon.proc.poll() is None, error
+        rejected = daemon.events("config_rejected")[-1]
+        assert error in rejected["error"] and rejected["kept"] == str(cfg)
+    setup.put("two.bin", b"2")
+    wait_for(lambda: (vol / "two.bin").exists(), what="the old config still syncing")
+    assert not daemon.events("config_reloaded")
+    assert daemon.stop() == 0
+    log = daemon.log.read_text()
+    assert "Traceback" not in log
+    assert all(line.startswith("{") for line in log.splitlines())
+
+
 @pytest.mark.parametrize("kind", ["moto", "rclone", "seaweedfs"])
 def test_daemon_rides_out_an_s3_outage_and_catches_up(kind: str, tmp_path: Path) -> None:
     """A server of its own, so that stopping it leaves the shared ones alone."""
