@@ -5,16 +5,20 @@ credential or a file's content), which is for the pod or the host, not for the w
 /healthz answers "restart me?" (is the event loop turning, is any mirror stalled) and stays
 200 while S3 is down: a restart would not bring it back. /readyz answers "can a worker load
 its model from the volume?" and the body says what is missing.
+
+A request aiohttp cannot parse (garbage, a line too long, a header without a colon) is the
+client's fault, not ours: it is answered 400 and logged as one event, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from syncd.errors import ListenFailed
@@ -45,6 +49,29 @@ async def _logged(request: web.Request, handler: Handler) -> web.StreamResponse:
                                  status=500)
 
 
+class _OneEvent(logging.Handler):
+    """aiohttp reports a request it could not parse, or a failure of its own, to a stdlib
+    logger with the traceback attached; with no handler Python prints that traceback to
+    stderr, dozens of lines inside the JSON log (issue 18). Here each record becomes one
+    structlog event: what failed and why, in one line, without the traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        log = logs.get()
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            event, why, emit = "http_bad_request", exc.message, log.warning
+        else:
+            event, why, emit = "http_server_error", str(exc or ""), log.error
+        if record.levelno < logging.INFO:  # aiohttp's choice: e.g. a first line not HTTP
+            emit = log.debug
+        error = f"{type(exc).__name__}: {' '.join(why.split())[:300]}" if exc else None
+        emit(event, detail=record.getMessage(), error=error)
+
+
+_AIOHTTP_LOG = logging.Logger("syncd.http", logging.DEBUG)  # outside the logging tree
+_AIOHTTP_LOG.addHandler(_OneEvent())
+
+
 def _json(verdict: Verdict) -> web.Response:
     return web.Response(status=200 if verdict.ok else 503, content_type="application/json",
                         text=json.dumps(verdict.body, indent=1, sort_keys=True) + "\n",
@@ -63,7 +90,8 @@ class Server:
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/healthz", self._get_health)
         app.router.add_get("/readyz", self._get_ready)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     logger=_AIOHTTP_LOG)
 
     async def start(self) -> None:
         """Bind now, so a taken port fails the start with one line, not a later surprise."""

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import socket
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 import structlog
 
 from syncd.errors import ExitCode, ListenFailed
+from syncd.ops import logging as logs
 from syncd.ops.http import Server, Verdict
 from syncd.ops.metrics import Metrics
 
@@ -92,3 +98,69 @@ async def test_a_failing_handler_answers_500_json_and_logs_one_event() -> None:
     assert json.loads(body) == {"error": "internal error", "path": "/healthz"}
     [event] = [e for e in logs if e["event"] == "http_handler_failed"]
     assert event["path"] == "/healthz" and event["error"] == "RuntimeError: boom"
+
+
+MALFORMED = [  # (what, bytes, whether the client hangs up before the request is whole)
+    ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", False),
+    ("request line too long", b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n", False),
+    ("bad method", b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", False),
+    ("header without colon", b"GET /healthz HTTP/1.1\r\nHost: x\r\nnocolon\r\n\r\n", False),
+    ("header too long", b"GET /healthz HTTP/1.1\r\nX: " + b"b" * 20_000 + b"\r\n\r\n", False),
+    ("bad version", b"GET /healthz HTTP/9.x\r\n\r\n", False),
+    ("bad content-length", b"POST /metrics HTTP/1.1\r\nContent-Length: -1\r\n\r\n", False),
+    ("disconnect mid-headers", b"GET /healthz HTTP/1.1\r\nHo", True),
+    ("disconnect mid-body", b"POST /healthz HTTP/1.1\r\nContent-Length: 99\r\n\r\nab", True),
+]
+
+
+async def _raw(port: int, payload: bytes, *, hang_up: bool) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        if hang_up:
+            return b""
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+@pytest.fixture
+def json_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The daemon's JSON log setup, writing to a file in place of stderr (where Python's
+    last-resort logging handler would print a traceback too)."""
+    path = tmp_path / "log.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        monkeypatch.setattr(sys, "stderr", out)
+        logs.setup("info", fmt="json")
+        try:
+            yield path
+        finally:
+            structlog.reset_defaults()
+
+
+async def test_malformed_requests_get_400_and_at_most_one_json_line_each_no_traceback(
+        json_log: Path, caplog: pytest.LogCaptureFixture) -> None:
+    srv = Server("127.0.0.1", 0, metrics=lambda: b"",
+                 health=lambda: Verdict(True, {"ok": True}), ready=_ready_no)
+    await srv.start()
+    try:
+        for what, payload, hang_up in MALFORMED:
+            answer = await _raw(srv.port, payload, hang_up=hang_up)
+            assert hang_up or (answer.startswith(b"HTTP/1.") and b" 400 " in answer[:16]), what
+            status, _, body = await _get(srv, "/healthz")  # still answering
+            assert (status, json.loads(body)) == (200, {"ok": True}), what
+    finally:
+        await srv.stop()  # every connection handled and closed: its log lines are written
+    # Nothing went to stdlib logging, whose default handler prints the traceback.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    text = await asyncio.to_thread(json_log.read_text, encoding="utf-8")
+    assert "Traceback" not in text
+    events = [json.loads(line) for line in text.splitlines()]
+    assert len(events) <= len(MALFORMED)
+    assert {e["event"] for e in events} <= {"http_bad_request"}
+    errors = " | ".join(e["error"] for e in events)
+    for needle in ("LineTooLong: Got more than 8190 bytes", "Invalid header token"):
+        assert needle in errors, errors
