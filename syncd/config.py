@@ -453,7 +453,7 @@ def _env_value(text: str, var: str) -> Any:
     if size > MAX_ENV_VALUE_BYTES:
         raise ConfigError(f"larger than the limit of {MAX_ENV_VALUE_BYTES // 1024} KiB "
                           f"({size} bytes)", file=f"env {var}")
-    if _nesting(text) > MAX_DEPTH:
+    if _nesting(f"v = {text}") > MAX_DEPTH:  # scanned as env_value parses it: a value
         raise ConfigError(_too_deep(), file=f"env {var}")
     try:
         return env_value(text)

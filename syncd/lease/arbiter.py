@@ -125,7 +125,7 @@ class VolumeRecord:
             int(volume_id, 16)
             place = Place(str(arbiter.get("url", "")), str(arbiter["bucket"])) \
                 if kind == S3 else None
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise LeaseError(f"{self.path} is not a volume record written by syncd "
                              f"({type(exc).__name__}: {exc})",
                              hint="it is only read, never repaired: remove it while no syncd "

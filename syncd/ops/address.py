@@ -24,5 +24,5 @@ def env_value(text: str) -> Any:
     true), else the raw text. The daemon and `syncd health` must read it alike."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # the config bounds nesting itself
         return text

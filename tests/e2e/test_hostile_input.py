@@ -83,3 +83,12 @@ def test_daemon_logs_malformed_http_requests_as_one_json_line_each_and_keeps_ans
     assert len(bad) <= len(MALFORMED)
     assert {e["event"] for e in bad} == {"http_bad_request"}, bad
     assert any("LineTooLong" in e["error"] for e in bad), bad
+
+
+def test_health_probe_with_a_listen_address_nested_past_the_bound_is_one_line() -> None:
+    """`syncd health` reads SYNCD_HTTP__LISTEN itself, without the config's bounds: a
+    value nested 500 deep is taken as text, not a RecursionError traceback."""
+    run = syncd("health", environ=env(SYNCD_HTTP__LISTEN="[" * DEEP + "]" * DEEP))
+    assert run.code == 1, (run.code, run.stdout, run.stderr)
+    assert "Traceback" not in run.stdout + run.stderr
+    assert len((run.stdout + run.stderr).strip().splitlines()) == 1

@@ -299,3 +299,13 @@ async def test_s3_takes_a_volume_whose_filesystem_lease_has_fallen_silent(
         await asyncio.sleep(TIMING.takeover_after(silent.ttl_s) + 0.2)
         await b.prepare()
         assert b.arbiter.startswith(f"s3://{bucket}")
+
+
+async def test_a_volume_record_nested_past_any_sense_is_an_error_not_a_crash(
+        tmp_path: Path, moto_s3: S3Server) -> None:
+    (tmp_path / ".syncd").mkdir()
+    (tmp_path / ".syncd/volume.json").write_text("[" * 100_000 + "]" * 100_000)
+    async with arbiter(tmp_path, moto_s3, new_bucket_name()) as chosen:
+        with pytest.raises(LeaseError) as caught:
+            await chosen.prepare()
+    assert "not a volume record" in str(caught.value) and "RecursionError" in str(caught.value)
