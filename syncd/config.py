@@ -43,14 +43,25 @@ from pydantic import (
 from syncd.errors import ConfigError
 from syncd.keys import normalize_prefix
 from syncd.ops.address import DEFAULT_LISTEN, env_value, host_port
+from syncd.tomlbounds import (
+    MAX_CONFIG_BYTES,
+    MAX_DEPTH,
+    MAX_ENV_VALUE_BYTES,
+)
+from syncd.tomlbounds import (
+    depth as _depth,
+)
+from syncd.tomlbounds import (
+    nesting as _nesting,
+)
+from syncd.tomlbounds import (
+    too_deep as _too_deep,
+)
 
 ENV_PREFIX = "SYNCD_"
 ENV_CONFIG = "SYNCD_CONFIG"
 _NOT_OVERLAID = {ENV_CONFIG, "SYNCD_LOG_FORMAT"}
 MiB = 1 << 20
-MAX_CONFIG_BYTES = 1 * MiB  # a real file is a few KiB
-MAX_ENV_VALUE_BYTES = 64 * 1024
-MAX_DEPTH = 32  # levels of tables, arrays and inline tables; a real file uses 4
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -459,67 +470,6 @@ def _env_value(text: str, var: str) -> Any:
         return env_value(text)
     except RecursionError:  # the pre-scan should have caught it
         raise ConfigError(_too_deep(), file=f"env {var}") from None
-
-
-# A token of TOML text as the depth pre-scan needs it: a whole string of any of the four
-# kinds, ended where tomllib ends it (a one-line string at its line's end, a multi-line one
-# taking up to two more quotes), a comment, a bracket or a newline. Possessive and atomic,
-# so linear on any input.
-_TOKEN = re.compile(r"""
-    (?P<str> "{3} (?: [^"\\]++ | \\. | "(?!"") )*+ (?: "{3}"{0,2} | \Z )
-           | '{3} (?> .*? (?: '{3}'{0,2} | \Z ) )
-           | " (?: [^"\\\n]++ | \\[^\n] )*+ "?
-           | ' [^'\n]*+ '? )
-  | (?P<comment> \#[^\n]*+ )
-  | (?P<open> [\[{] ) | (?P<close> [\]}] ) | (?P<newline> \n )
-""", re.VERBOSE | re.DOTALL)
-
-
-def _nesting(text: str) -> int:
-    """The deepest nesting of arrays and inline tables in TOML text, found without parsing
-    it (tomllib recurses once per level). Brackets inside strings and comments do not
-    count, nor those of a `[table]` or `[[array]]` header line."""
-    depth = deepest = 0
-    header = False
-    line_start = True  # no token yet on this line
-    end = 0
-    for m in _TOKEN.finditer(text):
-        kind = m.lastgroup
-        if kind == "newline":
-            header, line_start, end = False, True, m.end()
-            continue
-        at_start = line_start and not text[end:m.start()].strip(" \t")
-        line_start = False
-        if header or kind in ("str", "comment"):
-            continue
-        if kind == "open":
-            if depth == 0 and at_start and m.group() == "[":
-                header = True
-                continue
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth = max(depth - 1, 0)
-    return deepest
-
-
-def _depth(value: object) -> int:
-    """How many levels of tables and arrays a parsed value is (0 for a scalar), dotted keys
-    and headers included; without recursion, since it guards what recursion cannot take."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-def _too_deep() -> str:
-    return (f"nested deeper than the limit of {MAX_DEPTH} levels of tables, arrays and "
-            "inline tables")
 
 
 def _named(names: list[Any], spelled: str, kind: str, var: str) -> int:

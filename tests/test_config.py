@@ -12,18 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.config import (
-    ENV_CONFIG,
-    MAX_CONFIG_BYTES,
-    MAX_DEPTH,
-    MAX_ENV_VALUE_BYTES,
-    MiB,
-    _depth,
-    _nesting,
-    load,
-    parse,
-)
+from syncd.config import ENV_CONFIG, MiB, load, parse
 from syncd.errors import ConfigError, ExitCode
+from syncd.tomlbounds import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_ENV_VALUE_BYTES
+from syncd.tomlbounds import depth as _depth
+from syncd.tomlbounds import nesting as _nesting
 
 SOURCE = "/etc/syncd/test.toml"
 
