@@ -79,6 +79,14 @@ class Unreachable(StoreError):
     retryable = True
 
 
+class NotS3(Unreachable):
+    """The endpoint answered, but not as S3: a web page, JSON, an empty body or XML of another
+    kind where S3 sends a ListBucketResult, a PUT without the ETag S3 always returns. Usually
+    a wrong endpoint_url or a proxy's page; S3 is not reached at that URL, so exit 5, and
+    retried like an endpoint that is down (a proxy's page may go away). Never read as an
+    empty listing or a stored object (issue 18)."""
+
+
 class AccessDenied(StoreError):
     exit_code = ExitCode.ACCESS
 

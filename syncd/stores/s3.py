@@ -9,6 +9,9 @@ Server quirks handled here (measured in shared/design/leases.md, Part B):
 - rclone capitalises metadata keys and lists ETags unquoted: both are normalised;
 - rclone's multipart ETag differs between CompleteMultipartUpload and HEAD, so a published
   multipart object is HEADed for the ETag that later listings will show.
+An endpoint that answers but not as S3 (a web server's 200 page) is `NotS3`, naming the
+endpoint and what came back, for the data path (s3_http) and the control plane alike
+(`s3_http.expect_control_answer`, checking each raw answer botocore receives).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from syncd.errors import (
     Conflict,
     Interrupted,
     NotFound,
+    NotS3,
     PreconditionFailed,
     SourceChanged,
     StoreError,
@@ -47,7 +51,15 @@ from syncd.keys import RESERVED_DIR, is_directory_marker, relative_key
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
 from syncd.resume import ResumeBook
 from syncd.stores.base import Capabilities, Fence, Source, Staged
-from syncd.stores.s3_http import S3Http, S3HttpError, head_fields
+from syncd.stores.s3_http import (
+    NotS3Response,
+    S3Http,
+    S3HttpError,
+    expect_control_answer,
+    head_fields,
+    refuse_page,
+    required_etag,
+)
 from syncd.stores.s3_upload import GEN_META, Uploads
 from syncd.stores.sigv4 import EMPTY_SHA256, Credentials
 from syncd.verify import vouched
@@ -67,7 +79,6 @@ _OWN = f"{RESERVED_DIR}/"  # syncd's own objects under the prefix (lease, commit
 # Ask for stored checksums; syncd checks them itself (botocore's validation is never on).
 _CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
 STALE_UPLOAD_S = 24 * 3600.0  # an upload record this old is not resumed: aborted, restarted
-
 
 class S3Store:
     """A bucket prefix seen as a store; keys are relative to the prefix."""
@@ -147,6 +158,7 @@ class S3Store:
             client = await self._stack.enter_async_context(self._session().create_client(
                 "s3", endpoint_url=self._s3.endpoint_url, config=config))
             client.meta.events.register("before-send.s3", self._count)
+            client.meta.events.register("response-received.s3", expect_control_answer)
             self._client = client
         return self._client
 
@@ -220,6 +232,13 @@ class S3Store:
             raise self._client_error(exc, key) from exc
         except S3HttpError as exc:
             raise self._error(exc.code, exc.status, exc.message, key) from exc
+        except NotS3Response as exc:
+            what = f"s3://{self.bucket}/{self.object_key(key)}" if key else self.name
+            raise NotS3(
+                f"{self.where} does not answer as S3: {what}: {exc.describe()}",
+                store=self.name, key=key,
+                hint="check endpoint_url and addressing_style: they must name the S3 API, "
+                     "not a web page, console or proxy") from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise AccessDenied(
                 f"no usable AWS credentials found for {self.where}", store=self.name,
@@ -267,6 +286,7 @@ class S3Store:
                 resp = await self.http.send("HEAD", self.bucket, "", payload_hash=EMPTY_SHA256,
                                             ok=(200,))
                 resp.release()
+                refuse_page("HeadBucket", resp.status, resp.headers.get("Content-Type"))
         except NotFound:
             raise BucketMissing(f"bucket {self.bucket!r} does not exist at {self.where}",
                                 store=self.name) from None
@@ -296,6 +316,7 @@ class S3Store:
                 resp = await self.http.send("GET", self.bucket, self.object_key(key),
                                             payload_hash=EMPTY_SHA256, ok=(200,))
                 try:
+                    etag = await required_etag(resp, "GetObject")
                     body = await resp.read()
                 finally:
                     resp.release()
@@ -303,7 +324,7 @@ class S3Store:
             raise
         except NotFound:
             return None
-        return body, normalize_etag(resp.headers.get("ETag")) or ""
+        return body, normalize_etag(etag) or ""
 
     async def put_small(self, key: str, body: bytes, *, if_match: str | None = None,
                         if_none_match: bool = False, fence: Fence | None = None,
@@ -322,8 +343,11 @@ class S3Store:
             resp = await self.http.send("PUT", self.bucket, self.object_key(key), body=body,
                                         headers=headers, payload_hash=sha256(body).hexdigest(),
                                         ok=(200,), guard=fence.check if fence else None)
-            resp.release()
-        return normalize_etag(resp.headers.get("ETag")) or ""
+            try:
+                etag = await required_etag(resp, "PutObject")
+            finally:
+                resp.release()
+        return normalize_etag(etag) or ""
 
     async def delete_small(self, key: str) -> None:
         with self._translated(key):

@@ -4,11 +4,19 @@ botocore remains the control plane (credentials chain, listing, multipart create
 batch delete); the per-object requests that dominate a sync go through here (see sigv4.py for
 why). Errors come back as `S3HttpError(status, code, message)`, which the S3 store maps into
 the SyncdError tree exactly as it maps botocore's ClientError.
+
+A success that is not S3's is an error too, `NotS3Response`: a web server answers 200 to
+anything, and its HTML page must not read as an empty listing, nor its PUT as a stored object
+(issue 18). So an answer must be XML with the root S3 sends (`s3_xml`, also applied to the
+control plane's answers), and a PUT or GET must carry the ETag S3 always returns.
+Content types are not the test: moto answers a PUT with `text/html`, rclone lists as
+`text/xml`; they only help the message say what came back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -33,6 +41,124 @@ class S3HttpError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class NotS3Response(Exception):
+    """A 2xx answer that S3 would never give; the store names the endpoint (`errors.NotS3`)."""
+
+    def __init__(self, request: str, problem: str, *, status: int, content_type: str | None,
+                 body: bytes = b"") -> None:
+        self.request = request
+        self.problem = problem
+        self.status = status
+        self.content_type = content_type
+        self.body = body[:_SAMPLE + 1]  # one more: `sample` marks a cut
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """What came back, in one line: status, content type, the problem, the first bytes."""
+        got = f"{self.status} {self.content_type or '(no content type)'}"
+        text = f"{self.request} got {got}, {self.problem}"
+        return f"{text}: {sample(self.body)}" if self.body else text
+
+
+_SAMPLE = 64
+
+
+def sample(body: bytes) -> str:
+    """The first bytes of a body, quoted, safe to print on one line: whitespace runs (line
+    separators included) collapsed, control and bidi characters escaped by `repr`, cut at
+    `_SAMPLE` bytes with a mark."""
+    text = " ".join(body[:_SAMPLE].decode("utf-8", "replace").split())
+    return repr(text) + ("..." if len(body) > _SAMPLE else "")
+
+
+def local_name(tag: str) -> str:
+    """An XML tag without its namespace: servers differ in (or omit) S3's namespace."""
+    return tag.rpartition("}")[2]
+
+
+def s3_xml(request: str, body: bytes, root: str, *, status: int = 200,
+           content_type: str | None = None, also: tuple[str, ...] = ()) -> ET.Element:
+    """The parsed answer, if it is XML whose root element is `root` (or one of `also`), in
+    any namespace and with or without the "Result" suffix (rclone answers a
+    CreateMultipartUpload with <InitiateMultipartUpload>); else `NotS3Response` saying what
+    came back (HTML, JSON, an empty or cut-short body, another document)."""
+
+    def refuse(problem: str) -> NotS3Response:
+        return NotS3Response(request, problem, status=status, content_type=content_type,
+                             body=body)
+
+    if not body.strip():
+        raise refuse(f"an empty body where S3 sends <{root}>")
+    try:
+        element = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise refuse(f"not well-formed XML ({exc})") from None
+    if local_name(element.tag) not in (root, root.removesuffix("Result"), *also):
+        raise refuse(f"<{local_name(element.tag)}> where S3 sends <{root}>")
+    return element
+
+
+async def required_etag(resp: aiohttp.ClientResponse, request: str) -> str:
+    """The ETag header S3 sends with every PUT and GET of an object: a 200 without one is
+    not S3 (a web server accepting anything), never an object stored or read. The caller
+    releases `resp`."""
+    etag = resp.headers.get("ETag")
+    if etag and etag.strip('" '):
+        return etag
+    body = b""
+    if resp.method != "HEAD":
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            body = await resp.content.read(_SAMPLE + 1)
+    raise NotS3Response(request, "no ETag header", status=resp.status,
+                        content_type=resp.headers.get("Content-Type"), body=body)
+
+
+# The control plane's successful answers: the root element S3 sends, and the field without
+# which the answer means nothing (a CreateMultipartUpload without an UploadId).
+_CONTROL_ANSWERS: dict[str, tuple[str, str | None]] = {
+    "CreateMultipartUpload": ("InitiateMultipartUploadResult", "UploadId"),
+    "CompleteMultipartUpload": ("CompleteMultipartUploadResult", "ETag"),
+    "ListParts": ("ListPartsResult", None),
+    "ListMultipartUploads": ("ListMultipartUploadsResult", None),
+    "DeleteObjects": ("DeleteResult", None),
+}
+# What a web server, never S3, sends on a HEAD of the bucket (S3: none, or XML).
+_PAGE_TYPES = {"text/html", "application/xhtml+xml", "application/json"}
+
+
+def refuse_page(request: str, status: int, content_type: str | None) -> None:
+    """A bodiless answer (HEAD) says what it is only by its content type: S3 sends none or
+    XML; a web page's type is `NotS3Response`. Anything else passes: the listing decides."""
+    if (content_type or "").partition(";")[0].strip().lower() in _PAGE_TYPES:
+        raise NotS3Response(request, "a web page where S3 sends no body", status=status,
+                            content_type=content_type)
+
+
+def expect_control_answer(response_dict: dict[str, Any] | None = None, **_: Any) -> None:
+    """botocore's `response-received` hook, given each attempt's raw answer: a 2xx
+    control-plane answer must be the XML S3 sends, else `NotS3Response`. botocore alone
+    parses an HTML page into an answer without an UploadId (KeyError), and takes a 200 that
+    is not XML for a cut-short answer: a 500, retried, then "server error 500". An <Error>
+    document is S3's 200-with-an-error, which botocore raises as a ClientError."""
+    if not response_dict:
+        return
+    name = str((response_dict.get("context") or {}).get("operation_name", ""))
+    expected = _CONTROL_ANSWERS.get(name)
+    status = int(response_dict.get("status_code") or 0)
+    body = response_dict.get("body")
+    if expected is None or not 200 <= status < 300 or not isinstance(body, bytes):
+        return
+    root_name, field = expected
+    content_type = (response_dict.get("headers") or {}).get("content-type")
+    root = s3_xml(name, body, root_name, status=status, content_type=content_type,
+                  also=("Error",))
+    if local_name(root.tag) == "Error":
+        return
+    if field and not any(local_name(c.tag) == field and (c.text or "").strip() for c in root):
+        raise NotS3Response(name, f"<{root_name}> without {field}", status=status,
+                            content_type=content_type, body=body)
 
 
 _SLICE = 1 << 20
@@ -112,7 +238,8 @@ class S3Http:
             body = await resp.read()
         finally:
             resp.release()
-        return parse_listing(body)
+        return parse_listing(body, status=resp.status,
+                             content_type=resp.headers.get("Content-Type"))
 
     async def send(
         self, method: str, bucket: str, key: str, *, query: Iterable[tuple[str, str]] = (),
@@ -158,30 +285,38 @@ class S3Http:
             attempt += 1
 
 
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
-
-def parse_listing(body: bytes) -> tuple[list[tuple[str, int, str | None]], str | None]:
+def parse_listing(
+    body: bytes, *, status: int = 200, content_type: str | None = None
+) -> tuple[list[tuple[str, int, str | None]], str | None]:
     """ListObjectsV2 XML -> entries and continuation token. Keys arrive URL-encoded
-    (`encoding-type=url`), so keys with characters XML cannot carry survive the trip."""
-    root = ET.fromstring(body)
-    ns = _NS if root.tag.startswith(_NS) else ""
+    (`encoding-type=url`), so keys with characters XML cannot carry survive the trip.
+    Anything but a ListBucketResult whose entries have a Key and a Size is `NotS3Response`:
+    an HTML page read leniently would be an empty bucket, and a pull would delete on it."""
+    root = s3_xml("ListObjectsV2", body, "ListBucketResult", status=status,
+                  content_type=content_type)
+    ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
     contents, key_tag, size_tag, etag_tag = f"{ns}Contents", f"{ns}Key", f"{ns}Size", f"{ns}ETag"
     entries = []
     for item in root:  # one pass over each entry's children: ~3x faster than findtext
         if item.tag != contents:
             continue
-        key, size, etag = "", 0, None
+        key: str | None = None
+        size: str | None = None
+        etag: str | None = None
         for child in item:
             tag = child.tag
             if tag == key_tag:
                 key = child.text or ""
             elif tag == size_tag:
-                size = int(child.text or 0)
+                size = child.text
             elif tag == etag_tag:
                 etag = child.text
-        entries.append((unquote_plus(key) if encoded else key, size, etag))
+        if not key or size is None or not size.strip().isdigit():
+            raise NotS3Response(
+                "ListObjectsV2", f"an entry without a {'Key' if not key else 'Size'}",
+                status=status, content_type=content_type, body=body)
+        entries.append((unquote_plus(key) if encoded else key, int(size), etag))
     truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
     token = root.findtext(f"{ns}NextContinuationToken") if truncated else None
     if truncated and not token:  # e.g. a server that ignored list-type=2: never guess

@@ -27,6 +27,7 @@ from syncd.listing import Algo, Checksum, Entry, normalize_etag
 from syncd.parts import effective_part_size, part_ranges
 from syncd.resume import PartialUpload, Progress, ResumeBook, record_name, same_head, worth_resuming
 from syncd.stores.base import Fence, Source, Staged
+from syncd.stores.s3_http import NotS3Response, required_etag
 from syncd.stores.sigv4 import UNSIGNED_PAYLOAD
 from syncd.verify import META_PREFIX, OWN_ALGO, Digest
 
@@ -183,7 +184,10 @@ class Uploads:
                 Bucket=self._store.bucket, Key=self._store.object_key(source.key), Metadata=meta,
                 ChecksumAlgorithm="CRC32C",
             )
-        return PartialUpload(created["UploadId"], promised.value, meta)
+            upload_id = created.get("UploadId")
+            if not isinstance(upload_id, str) or not upload_id:  # the store's hook says why
+                raise _answer_without("CreateMultipartUpload", "UploadId", created)
+        return PartialUpload(upload_id, promised.value, meta)
 
     async def _record(self, upload: PartialUpload, head: dict[str, Any]) -> None:
         """Write the new upload into the book before its first part is sent."""
@@ -224,10 +228,13 @@ class Uploads:
                         "PUT", self._store.bucket, self._store.object_key(source.key), body=buf,
                         query=[("partNumber", str(number)), ("uploadId", upload.upload_id)],
                         headers={"x-amz-checksum-crc32c": crc}, payload_hash=UNSIGNED_PAYLOAD)
-                    resp.release()
+                    try:  # CompleteMultipartUpload names each part by its ETag
+                        etag = await required_etag(resp, "UploadPart")
+                    finally:
+                        resp.release()
         finally:
             await self._store.budget.give(end - start)
-        upload.add(number, resp.headers.get("ETag", ""), digest, algos)
+        upload.add(number, etag, digest, algos)
 
     async def _end_upload(self, key: str, upload: PartialUpload, exc: BaseException | None
                           ) -> None:
@@ -320,21 +327,30 @@ class Uploads:
                 resp = await self._store.http.send(
                     "PUT", self._store.bucket, self._store.object_key(key), body=staged.handle,
                     headers=headers, payload_hash=UNSIGNED_PAYLOAD, guard=fence.check)
-                resp.release()
+                try:  # a 200 without an ETag is a web server, not a stored object
+                    etag = await required_etag(resp, "PutObject")
+                finally:
+                    resp.release()
             staged.handle = None
             await self._store.budget.give(staged.size)
-            return Entry(key, staged.size, etag=normalize_etag(resp.headers.get("ETag")),
+            return Entry(key, staged.size, etag=normalize_etag(etag),
                          checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
         upload: PartialUpload = staged.handle
         fence.check()
         with self._translated(key):
-            await (await self._control()).complete_multipart_upload(
+            done = await (await self._control()).complete_multipart_upload(
                 Bucket=self._store.bucket, Key=self._store.object_key(key),
                 UploadId=upload.upload_id, MultipartUpload={"Parts": upload.completion()},
             )
+            if not done.get("ETag"):  # the store's hook says why, with the body
+                raise _answer_without("CompleteMultipartUpload", "ETag", done)
         staged.handle = None
         await self._forget(upload)
         head = await self._store.head(key)
+        if not normalize_etag(head.get("ETag")):
+            with self._translated(key):
+                raise NotS3Response("HeadObject", "no ETag header", status=200,
+                                    content_type=None)
         return Entry(key, staged.size, etag=normalize_etag(head.get("ETag")),
                      checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
 
@@ -346,6 +362,14 @@ class Uploads:
         elif staged.handle is not None:
             await self._store.budget.give(staged.size)
         staged.handle = None
+
+
+def _answer_without(request: str, field: str, answer: dict[str, Any]) -> NotS3Response:
+    meta = answer.get("ResponseMetadata") or {}
+    return NotS3Response(request, f"an answer without {field}",
+                         status=int(meta.get("HTTPStatusCode") or 200),
+                         content_type=(meta.get("HTTPHeaders") or {}).get("content-type"))
+
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
