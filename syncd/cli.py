@@ -21,6 +21,7 @@ from syncd import __version__
 from syncd.errors import (
     ConfigError,
     ExitCode,
+    IntegrityError,
     LeaseHeld,
     PartialFailure,
     PlanRefused,
@@ -194,11 +195,16 @@ def sync(
 
 
 def _failure(name: str, stats: Stats) -> SyncdError:
-    """One line for the run; the exit code of the failure when all failures are alike."""
-    first = stats.errors[0]
-    err = PartialFailure(f"{stats.failed} file(s) of mirror {name} failed, first: {first}")
-    if len({type(e) for e in stats.errors}) == 1:
-        err.exit_code = first.exit_code
+    """One line for the run. Files that failed on their own while the rest went on exit 10,
+    whatever each failure was (a key deleted after the listing is not a missing bucket, 7;
+    a file changed while read is not an unexpected failure, 1); 9 when every one of them
+    failed its checksum, the alarm that bytes arrive damaged. A failure that stops the pass
+    (endpoint, credentials, bucket, volume root, full disk) never gets here: it is raised
+    with its own code."""
+    first = f", first: {stats.errors[0]}" if stats.errors else ""
+    err = PartialFailure(f"{stats.failed} file(s) of mirror {name} failed{first}")
+    if stats.errors and all(isinstance(e, IntegrityError) for e in stats.errors):
+        err.exit_code = ExitCode.INTEGRITY
     return err
 
 

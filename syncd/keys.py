@@ -13,7 +13,13 @@ from functools import lru_cache
 RESERVED_DIR = ".syncd"
 MAX_SEGMENT_BYTES = 255  # NAME_MAX on Linux filesystems
 MAX_PATH_BYTES = 4000  # under PATH_MAX (4096), leaving room for the root
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL and C1 controls (U+0085 NEL among them): terminals and log viewers act on them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Characters that make a name display as something it is not: bidi embeddings, overrides,
+# isolates and marks (U+202E shows "evil\u202eexe.txt" as "eviltxt.exe", CVE-2021-42574's
+# "Trojan Source") and the line and paragraph separators, which split one name over lines.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SEPARATOR = re.compile("[\u2028\u2029]")
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -32,8 +38,12 @@ def unsafe_reason(key: str) -> str | None:
         return "contains a backslash"
     if key.startswith("/"):
         return "absolute path"
-    if _CONTROL.search(key):
-        return "contains a control character"
+    if found := _CONTROL.search(key):
+        return f"contains a control character (U+{ord(found[0]):04X})"
+    if found := _BIDI.search(key):
+        return f"contains a bidirectional formatting character (U+{ord(found[0]):04X})"
+    if found := _SEPARATOR.search(key):
+        return f"contains a line or paragraph separator (U+{ord(found[0]):04X})"
     try:
         encoded = key.encode("utf-8")
     except UnicodeEncodeError:
@@ -49,6 +59,21 @@ def unsafe_reason(key: str) -> str | None:
     if segments[0] == RESERVED_DIR:
         return f"inside syncd's reserved {RESERVED_DIR}/ directory"
     return None
+
+
+_OWN_OBJECT = re.compile(
+    rf"{re.escape(RESERVED_DIR)}/(?:volumes/[0-9a-f]{{32}}/)?"
+    r"(?:lease\.json|commit\.json|probe-[0-9a-f]{32})\Z")
+
+
+def syncd_object(key: str) -> bool:
+    """Whether `key` (relative to a mirror's prefix) is an object syncd keeps in the bucket:
+    the S3 lease and its commit record and the probe that tests the lease's permissions
+    (lease/s3.py), at `.syncd/` or, for a volume arbitrated through S3, at
+    `.syncd/volumes/<volume id>/` (lease/arbiter.py). Those are not data, so a listing
+    leaves them out without a word; any other key under `.syncd/` is someone else's and is
+    refused, logged and counted like every unsafe key (`unsafe_reason`)."""
+    return _OWN_OBJECT.match(key) is not None
 
 
 def is_directory_marker(key: str) -> bool:

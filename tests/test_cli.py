@@ -1,8 +1,10 @@
-"""syncd.cli's `health` verb: whatever answers (or does not) at the URL, one line and exit 1.
+"""syncd.cli: the `health` verb, and the exit code of a pass where some files failed.
 
-A container HEALTHCHECK runs it every few seconds; a traceback there hides the reason and an
-exit code other than 0/1 means something else to Docker. Each case is a real socket on
-127.0.0.1 answering the way a wrong or broken endpoint would.
+`health`: whatever answers (or does not) at the URL, one line and exit 1. A container
+HEALTHCHECK runs it every few seconds; a traceback there hides the reason and an exit code
+other than 0/1 means something else to Docker. Each case is a real socket on 127.0.0.1
+answering the way a wrong or broken endpoint would. The end-to-end runs of per-file failures
+are tests/e2e/test_reports.py.
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from syncd.cli import _probe
+from syncd.cli import _failure, _probe
+from syncd.errors import (
+    AccessDenied,
+    ExitCode,
+    IntegrityError,
+    Interrupted,
+    NotFound,
+    SourceChanged,
+    StoreError,
+    SyncdError,
+)
+from syncd.transfer import Stats
 from tests.mirrors import SYNCD, env
 
 Answer = tuple[int, bytes]
@@ -140,3 +153,47 @@ def test_health_reads_the_listen_variable_as_the_daemon_does(
     done = subprocess.run([SYNCD, "health"], env=quoted, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0 and done.stdout == "healthy (0 mirrors)\n", done.stderr
+
+
+# --- per-file failures --------------------------------------------------------------------------
+
+ONE_FILE = [
+    NotFound("s3://b/m/gone.bin does not exist", store="s3://b", key="gone.bin"),
+    StoreError("/v/a: is a directory, not a file (Is a directory)", store="/v", key="a"),
+    SourceChanged("/v/b changed while it was uploaded", store="/v", key="b"),
+    AccessDenied("cannot read /v/c: Permission denied", store="/v", key="c"),
+    Interrupted("connection reset", store="s3://b", key="d"),
+    StoreError("m/e: KeyTooLongError: Your key is too long", store="s3://b", key="e"),
+]
+
+
+def _stats(*errors: SyncdError, failed: int | None = None) -> Stats:
+    stats = Stats(copied=3)
+    stats.errors.extend(errors)
+    stats.failed = len(errors) if failed is None else failed
+    return stats
+
+
+@pytest.mark.parametrize("error", ONE_FILE, ids=lambda e: type(e).__name__)
+def test_failure_of_files_of_one_kind_exits_10_not_that_kinds_code(error: SyncdError) -> None:
+    """A key gone since the listing is not a missing bucket (7), a denied read not bad
+    credentials (6), a conflict or a changed file not an unexpected failure (1)."""
+    err = _failure("m", _stats(error, error))
+    assert err.exit_code == ExitCode.PARTIAL
+    assert int(err.exit_code) == 10
+    assert str(err).startswith("2 file(s) of mirror m failed, first: ")
+    assert error.message in str(err)
+
+
+def test_failure_exits_9_only_when_every_failed_file_failed_its_checksum() -> None:
+    bad = IntegrityError("m/x: crc64nvme does not match", store="s3://b", key="x")
+    assert _failure("m", _stats(bad, bad)).exit_code == ExitCode.INTEGRITY
+    assert _failure("m", _stats(bad, ONE_FILE[0])).exit_code == ExitCode.PARTIAL
+
+
+def test_failure_counted_without_an_error_is_one_line_and_exit_10() -> None:
+    """An artifact build counts a file that differs from its manifest without an error
+    object; the summary must not fail on it (it used to raise IndexError: exit 1)."""
+    err = _failure("m", _stats(failed=1))
+    assert err.exit_code == ExitCode.PARTIAL
+    assert str(err) == "1 file(s) of mirror m failed"

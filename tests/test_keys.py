@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import unicodedata
+import uuid
 import warnings
 
 import pytest
@@ -18,6 +20,7 @@ from syncd.keys import (
     normalize_prefix,
     relative_key,
     selected,
+    syncd_object,
     unsafe_reason,
 )
 
@@ -185,6 +188,80 @@ def test_unsafe_reason_refuses_every_key_with_dot_dot_or_empty_segment(parts: li
 def test_unsafe_reason_returns_reason_or_none_for_any_text(key: str) -> None:
     reason = unsafe_reason(key)
     assert reason is None or (isinstance(reason, str) and reason)
+
+
+@pytest.mark.parametrize(
+    ("char", "fragment"),
+    [
+        ("\x80", "control character (U+0080)"),
+        ("\x85", "control character (U+0085)"),  # NEL: a line break to many viewers
+        ("\x9b", "control character (U+009B)"),  # CSI: starts a terminal escape sequence
+        ("\u202e", "bidirectional formatting character (U+202E)"),  # "evil\u202eexe.txt"
+        ("\u202a", "bidirectional formatting character (U+202A)"),
+        ("\u2066", "bidirectional formatting character (U+2066)"),
+        ("\u2069", "bidirectional formatting character (U+2069)"),
+        ("\u200f", "bidirectional formatting character (U+200F)"),
+        ("\u061c", "bidirectional formatting character (U+061C)"),
+        ("\u2028", "line or paragraph separator (U+2028)"),
+        ("\u2029", "line or paragraph separator (U+2029)"),
+    ],
+)
+def test_unsafe_reason_refuses_c1_bidi_and_separator_characters_naming_the_code_point(
+    char: str, fragment: str
+) -> None:
+    for key in (f"evil{char}txt.exe", f"dir/{char}", f"{char}/file"):
+        reason = unsafe_reason(key)
+        assert reason is not None
+        assert fragment in reason
+
+
+def _misleading(char: str) -> bool:
+    """The oracle, from the Unicode database: controls (Cc), line and paragraph separators
+    (Zl, Zp), explicit bidi formatting (embeddings, overrides, isolates) and the bidi marks."""
+    return (unicodedata.category(char) in ("Cc", "Zl", "Zp")
+            or unicodedata.bidirectional(char) in ("LRE", "RLE", "PDF", "LRO", "RLO", "LRI",
+                                                    "RLI", "FSI", "PDI")
+            or char in "\u200e\u200f\u061c")
+
+
+@PROPERTY
+@given(st.text(st.characters(max_codepoint=0x2FFF, exclude_categories=["Cs"]), min_size=1,
+               max_size=6))
+def test_unsafe_reason_refuses_every_key_with_a_control_bidi_or_separator_character(
+    name: str,
+) -> None:
+    key = f"dir/{name}x"  # a safe shape, so only the characters can refuse it
+    if any(_misleading(c) for c in name):
+        assert unsafe_reason(key) is not None
+    elif not any(c in "/\\" for c in name) and name not in (".", ".."):
+        assert unsafe_reason(key) is None
+
+
+def test_unsafe_reason_accepts_joiners_used_in_emoji_and_scripts() -> None:
+    assert unsafe_reason("\U0001f468\u200d\U0001f469\u200d\U0001f467.png") is None  # ZWJ
+    assert unsafe_reason("\u0915\u094d\u200c\u0937.txt") is None  # ZWNJ (Devanagari)
+
+
+def test_syncd_object_names_what_the_leases_keep_in_the_bucket() -> None:
+    from syncd.lease.arbiter import keys_of
+    from syncd.lease.s3 import COMMIT_KEY, LEASE_KEY
+
+    volume = keys_of(uuid.uuid4().hex)
+    for key in (LEASE_KEY, COMMIT_KEY, f"{RESERVED_DIR}/probe-{uuid.uuid4().hex}",
+                f"{volume}/lease.json", f"{volume}/commit.json",
+                f"{volume}/probe-{uuid.uuid4().hex}"):
+        assert syncd_object(key), key
+        assert unsafe_reason(key) is not None  # and never data
+
+
+@pytest.mark.parametrize("key", [
+    f"{RESERVED_DIR}/state/m.json", f"{RESERVED_DIR}/tmp/x", f"{RESERVED_DIR}/lease.json.bak",
+    f"{RESERVED_DIR}/volumes/../lease.json", f"{RESERVED_DIR}/volumes/x/lease.json",
+    f"{RESERVED_DIR}/probe-1", f"dir/{RESERVED_DIR}/lease.json", "lease.json", RESERVED_DIR,
+])
+def test_syncd_object_is_false_for_any_other_key_under_the_reserved_dir(key: str) -> None:
+    """Those are someone else's: refused, logged and counted, not left out in silence."""
+    assert not syncd_object(key)
 
 
 # --- directory markers, prefixes, relative keys -------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -30,6 +31,32 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+# C0, DEL and C1 controls, bidi formatting characters and line/paragraph separators: the
+# characters keys.unsafe_reason refuses in a name, for the same reasons.
+_UNSAFE_TEXT = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+_MULTILINE = frozenset({"exception", "stack"})  # tracebacks: their line breaks are ours
+
+
+def _escape(text: str, keep: str = "") -> str:
+    return _UNSAFE_TEXT.sub(
+        lambda m: m[0] if m[0] in keep else m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def _escape_controls(logger: Any, name: str,
+                     event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Console lines print string values as they are, and an object key or a file name is
+    chosen by whoever writes to the bucket or volume: an ESC sequence in one (or C1 CSI, a
+    bidi override, a line separator) would recolour, move the cursor, clear the operator's
+    terminal or forge a log line. Each such character is shown escaped (`\\x1b`, `\\u202e`).
+    Other values are printed with repr(), which escapes them already; JSON lines are ASCII."""
+    event = structlog.processors.format_exc_info(logger, name, event)
+    for field, value in event.items():
+        if isinstance(value, str):
+            event[field] = _escape(value, "\n" if field in _MULTILINE else "")
+    return event
+
+
 def setup(level: str = "info", *, fmt: str | None = None) -> None:
     fmt = fmt or os.environ.get("SYNCD_LOG_FORMAT") or (
         "console" if sys.stderr.isatty() else "json")
@@ -43,6 +70,7 @@ def setup(level: str = "info", *, fmt: str | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
+            *([_escape_controls] if fmt == "console" else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

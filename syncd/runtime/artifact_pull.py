@@ -199,9 +199,11 @@ async def _incomplete(run: Pass, build: Build, stats: Stats) -> str | None:
         if build.manifest is not None:
             named = build.manifest.files[key[len(build.group.name) + 1:]].checksum
             if rec.checksum != named:
-                stats.failed += 1
                 why = f"{key}: checksum {rec.checksum} differs from the manifest's {named}"
-                run.meter.failed(IntegrityError(why))
+                error = IntegrityError(why, store=run.sides.s3.name, key=key)
+                stats.failed += 1
+                stats.errors.append(error)  # the run names it and exits 9, as for a copy
+                run.meter.failed(error)
                 return why
     extra = sorted(set(have.entries) - set(want.entries))
     if extra:

@@ -95,20 +95,23 @@ class VolumeStore:
         return None
 
     @contextlib.contextmanager
-    def _translated(self, key: str | None = None) -> Iterator[None]:
+    def _translated(self, key: str | None = None, *, reading: bool = False) -> Iterator[None]:
         try:
             yield
         except OSError as exc:
-            raise self.os_error(exc, key) from exc
+            raise self.os_error(exc, key, reading=reading) from exc
 
-    def os_error(self, exc: OSError, key: str | None = None) -> StoreError:
+    def os_error(self, exc: OSError, key: str | None = None, *,
+                 reading: bool = False) -> StoreError:
         where = str(self.root / key) if key else str(self.root)
         reason = exc.strerror or type(exc).__name__
         if exc.errno in SPACE_ERRNOS:
             return NoSpace(f"volume {self.root} is full while writing {where}", store=self.name,
                            key=key, hint="free space on the volume or grow it")
         if exc.errno in _ACCESS_ERRNOS:
-            return AccessDenied(f"cannot write {where}: {reason}", store=self.name, key=key)
+            # a push reads: "cannot write" would send the operator to the wrong permission
+            verb = "read" if reading else "write"
+            return AccessDenied(f"cannot {verb} {where}: {reason}", store=self.name, key=key)
         # Said as it is: the same errno comes from a write blocked by a file where a
         # directory must go and from a read refused at a symlink (an artifact's link,
         # opened without following it), and only the first is a conflict.
@@ -186,6 +189,8 @@ class VolumeStore:
                         listing.entries[key] = _entry(key, st)
                     elif stat.S_ISLNK(st.st_mode):
                         listing.refused[key] = "symlink (not followed)"
+                    else:
+                        listing.refused[key] = _special(st.st_mode)
         return listing
 
     # --- confined paths ----------------------------------------------------------------------
@@ -346,6 +351,19 @@ class VolumeStore:
                 await asyncio.to_thread(remove, key)
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _special(mode: int) -> str:
+    """Why a listed name that is neither a file, a directory nor a symlink is not synced: it
+    has no bytes to copy (a FIFO or a device would block or never end a read), so it is
+    refused like an unsafe key, logged and counted, never silently left out."""
+    kind = next((name for test, name in _SPECIAL if test(mode)),
+                f"a file of type 0o{stat.S_IFMT(mode):o}")
+    return f"{kind}, not a regular file (special files are not synced)"
+
+
 def _entry(key: str, st: os.stat_result) -> Entry:
     return Entry(key, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
@@ -363,12 +381,12 @@ class VolumeSource:
     async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         end = self.size if end is None else end
         store = self.store
-        with store._translated(self.key):
+        with store._translated(self.key, reading=True):
             fd = await asyncio.to_thread(store._open_file, self.key)
         try:
             offset = start
             while offset < end:
-                with store._translated(self.key):
+                with store._translated(self.key, reading=True):
                     chunk = await asyncio.to_thread(
                         os.pread, fd, min(CHUNK_BYTES, end - offset), offset)
                 if not chunk:
@@ -397,7 +415,7 @@ class VolumeSource:
                 return os.fstat(fd)
             finally:
                 os.close(fd)
-        with self.store._translated(self.key):
+        with self.store._translated(self.key, reading=True):
             st = await asyncio.to_thread(current)
         now = _entry(self.key, st)
         if now.stat_signature() != self._entry.stat_signature():
