@@ -23,7 +23,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 7  # bucket or volume root missing
     NO_SPACE = 8  # destination full
     INTEGRITY = 9  # bytes did not match the checksum the source vouches for
-    PARTIAL = 10  # some objects failed (of different kinds); the rest was synced
+    PARTIAL = 10  # some objects failed on their own (each reported); the rest was synced
     REFUSED = 11  # the plan was refused (delete guard); copies went ahead
     LEASE = 12  # write lease could not be held
     NOT_READY = 13  # `syncd wait`: the artifact was not published in time

@@ -47,7 +47,7 @@ from syncd.errors import (
     StoreError,
     Unreachable,
 )
-from syncd.keys import RESERVED_DIR, is_directory_marker, relative_key
+from syncd.keys import is_directory_marker, relative_key, syncd_object
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
 from syncd.resume import ResumeBook
 from syncd.stores.base import Capabilities, Fence, Source, Staged
@@ -74,7 +74,6 @@ _RETRY_CODES = {
 }
 
 
-_OWN = f"{RESERVED_DIR}/"  # syncd's own objects under the prefix (lease, commit): not data
 
 # Ask for stored checksums; syncd checks them itself (botocore's validation is never on).
 _CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
@@ -304,7 +303,9 @@ class S3Store:
                     seen.add(token)
                 for object_key, size, etag in page:
                     key = relative_key(object_key, self.prefix)
-                    if key and not is_directory_marker(key) and not key.startswith(_OWN):
+                    # syncd's own lease objects are not data; any other key under .syncd/
+                    # is listed, so the plan refuses it with its reason (never deleted)
+                    if key and not is_directory_marker(key) and not syncd_object(key):
                         listing.entries[key] = Entry(key, size, etag=normalize_etag(etag))
                 if not token:
                     return listing

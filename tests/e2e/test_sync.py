@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from syncd.keys import syncd_object
 from tests.mirrors import MiB, bucket_tree, lease_for, sample_files, syncd, tree, write_config
 
 
@@ -202,7 +203,7 @@ def test_sync_refuses_malicious_keys_and_writes_nothing_outside_root(s3, bucket,
     assert run.code == 0, run.stderr
     listed = {k["Key"] for k in client.list_objects_v2(Bucket=bucket)["Contents"]}
     refused = _events(run.stderr, "key_refused")
-    own = {k for k in listed if k.startswith("models/.syncd/")}  # syncd's reserved space:
+    own = {k for k in listed if syncd_object(k.removeprefix("models/"))}  # its lease objects:
     # A server that stores keys as paths (SeaweedFS) rewrites some into plain keys
     # ("models//abs.txt" -> "models/abs.txt"): those are ordinary data now. Every key listed
     # as it was sent is still malicious and must be refused.
