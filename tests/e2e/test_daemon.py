@@ -210,7 +210,7 @@ def test_sighup_keeps_the_old_config_on_any_failure_to_load(setup: Setup,
         (lambda c: c.unlink(), "file not found"),  # vanished
         (lambda c: c.mkdir(), "a directory"),
         (lambda c: (c.rmdir(), c.write_text(good.replace(str(vol), str(other)))),
-         "unexpected RecursionError"),
+         "is not a volume record written by syncd (RecursionError"),
     ]
     for i, (spoil, error) in enumerate(bad, 1):
         spoil(cfg)
