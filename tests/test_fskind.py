@@ -9,13 +9,13 @@ real SeaweedFS mounts in tests/stores/test_linkprobe.py.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from syncd.fskind import LOCAL_EXCLUSIVE, MAGIC, FsType, fs_type, local_exclusive
+from tests.lease.full_disk import small_tmpfs
 
 
 def stat_magic(path: Path) -> int:
@@ -25,18 +25,15 @@ def stat_magic(path: Path) -> int:
     return int(out.strip(), 16)
 
 
-@pytest.mark.skipif(shutil.which("stat") is None, reason="coreutils stat not installed")
 def test_fs_type_reads_the_magic_statfs_reports(tmp_path: Path) -> None:
     got = fs_type(tmp_path)
     assert got.magic == stat_magic(tmp_path)
     assert got.name == MAGIC.get(got.magic, "unknown")
 
 
-def test_fs_type_of_tmpfs_is_local_exclusive() -> None:
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        pytest.skip("no /dev/shm on this host")
-    got = fs_type(shm)
+def test_fs_type_of_tmpfs_is_local_exclusive(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "tmpfs") as shm:
+        got = fs_type(shm)
     assert got == FsType("tmpfs", 0x01021994)
     assert local_exclusive(got)
 

@@ -26,6 +26,7 @@ from syncd.stores.volume import VolumeStore
 from syncd.verify import OWN_ALGO, Digest, hash_bytes
 from tests.fences import CountdownFence
 from tests.fuse_mounts import SharedVolume
+from tests.lease.full_disk import small_tmpfs
 
 V1 = {"same.bin": b"S" * 70_000, "sub/config.json": b'{"v": 1}'}
 V2 = {"same.bin": V1["same.bin"], "sub/config.json": b'{"v": 2, "longer": true}'}
@@ -108,9 +109,11 @@ def test_seeding_copy_file_falls_back_to_a_plain_copy_across_filesystems(
     tmp_path: Path,
 ) -> None:
     """tmpfs -> disk: no reflink, no copy_file_range (EXDEV): bytes read and written."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        pytest.skip("no /dev/shm on this host")
+    with small_tmpfs(tmp_path / "tmpfs", size="16m") as shm:
+        _copy_across(shm, tmp_path)
+
+
+def _copy_across(shm: Path, tmp_path: Path) -> None:
     data = os.urandom(5 << 20)
     src = shm / f"syncd-test-{os.getpid()}-{time.monotonic_ns()}"
     src.write_bytes(data)
