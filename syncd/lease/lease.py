@@ -134,8 +134,7 @@ class Lease:
         if token is None:
             return None
         self.record, self._token, self._renewed_at, self._lost = record, token, started, None
-        self._held_as = ""
-        self._held_as = self.identity
+        self._held_as = str(getattr(self.backend, "identity", self.target))
         before = view.record.holder if view.record else None
         self.journal.event("acquired", gen=record.gen, target=self.identity, reason=reason,
                            previous=before.id if before else None,

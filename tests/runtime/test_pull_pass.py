@@ -80,6 +80,14 @@ def present(paths: list[Path]) -> list[Path]:
     return [p for p in paths if os.path.lexists(p)]
 
 
+def v1_mirror(bucket: Bucket, tmp_path: Path) -> tuple[Path, Path]:
+    """An empty volume and a pull mirror of a bucket holding version 1: (root, config)."""
+    root = tmp_path / "vol"
+    root.mkdir()
+    bucket.put(V1)
+    return root, bucket.config(tmp_path, root)
+
+
 def versions_at(root: Path) -> Versions:
     return Versions(VolumeStore(root, part_size=8 << 20, multipart_threshold=8 << 20), "llama")
 
@@ -91,10 +99,7 @@ async def test_pass_fenced_midway_leaves_the_successors_status_alone(
     moto_bucket: Bucket, tmp_path: Path,
 ) -> None:
     """(b) of issue 17: the status a successor wrote is what readiness reads afterwards."""
-    root = tmp_path / "vol"
-    root.mkdir()
-    moto_bucket.put(V1)
-    cfg = moto_bucket.config(tmp_path, root)
+    root, cfg = v1_mirror(moto_bucket, tmp_path)
     successor = status.MirrorStatus("m", updated_wall=123.0, error="the successor's word")
     await status.save(root, successor, OpenFence())
     written = status.path_for(root, "m").read_bytes()
@@ -120,10 +125,7 @@ async def test_status_save_with_a_lost_lease_writes_nothing(tmp_path: Path) -> N
 async def test_first_pass_of_a_new_lease_removes_a_killed_holders_temporaries_only(
     moto_bucket: Bucket, tmp_path: Path,
 ) -> None:
-    root = tmp_path / "vol"
-    root.mkdir()
-    moto_bucket.put(V1)
-    cfg = moto_bucket.config(tmp_path, root)
+    root, cfg = v1_mirror(moto_bucket, tmp_path)
     memory = Memory()
     await run_pass(cfg, CountdownFence(1000, generation=1), memory)
     versions = versions_at(root)
@@ -177,10 +179,7 @@ async def test_check_reports_files_changed_or_deleted_by_hand_as_drift(
 ) -> None:
     """Before: hashing a changed file through the artifact's link failed with "path
     conflicts" instead of reporting the file as different."""
-    root = tmp_path / "vol"
-    root.mkdir()
-    moto_bucket.put(V1)
-    cfg = moto_bucket.config(tmp_path, root)
+    root, cfg = v1_mirror(moto_bucket, tmp_path)
     await run_pass(cfg)
     assert await check(cfg) == []
     (root / "llama" / "w.bin").write_bytes(b"X" * 50_000)  # same size, other bytes
