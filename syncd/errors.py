@@ -103,6 +103,13 @@ class NoSpace(StoreError):
     exit_code = ExitCode.NO_SPACE
 
 
+class TooLarge(StoreError):
+    """One object cannot fit in the destination's free space (less its reserve): refused on
+    its own, so everything that fits still moves; exit 10 like any per-file failure."""
+
+    exit_code = ExitCode.PARTIAL
+
+
 class PreconditionFailed(StoreError):
     """The store rejected a conditional write: someone else changed the object first."""
 
