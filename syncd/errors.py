@@ -7,7 +7,7 @@ name the bucket, key or path involved and never a credential.
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 class ExitCode(IntEnum):
@@ -33,7 +33,6 @@ class SyncdError(Exception):
     """Base of every error syncd reports; `hint` tells the operator what to do next."""
 
     exit_code: ExitCode = ExitCode.ERROR
-    retryable: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -42,6 +41,11 @@ class SyncdError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    @property
+    def retryable(self) -> bool:
+        """Trying again later may succeed; from the table (`disposition`)."""
+        return disposition(self).retryable
 
 
 class ConfigError(SyncdError):
@@ -76,7 +80,6 @@ class StoreError(SyncdError):
 
 class Unreachable(StoreError):
     exit_code = ExitCode.UNREACHABLE
-    retryable = True
 
 
 class NotS3(Unreachable):
@@ -117,27 +120,20 @@ class PreconditionFailed(StoreError):
 class Conflict(PreconditionFailed):
     """Another conditional write to the same object was in flight (S3 409): try again."""
 
-    retryable = True
-
 
 class Interrupted(StoreError):
     """A transfer's byte stream broke part-way (reset, timeout): that object fails and is
     retried later; the endpoint itself answered, so the rest of the pass goes on."""
 
-    retryable = True
-
 
 class SourceChanged(StoreError):
     """The source changed while it was read; nothing was published, try again later."""
-
-    retryable = True
 
 
 class IntegrityError(StoreError):
     """Bytes did not match the checksum the source vouches for. Never published."""
 
     exit_code = ExitCode.INTEGRITY
-    retryable = True
 
 
 class UnsafeKey(SyncdError):
@@ -167,7 +163,7 @@ class LeaseError(SyncdError):
 
 
 class LeaseHeld(LeaseError):
-    retryable = True
+    """Another instance holds the lease: it may be free later."""
 
 
 class LeaseLost(LeaseError):
@@ -176,6 +172,56 @@ class LeaseLost(LeaseError):
 
 class LeaseUnsupported(LeaseError):
     """The store cannot arbitrate a lease safely (e.g. ignores conditional writes)."""
+
+
+
+class Disposition(StrEnum):
+    """What the caller does with an error (rclone's fserrors sorts errors the same way).
+    SKIP and RETRY_KEY concern one key: it fails on its own line, the rest of the pass goes
+    on. RETRY and STOP concern the whole store or lease: the pass stops and reports it."""
+
+    SKIP = "skip"  # this key fails; it fails again until something about it changes
+    RETRY_KEY = "retry_key"  # this key fails; a later attempt may well succeed
+    RETRY = "retry"  # the pass stops; after a backoff it may succeed (endpoint down, lease held)
+    STOP = "stop"  # the pass stops; no retry helps until an operator acts
+
+    @property
+    def stops_pass(self) -> bool:
+        return self in (Disposition.RETRY, Disposition.STOP)
+
+    @property
+    def retryable(self) -> bool:
+        return self in (Disposition.RETRY_KEY, Disposition.RETRY)
+
+
+_D = Disposition
+# The one table. A class's nearest ancestor in it decides. Store errors may answer twice:
+# about one key, and about the whole store (no key: credentials, the bucket or volume root).
+#   class                (about one key,  about the store)
+_TABLE: dict[type[SyncdError], tuple[Disposition, Disposition]] = {
+    SyncdError:            (_D.SKIP,      _D.SKIP),
+    ConfigError:           (_D.STOP,      _D.STOP),
+    Unreachable:           (_D.RETRY,     _D.RETRY),  # NotS3 too: a proxy's page may go away
+    NoSpace:               (_D.STOP,      _D.STOP),  # not TooLarge: that one object only
+    AccessDenied:          (_D.SKIP,      _D.STOP),
+    NotFound:              (_D.SKIP,      _D.STOP),  # BucketMissing never names a key
+    Conflict:              (_D.RETRY_KEY, _D.RETRY_KEY),
+    Interrupted:           (_D.RETRY_KEY, _D.RETRY_KEY),
+    SourceChanged:         (_D.RETRY_KEY, _D.RETRY_KEY),
+    IntegrityError:        (_D.RETRY_KEY, _D.RETRY_KEY),  # never published
+    LeaseError:            (_D.STOP,      _D.STOP),  # LeaseUnsupported, an unwritable lease
+    LeaseHeld:             (_D.RETRY,     _D.RETRY),
+    LeaseLost:             (_D.STOP,      _D.STOP),  # terminal for the holder
+}
+
+
+def disposition(exc: SyncdError) -> Disposition:
+    """What to do about `exc`: the table's row for its nearest listed ancestor."""
+    for cls in type(exc).__mro__:
+        row = _TABLE.get(cls)
+        if row is not None:
+            return row[0] if getattr(exc, "key", None) is not None else row[1]
+    raise AssertionError("SyncdError is in the table")
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

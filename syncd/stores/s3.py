@@ -59,6 +59,7 @@ from syncd.stores.s3_http import (
     head_fields,
     refuse_page,
     required_etag,
+    transient,
 )
 from syncd.stores.s3_upload import GEN_META, Uploads
 from syncd.stores.sigv4 import EMPTY_SHA256, Credentials
@@ -67,10 +68,6 @@ from syncd.verify import vouched
 _ACCESS_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
     "ExpiredToken", "AllAccessDisabled", "AccountProblem", "403",
-}
-_RETRY_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-    "ServiceUnavailable", "RequestTimeTooSkewed", "500", "502", "503", "504",
 }
 
 
@@ -273,7 +270,7 @@ class S3Store:
         if code in ("PreconditionFailed", "412") or status == 412:
             return PreconditionFailed(f"{what} changed (precondition failed)", store=self.name,
                                       key=key)
-        if code in _RETRY_CODES or (isinstance(status, int) and status >= 500):
+        if transient(status, code) or (isinstance(status, int) and status >= 500):
             return Unreachable(f"{what}: server error {code}", store=self.name, key=key)
         return StoreError(f"{what}: {code or status}: {message}".rstrip(": "),
                           store=self.name, key=key)

@@ -30,9 +30,19 @@ from yarl import URL
 from syncd.backoff import next_delay
 from syncd.stores.sigv4 import EMPTY_SHA256, Credentials, Signer, canonical_query, encode_path
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
-_RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
-                "RequestTimeTooSkewed", "Throttling"}
+# The one list of S3 answers worth another try, for the data path's own retries here and
+# for the store's translation of botocore's errors (s3.py), so the two never disagree: 429
+# (Too Many Requests) is transient on both.
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+    "ServiceUnavailable", "RequestTimeTooSkewed", *(str(s) for s in RETRY_STATUS)})
+
+
+def transient(status: int | None, code: str) -> bool:
+    """An S3 error answer that another attempt may not get: throttling, a server failing.
+    `code` is the error's Code, or the status as text when the answer had no body (HEAD)."""
+    return status in RETRY_STATUS or code in RETRY_CODES
 
 
 class S3HttpError(Exception):
@@ -278,8 +288,7 @@ class S3Http:
                     return resp
                 error = _error_of(resp.status, await resp.read())
                 resp.release()
-                retry = resp.status in RETRY_STATUS or error.code in _RETRY_CODES
-                if not retry or attempt + 1 >= self._max_attempts:
+                if not transient(resp.status, error.code) or attempt + 1 >= self._max_attempts:
                     raise error
             await asyncio.sleep(next_delay(attempt, base=0.1, cap=5.0, rand=random.random()))
             attempt += 1

@@ -8,11 +8,12 @@ import uuid
 import pytest
 
 from syncd.config import S3Config, TransferConfig
-from syncd.errors import AccessDenied, BucketMissing
+from syncd.errors import AccessDenied, BucketMissing, Unreachable
 from syncd.stores.base import OpenFence
 from syncd.stores.s3 import S3Store
 from tests.mirrors import MiB
 from tests.servers import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.web_server import S3_LIKE, Answer, web_server
 
 TRANSFER = TransferConfig(part_size=5 * MiB, multipart_threshold=5 * MiB, concurrency=4)
 
@@ -71,3 +72,23 @@ async def test_a_named_session_token_variable_that_is_not_set_is_named(
             await store.check()
     assert "MY_TOKEN is not set" in str(info.value)
     assert f"endpoint sts ({s3.endpoint_url})" in str(info.value)
+
+
+# A throttling answer whose Code is in no list: only its status says "try again later".
+THROTTLED = Answer(429, "application/xml", b'<?xml version="1.0" encoding="UTF-8"?>\n'
+                   b"<Error><Code>TooManyRequests</Code><Message>slow down</Message></Error>")
+
+
+async def test_a_429_is_transient_on_the_data_path_and_the_control_plane_alike() -> None:
+    """One list of transient answers: the data path retries a 429 and the store reports it
+    as an endpoint that is not answering (exit 5, retried), on botocore's path too."""
+    with web_server(THROTTLED, {"HeadBucket": S3_LIKE["HeadBucket"]}) as web:
+        cfg = S3Config(endpoint_url=web.endpoint_url, addressing_style="path", max_attempts=2)
+        async with S3Store(cfg, TRANSFER, "bkt-1", "p/") as store:
+            with pytest.raises(Unreachable) as read:
+                await store.get_small("lease.json")
+            assert web.seen.count("GetObject") == 2  # retried once, as max_attempts says
+            with pytest.raises(Unreachable) as deleted:
+                await store.delete(["a.bin"], OpenFence())
+    for exc in (read.value, deleted.value):
+        assert exc.retryable and exc.exit_code == 5 and "TooManyRequests" in str(exc)
