@@ -19,6 +19,7 @@ from syncd.keys import glob_match, unsafe_reason
 from syncd.listing import Entry, Listing
 
 MANIFEST_NAME = ".syncd-manifest.json"
+LEGACY = "legacy"  # an artifact that is a plain directory syncd has not taken over
 MANIFEST_VERSION = 1
 
 

@@ -34,7 +34,7 @@ from syncd.errors import (
 if TYPE_CHECKING:
     from syncd import config as config_mod
     from syncd.lease.record import Timing, View
-    from syncd.plan import Plan
+    from syncd.pass_plan import PassPlan
     from syncd.runtime.leases import Leases, Target
     from syncd.transfer import Stats
 
@@ -114,12 +114,17 @@ def _describe(action: Any) -> str:
     return f"keep    {action.key}  ({action.reason})"
 
 
-def _print_plan(name: str, plan: Plan) -> None:
+def _print_plan(name: str, passplan: PassPlan) -> None:
+    """The plan a pass would carry out, as the pass itself plans it (`pass_plan`)."""
+    from syncd.pass_plan import describe_step
     from syncd.plan import Skip
 
+    plan = passplan.flat()
     for action in plan.actions:
         if not (isinstance(action, Skip) and action.reason == "unchanged"):
             typer.echo(f"[{name}] {_describe(action)}")
+    for art in passplan.artifacts:
+        typer.echo(f"[{name}] {describe_step(art)}")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(plan.counts().items())) or "nothing"
     typer.echo(f"[{name}] plan: {counts}; {plan.copy_bytes} bytes to copy")
     if plan.refused_deletes:
@@ -168,8 +173,8 @@ def sync(
                            endpoint=cfg.endpoint_name(m))
             if dry_run:
                 async with mirror_mod.opened(cfg, m, write=False) as sides:
-                    plan, _ = await mirror_mod.plan_for(sides, m)
-                _print_plan(m.name, plan)
+                    passplan, _ = await mirror_mod.plan_for(sides, m, cfg)
+                _print_plan(m.name, passplan)
                 continue
             bar = Bar(m.name)
             try:
@@ -220,7 +225,7 @@ def check(config: ConfigOpt = None, mirror: MirrorOpt = None) -> None:
         found = 0
         for m in _mirrors(cfg, mirror):
             async with mirror_mod.opened(cfg, m, write=False) as sides:
-                for difference in await drift.differences(sides, m):
+                for difference in await drift.differences(sides, m, cfg):
                     found += 1
                     typer.echo(f"[{m.name}] {difference}")
         typer.echo(f"{found} difference(s)" if found else "in sync")

@@ -7,12 +7,17 @@ tests can state invariants over arbitrary listings (tests/test_plan.py):
 - deletes beyond the guard are all held back, never partly applied;
 - an empty source listing deletes nothing (a wrong prefix or a wiped bucket is not a plan);
 - a key the caller holds back (a file still being written, an incomplete artifact) is neither
-  copied nor deleted.
+  copied nor deleted;
+- on a destination that is a tree (a volume), a path that changes between file and directory
+  is replaced only by deletes this plan makes anyway, run before the copy that needs the path
+  (reason `path_replaced`); when those deletes are not allowed the copy is refused with its
+  reason instead of failing every pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
@@ -39,6 +44,9 @@ class Reason(StrEnum):
     SOURCE_EMPTY = "source_empty"
     NOT_SETTLED = "not_settled"
     ARTIFACT_INCOMPLETE = "artifact_incomplete"
+    PATH_REPLACED = "path_replaced"  # a delete that clears the path a copy needs
+    PATH_TOO_LONG = "path_too_long"
+    UNREADABLE = "unreadable"  # under a path the destination could not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +92,17 @@ Action = Copy | Adopt | Delete | Skip | Refuse
 
 @dataclass(frozen=True, slots=True)
 class Policy:
+    """The mirror's rules, and two facts of its destination: `tree` when it is a directory
+    tree (a path is a file or a directory, never both), `max_key_bytes` when keys longer than
+    that would make its absolute paths exceed PATH_MAX."""
+
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     delete: bool = False
     max_delete_count: int = 1000
     max_delete_fraction: float = 0.5
+    tree: bool = False
+    max_key_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -177,6 +191,11 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy,
         why = unsafe_reason(key)
         if why is not None:
             plan.actions.append(Refuse(key, Reason.UNSAFE_KEY, why))
+        elif policy.max_key_bytes is not None and len(key.encode()) > policy.max_key_bytes:
+            plan.actions.append(Refuse(
+                key, Reason.PATH_TOO_LONG,
+                f"its path on the destination would exceed PATH_MAX ({policy.max_key_bytes} "
+                "bytes are left for keys under this root)"))
         elif key in dirs:
             plan.actions.append(Refuse(key, Reason.PATH_CONFLICT, "also a directory in the source"))
         elif (held := hold(key)) is not None:
@@ -195,6 +214,8 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy,
             continue
         if (held := hold(key)) is not None:
             plan.actions.append(Skip(key, held))
+        elif _unreadable_above(key, getattr(dst, "unreadable", {})) is not None:
+            plan.actions.append(Skip(key, Reason.UNREADABLE))
         elif not policy.delete:
             plan.actions.append(Skip(key, Reason.DELETE_DISABLED))
         elif not src.complete or not dst.complete:
@@ -211,7 +232,62 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy,
         plan.actions.extend(deletes)
     else:
         plan.actions.extend(Skip(d.key, Reason.DELETE_GUARD) for d in deletes)
+    if policy.tree:
+        _replace_paths(plan, dst)
     return plan
+
+
+def _unreadable_above(key: str, unreadable: Mapping[str, str]) -> str | None:
+    """The unreadable path at or above `key`, if any: what lies there is unknown, so nothing
+    under it is deleted on the listing's word."""
+    if not unreadable:
+        return None
+    parts = key.split("/")
+    for i in range(1, len(parts) + 1):
+        path = "/".join(parts[:i])
+        if path in unreadable:
+            return path
+    return None
+
+
+def _replace_paths(plan: Plan, dst: Listing) -> None:
+    """Copies whose path is a directory on the destination, or lies under a file there: the
+    deletes that clear the way run first (reason `path_replaced`); a copy whose way this plan
+    does not clear is refused, with what is in the way."""
+    dst_dirs = _directories(iter(dst.entries))
+    ordered = sorted(dst.entries)
+    deleting = {a.key: i for i, a in enumerate(plan.actions) if isinstance(a, Delete)}
+    held = {a.key: str(a.reason) for a in plan.actions if isinstance(a, Skip | Refuse)}
+    for i, action in enumerate(plan.actions):
+        if not isinstance(action, Copy):
+            continue
+        key = action.key
+        blockers = [p for p in _parents(key) if p in dst.entries]
+        if key in dst_dirs:
+            start = bisect.bisect_left(ordered, f"{key}/")
+            for other in ordered[start:]:
+                if not other.startswith(f"{key}/"):
+                    break
+                blockers.append(other)
+        if not blockers:
+            continue
+        kept = [b for b in blockers if b not in deleting]
+        if kept:
+            why = held.get(kept[0], "not planned for deletion")
+            plan.actions[i] = Refuse(key, Reason.PATH_CONFLICT,
+                                     f"{kept[0]} is in the way on the destination ({why})")
+            continue
+        for b in blockers:
+            j = deleting[b]
+            old = plan.actions[j]
+            assert isinstance(old, Delete)
+            plan.actions[j] = Delete(old.key, Reason.PATH_REPLACED, old.dst)
+
+
+def _parents(key: str) -> Iterator[str]:
+    parts = key.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        yield "/".join(parts[:i])
 
 
 def _delete_guard(count: int, dst_count: int, policy: Policy) -> str | None:

@@ -1,71 +1,95 @@
-"""A pull pass: loose files one by one, then each artifact built whole and switched.
+"""A pull pass carried out: each artifact built whole and switched, then the loose files.
 
-For each artifact the wanted version is named by its manifest when the bucket has one (and
-the bucket agrees with it; otherwise it is still being pushed and the volume keeps what it
-has), else by its listing. A version that differs from the current one is built in its own
-directory: unchanged files seeded from the current version (hard-linked where the volume
-keeps links, else copied and checked against the recorded checksum), the rest downloaded and
-verified; only a build that holds exactly the wanted files, each verified, is switched in.
-Every write to the volume (seeding, switching, pruning) follows a check of the lease's fence.
+`observe` reads what the plan needs (each artifact's current version, its manifest, a build
+begun by an earlier pass); `pass_plan.plan_pull` decides; `execute` does what it says. For each
+artifact the wanted version is named by its manifest when the bucket has one (and the bucket
+agrees with it; otherwise it is still being pushed and the volume keeps what it has), else by
+its listing. A version that differs from the current one is built in its own directory:
+unchanged files seeded from the current version (hard-linked where the volume keeps links,
+else copied and checked against the recorded checksum), the rest downloaded and verified;
+only a build that holds exactly the wanted files, each verified, is switched in. Artifacts go
+before loose files, so a loose file that names a version (a pointer) never goes live before
+it. Every write to the volume (seeding, switching, pruning) follows a check of the fence.
 An interrupted build is resumed by the next pass (same version, same directory).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from syncd import artifacts, status
-from syncd.artifacts import Group, Manifest, ManifestError
+from syncd.artifacts import LEGACY, Group, Manifest, ManifestError
 from syncd.errors import IntegrityError
-from syncd.listing import Entry, Listing, Recorded, fingerprint
-from syncd.plan import Plan, Policy
-from syncd.runtime.passes import Pass, policy_of
+from syncd.listing import Listing, Recorded, fingerprint
+from syncd.pass_plan import ArtifactPlan, PassPlan, PulledArtifact, PullFacts, Step, wanted
+from syncd.plan import Copy, Plan, Reason
+from syncd.runtime.passes import Pass
 from syncd.status import ArtifactStatus
-from syncd.stores.versions import LEGACY, Versions
+from syncd.stores.versions import Versions
 from syncd.stores.volume import VolumeStore
 from syncd.transfer import Stats
 
 MANIFEST_MAX_BYTES = 64 << 20
-_BUILD_POLICY = Policy(delete=True, max_delete_count=1 << 62, max_delete_fraction=1.0)
 
 
-@dataclass(slots=True)
-class Build:
-    group: Group
-    version: str
-    current: str | None
-    files: dict[str, Entry]
-    manifest: Manifest | None
-    versions: Versions
-    builder: VolumeStore
-    plan: Plan
-    status: ArtifactStatus
+async def observe(run: Pass, src: Listing, dst: Listing) -> PullFacts:
+    """What the plan needs to know of the volume beyond its listing. Reads only."""
+    seen: dict[str, PulledArtifact] = {}
+    for name, group in artifacts.split(src, run.mirror.artifacts).groups.items():
+        versions = Versions(run.sides.volume, name)
+        manifest: Manifest | str | None = None
+        if group.manifest is not None:
+            try:
+                manifest = await _manifest(run, group)
+            except ManifestError as exc:
+                manifest = str(exc)
+        before = run.status.artifacts.get(name)
+        art = PulledArtifact(await versions.current(), manifest,
+                             previous=before.wanted if before else None)
+        got = wanted(group, manifest)
+        if not isinstance(got, str) and got[1] != art.current:
+            art.built = await _built(versions, got[1])
+        seen[name] = art
+    return PullFacts(src, dst, run.record, seen, set(run.status.artifacts))
 
 
-async def pull(run: Pass, src: Listing, dst: Listing,
-               on_plan: Callable[[Plan], None] | None) -> tuple[Plan, Stats]:
-    mirror = run.mirror
-    ours, theirs = artifacts.split(src, mirror.artifacts), artifacts.split(dst, mirror.artifacts)
-    loose = run.plan(ours.loose, theirs.loose, policy_of(mirror))
-    builds = [b for g in sorted(ours.groups.values(), key=lambda g: g.name)
-              if (b := await _intend(run, g)) is not None]
-    whole = Plan(loose.actions + [a for b in builds for a in b.plan.actions],
-                 loose.refused_deletes)
-    if on_plan is not None:
-        on_plan(whole)
-    run.log.info("plan_computed", **whole.counts(), copy_bytes=whole.copy_bytes,
-                 refused_deletes=whole.refused_deletes, artifacts=len(ours.groups),
-                 building=[b.group.name for b in builds])
-    stats = await run.transfer(run.sides.s3, run.sides.volume).run(loose)
-    for build in builds:
+async def _built(versions: Versions, version: str) -> Listing | None:
+    """What an earlier pass already built of `version`, or None if it began no build."""
+    if not await asyncio.to_thread(versions.path(version).is_dir):
+        return None
+    return await versions.builder(version).list()
+
+
+async def execute(run: Pass, plan: PassPlan) -> Stats:
+    stats = Stats()
+    for art in plan.artifacts:
         if run.stopping():
             break
-        stats.add(await _build(run, build))
-    await _gone(run, ours, src)
+        stats.add(await _carry_out(run, art))
+    stats.add(await run.transfer(run.sides.s3, run.sides.volume).run(plan.loose))
     await _prune(run)
-    return whole, stats
+    return stats
+
+
+async def _carry_out(run: Pass, art: ArtifactPlan) -> Stats:
+    name = art.name
+    if art.step in (Step.REMOVE, Step.KEEP):
+        await _gone(run, art)
+        return Stats()
+    st = run.status.artifacts.setdefault(name, ArtifactStatus(status.BUILDING))
+    st.checked_wall = time.time()
+    st.current = None if art.current == LEGACY else art.current
+    if art.step is Step.HOLD:  # the bucket does not hold a complete version: keep ours
+        st.state, st.detail, st.wanted = status.HELD, art.detail, None
+        run.log.warning("artifact_held", artifact=name, reason=art.detail)
+        return Stats()
+    st.wanted, st.files, st.bytes = art.version, len(art.files), art.bytes
+    if art.step is Step.READY:
+        st.state, st.detail = status.READY, None
+        return Stats()
+    st.state, st.detail = status.BUILDING, art.detail
+    return await _build(run, art, st)
 
 
 async def _manifest(run: Pass, group: Group) -> Manifest:
@@ -86,64 +110,19 @@ async def _manifest(run: Pass, group: Group) -> Manifest:
     return manifest
 
 
-async def _intend(run: Pass, group: Group) -> Build | None:
-    """The build a changed artifact needs, or None when it is current or must wait."""
-    name = group.name
-    st = run.status.artifacts.setdefault(name, ArtifactStatus(status.BUILDING))
-    st.checked_wall = time.time()
-    run.listed.update(f"{name}/{k}" for k in group.files)  # their record entries stay
-    versions = Versions(run.sides.volume, name)
-    current = await versions.current()
-    st.current = None if current == LEGACY else current
-    manifest: Manifest | None = None
-    if group.manifest is not None:
-        try:
-            manifest = await _manifest(run, group)
-        except ManifestError as exc:
-            _hold(run, name, st, str(exc))
-            return None
-        why = artifacts.disagreement(manifest, group.files)
-        if why is not None:
-            _hold(run, name, st, why)
-            return None
-        files = {k: group.files[k] for k in manifest.files}
-        version = manifest.version
-    else:
-        files, version = group.files, artifacts.listing_version(group.files)
-    previous, st.wanted = st.wanted, version
-    st.files, st.bytes = len(files), sum(e.size for e in files.values())
-    if current == version:
-        st.state, st.detail = status.READY, None
-        return None
-    if previous and previous not in (version, current):
-        await versions.remove(previous, run.fence)  # a version the bucket no longer holds
-    st.state, st.detail = status.BUILDING, f"building version {version}"
-    await versions.prepare(version, run.fence)
-    if current is not None:
-        await _seed(run, versions, current, version, name, files)
-    builder = versions.builder(version)
-    plan = run.plan(artifacts.rebase(files, name), await builder.list(), _BUILD_POLICY)
-    return Build(group, version, current, files, manifest, versions, builder, plan, st)
-
-
-def _hold(run: Pass, name: str, st: ArtifactStatus, why: str) -> None:
-    """The bucket does not hold a complete version: keep the current one, say why."""
-    st.state, st.detail, st.wanted = status.HELD, why, None
-    run.log.warning("artifact_held", artifact=name, reason=why)
-
-
-async def _seed(run: Pass, versions: Versions, current: str, version: str, name: str,
-                files: dict[str, Entry]) -> None:
-    """Seed the files the wanted version shares with the current one (per the record). A
-    copy has a fingerprint of its own: recorded with the checksum it was checked against,
-    so the build's plan counts it as verified."""
+async def _seed(run: Pass, versions: Versions, art: ArtifactPlan) -> None:
+    """Seed the files the plan shares with the current version. A copy has a fingerprint of
+    its own: recorded with the checksum it was checked against, so it counts as verified."""
+    name, current, version = art.name, art.current, art.version
+    assert version is not None
     expected = {}
-    for rel, entry in files.items():
-        rec = run.record.get(f"{name}/{rel}")
-        if rec is not None and rec.src == fingerprint(entry):
-            expected[rel] = rec
+    for seed in art.seeds:
+        rec = run.record.get(seed.key)
+        if rec is not None and rec.src == fingerprint(seed.src):
+            expected[seed.key[len(name) + 1:]] = rec
     if not expected:
         return
+    assert current is not None
     content = run.sides.volume.root / name if current == LEGACY else versions.content(current)
     seeded = await versions.seed(content, version, expected, run.fence, run.on_bytes)
     for rel, copy in seeded.copied.items():
@@ -156,39 +135,54 @@ async def _seed(run: Pass, versions: Versions, current: str, version: str, name:
                      links=seeded.how.links, fs=seeded.how.fs.name)
 
 
-async def _build(run: Pass, build: Build) -> Stats:
-    name, st = build.group.name, build.status
-    stats = await run.transfer(run.sides.s3, build.builder).run(build.plan)
-    await build.builder.flush()
-    problem = await _incomplete(run, build, stats)
+async def _build(run: Pass, art: ArtifactPlan, st: ArtifactStatus) -> Stats:
+    name, version = art.name, art.version
+    assert version is not None
+    versions = Versions(run.sides.volume, name)
+    if art.drop is not None:
+        await versions.remove(art.drop, run.fence)  # a version the bucket no longer holds
+    await versions.prepare(version, run.fence)
+    builder = versions.builder(version)
+    todo = art.plan
+    if art.seeds:
+        await _seed(run, versions, art)
+        have = await builder.list()
+        missed = [Copy(s.key, Reason.SOURCE_CHANGED, s.src) for s in art.seeds
+                  if s.key not in have.entries]  # moved since it was recorded: downloaded
+        if missed:
+            todo = Plan([*art.plan.actions, *missed], art.plan.refused_deletes)
+    stats = await run.transfer(run.sides.s3, builder).run(todo)
+    await builder.flush()
+    problem = await _incomplete(run, art, builder, stats)
     if problem is not None:
         st.state = status.FAILED if stats.failed else status.BUILDING
         st.detail = problem
-        run.log.warning("artifact_not_published", artifact=name, version=build.version,
+        run.log.warning("artifact_not_published", artifact=name, version=version,
                         reason=problem)
         return stats
     with run.journal.write("switch", name, run.fence.generation):
-        kept = await build.versions.switch(build.version, run.fence)
+        kept = await versions.switch(version, run.fence)
     now = time.time()
     retired = run.status.retired.setdefault(name, {})
-    for old in (build.current, kept):
+    for old in (art.current, kept):
         if old is not None and old != LEGACY:
             retired[old] = now
-    retired.pop(build.version, None)
-    st.state, st.current, st.detail = status.READY, build.version, None
-    run.log.info("artifact_published", artifact=name, version=build.version,
-                 previous=build.current, files=len(build.files), bytes=st.bytes)
+    retired.pop(version, None)
+    st.state, st.current, st.detail = status.READY, version, None
+    run.log.info("artifact_published", artifact=name, version=version,
+                 previous=art.current, files=len(art.files), bytes=st.bytes)
     return stats
 
 
-async def _incomplete(run: Pass, build: Build, stats: Stats) -> str | None:
+async def _incomplete(run: Pass, build: ArtifactPlan, builder: VolumeStore,
+                      stats: Stats) -> str | None:
     """Why the build must not be switched in, or None when it is exactly the wanted version."""
     if stats.failed:
         return f"{stats.failed} file(s) failed, first: {stats.errors[0].message}"
     if run.stopping():
         return "stopping; the build resumes on the next start"
-    have = await build.builder.list()
-    want = artifacts.rebase(build.files, build.group.name)
+    have = await builder.list()
+    want = artifacts.rebase(build.files, build.name)
     for key, entry in want.entries.items():
         got = have.get(key)
         if got is None or got.size != entry.size:
@@ -197,7 +191,7 @@ async def _incomplete(run: Pass, build: Build, stats: Stats) -> str | None:
         if rec is None or rec.src != fingerprint(entry) or rec.dst != fingerprint(got):
             return f"{key} was not verified in this build"
         if build.manifest is not None:
-            named = build.manifest.files[key[len(build.group.name) + 1:]].checksum
+            named = build.manifest.files[key[len(build.name) + 1:]].checksum
             if rec.checksum != named:
                 why = f"{key}: checksum {rec.checksum} differs from the manifest's {named}"
                 error = IntegrityError(why, store=run.sides.s3.name, key=key)
@@ -211,24 +205,21 @@ async def _incomplete(run: Pass, build: Build, stats: Stats) -> str | None:
     return None
 
 
-async def _gone(run: Pass, ours: artifacts.Split, src: Listing) -> None:
-    """Artifacts the volume has and the source no longer lists."""
-    for name in sorted(set(run.status.artifacts) - set(ours.groups)):
-        st = run.status.artifacts[name]
-        if not run.mirror.delete:
-            st.state, st.detail, st.wanted = status.GONE, "absent from the source; kept " \
-                "(delete is off)", None
-            continue
-        if not src.complete or not src.entries:
-            st.state, st.detail = status.GONE, "absent from an incomplete or empty listing: kept"
-            continue
-        versions = Versions(run.sides.volume, name)
-        with run.journal.write("delete", name, run.fence.generation):
-            await versions.unlink(run.fence)
-        if st.current:
-            run.status.retired.setdefault(name, {})[st.current] = time.time()
-        del run.status.artifacts[name]
-        run.log.info("artifact_removed", artifact=name, version=st.current)
+async def _gone(run: Pass, art: ArtifactPlan) -> None:
+    """An artifact the volume has and the source no longer lists: removed or kept."""
+    st = run.status.artifacts.get(art.name)
+    if st is None:
+        return
+    if art.step is Step.KEEP:
+        st.state, st.detail, st.wanted = status.GONE, art.detail, None
+        return
+    versions = Versions(run.sides.volume, art.name)
+    with run.journal.write("delete", art.name, run.fence.generation):
+        await versions.unlink(run.fence)
+    if st.current:
+        run.status.retired.setdefault(art.name, {})[st.current] = time.time()
+    del run.status.artifacts[art.name]
+    run.log.info("artifact_removed", artifact=art.name, version=st.current)
 
 
 async def _prune(run: Pass) -> None:

@@ -11,27 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
 
-from syncd import artifacts, state, status
+import structlog
+
+from syncd import state, status
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
-from syncd.plan import Plan, Reason, Skip, compute
+from syncd.pass_plan import PassPlan, Step, plan_pull, plan_push
+from syncd.plan import Plan, Policy, Reason, Skip
 from syncd.resume import ResumeBook
-from syncd.runtime import leftovers
-from syncd.runtime.artifact_pull import pull
-from syncd.runtime.artifact_push import push
+from syncd.runtime import artifact_pull, artifact_push, leftovers
 from syncd.runtime.passes import Memory, Pass, Sides, policy_of
 from syncd.stores.base import Fence, OpenFence
 from syncd.stores.s3 import STALE_UPLOAD_S, S3Store
-from syncd.stores.versions import LEGACY, Versions
+from syncd.stores.versions import Versions
 from syncd.stores.volume import VolumeStore
 from syncd.transfer import NO_METER, Log, Meter, Stats
 
+PATH_MAX = 4096  # Linux: bytes of a path, its NUL included
+VERSION_SLOT = "m-" + "0" * 20  # as long as any version name (artifacts.Manifest.version)
+_QUIET = structlog.get_logger("syncd.dry_run")
 CLEAN_EVERY_S = 3600.0  # how often a daemon looks for abandoned multipart uploads
 HELD = frozenset({Reason.NOT_SETTLED, Reason.ARTIFACT_INCOMPLETE})
 
@@ -78,56 +84,52 @@ async def listings(sides: Sides) -> tuple[Listing, Listing]:
     return src, dst
 
 
-@dataclass(slots=True)
-class View:
-    """The volume as readers see it: each artifact link's current version listed in place,
-    and the store each such artifact's files are read through (its version directory: the
-    volume store never follows the link itself)."""
-
-    listing: Listing
-    holders: dict[str, VolumeStore] = field(default_factory=dict)  # artifact -> its version
-
-    def holder(self, key: str, volume: VolumeStore) -> VolumeStore:
-        """The store that reads `key` (a mirror key) as a reader would find it."""
-        for name, store in self.holders.items():
-            if key.startswith(f"{name}/"):
-                return store
-        return volume
+def policy_for(sides: Sides, mirror: MirrorConfig) -> Policy:
+    """The mirror's policy plus what its destination imposes: a volume is a tree whose
+    absolute paths must stay under PATH_MAX."""
+    policy = policy_of(mirror)
+    if not sides.pull:
+        return policy
+    return replace(policy, tree=True, max_key_bytes=key_budget(sides.root))
 
 
-async def volume_view(sides: Sides, mirror: MirrorConfig, listing: Listing) -> View:
-    """The volume as readers see it (see `View`)."""
-    if not mirror.artifacts:
-        return View(listing)
-    view = View(Listing(dict(listing.entries), listing.complete, dict(listing.refused)))
-    for key in list(view.listing.refused):
-        versions = Versions(sides.volume, key)
-        current = await versions.current()
-        if current is None or current == LEGACY:
-            continue
-        del view.listing.refused[key]
-        builder = versions.builder(current)
-        view.listing.entries.update((await builder.list()).entries)
-        view.holders[key] = builder
-    return view
+def key_budget(root: Path) -> int:
+    """How many bytes a key may have so that `root/key` stays under PATH_MAX."""
+    return max(0, PATH_MAX - 1 - len(os.fsencode(root)) - 1)
 
 
-async def plan_view(sides: Sides, mirror: MirrorConfig) -> tuple[Plan, Record, View]:
-    """One flat plan over every file, and the volume it was planned against."""
-    src, dst = await listings(sides)
-    if sides.pull:
-        view = await volume_view(sides, mirror, dst)
+def _build_budgets(sides: Sides, names: Iterable[str]) -> dict[str, int | None]:
+    """Inside a version directory a key sits deeper than under the root."""
+    return {name: key_budget(Versions(sides.volume, name).path(VERSION_SLOT)) for name in names}
+
+
+async def plan_pass(run: Pass, src: Listing, dst: Listing) -> PassPlan:
+    """Observe what the plan needs, then plan: reads only, so a dry run calls it too."""
+    policy = policy_for(run.sides, run.mirror)
+    if run.sides.pull:
+        facts = await artifact_pull.observe(run, src, dst)
+        budgets = _build_budgets(run.sides, facts.artifacts)
+        plan = plan_pull(facts, policy, run.mirror.artifacts, budgets)
     else:
-        dst.entries = {k: e for k, e in dst.entries.items() if not artifacts.is_manifest(k)}
-        view = View(dst)
-    record = await state.load(sides.root, mirror.name)
-    return compute(src, view.listing, record, policy_of(mirror)), record, view
+        plan = plan_push(artifact_push.observe(run, src, dst), policy, run.mirror.artifacts)
+    run.listed.update(plan.keys())
+    return plan
 
 
-async def plan_for(sides: Sides, mirror: MirrorConfig) -> tuple[Plan, Record]:
-    """One flat plan over every file (dry runs)."""
-    plan, record, _ = await plan_view(sides, mirror)
-    return plan, record
+async def plan_for(sides: Sides, mirror: MirrorConfig, config: Config) -> tuple[PassPlan, Record]:
+    """The plan a pass would carry out now (dry runs): nothing is written."""
+    src, dst = await listings(sides)
+    run = Pass(config, mirror, sides, OpenFence(), NULL, _QUIET,
+               await state.load(sides.root, mirror.name, src.entries),
+               await status.load(sides.root, mirror.name), Memory(), None, lambda: False)
+    return await plan_pass(run, src, dst), run.record
+
+
+def _steps(plan: PassPlan) -> dict[Step, int]:
+    counts: dict[Step, int] = {}
+    for art in plan.artifacts:
+        counts[art.step] = counts.get(art.step, 0) + 1
+    return counts
 
 
 async def _abort_abandoned(s3: S3Store, log: Log) -> None:
@@ -173,10 +175,17 @@ async def cycle(
         before = dict(run.record)
         status_before = status.content(run.status)
         try:
+            passplan = await plan_pass(run, src, dst)
+            plan = passplan.flat()
+            if on_plan is not None:
+                on_plan(plan)
+            run.log.info("plan_computed", **plan.counts(), copy_bytes=plan.copy_bytes,
+                         refused_deletes=plan.refused_deletes,
+                         artifacts={str(k): n for k, n in _steps(passplan).items()})
             if sides.pull:
-                plan, stats = await pull(run, src, dst, on_plan)
+                stats = await artifact_pull.execute(run, passplan)
             else:
-                plan, stats = await push(run, src, dst, on_plan)
+                stats = await artifact_push.execute(run, passplan, dst)
         except SyncdError as exc:
             run.status.error = str(exc)
             raise

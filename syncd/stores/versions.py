@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from syncd.artifacts import LEGACY
 from syncd.errors import StoreError
 from syncd.keys import RESERVED_DIR
 from syncd.listing import Entry, Recorded, fingerprint
@@ -42,7 +43,6 @@ from syncd.stores import seeding
 from syncd.stores.base import Fence
 from syncd.stores.volume import VolumeStore, own_dir
 
-LEGACY = "legacy"  # what `current()` reports for a plain directory syncd has not taken over
 _RENAME_EXCHANGE = 2
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_LINK = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.ENOENT)

@@ -72,7 +72,7 @@ async def check(cfg: Path) -> list[drift.Difference]:
     loaded = config_mod.load(cfg)
     mirror = loaded.mirror("m")
     async with opened(loaded, mirror, write=False) as sides:
-        return await drift.differences(sides, mirror)
+        return await drift.differences(sides, mirror, loaded)
 
 
 def present(paths: list[Path]) -> list[Path]:

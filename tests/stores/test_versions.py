@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from syncd.artifacts import LEGACY
 from syncd.errors import LeaseLost, StoreError
 from syncd.keys import RESERVED_DIR
 from syncd.listing import Entry, Recorded, fingerprint
 from syncd.stores.base import OpenFence
-from syncd.stores.versions import LEGACY, Versions
+from syncd.stores.versions import Versions
 from syncd.stores.volume import VolumeStore
 from syncd.verify import OWN_ALGO, hash_bytes
 from tests.fences import CountdownFence
