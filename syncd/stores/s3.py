@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from hashlib import sha256
 from typing import Any
 
@@ -369,18 +369,28 @@ class S3Store:
             await source.vouched()  # one HEAD pins the ETag that every ranged part must match
         return source
 
-    async def get_stream(
+    @contextlib.asynccontextmanager
+    async def streamed(
         self, key: str, start: int, end: int, etag: str | None, *, ranged: bool
-    ) -> tuple[dict[str, Any], aiohttp.ClientResponse]:
+    ) -> AsyncIterator[tuple[dict[str, Any], AsyncIterator[bytes]]]:
+        """One GET of bytes [start, end) under one of the store's transfer slots: the
+        answer's header fields and its body's chunks. `etag` pins the object (If-Match), so
+        the parts of one download never mix two versions. The connection goes back to the
+        pool on exit, whether the body was read or not."""
         headers = dict(_CHECKSUM_MODE)
         if etag:
             headers["if-match"] = f'"{etag}"'
         if ranged:
             headers["range"] = f"bytes={start}-{end - 1}"
-        with self._translated(key):
-            resp = await self.http.send("GET", self.bucket, self.object_key(key),
-                                        headers=headers, payload_hash=EMPTY_SHA256)
-        return head_fields(resp.headers), resp
+        async with self._slots:
+            with self._translated(key):
+                resp = await self.http.send("GET", self.bucket, self.object_key(key),
+                                            headers=headers, payload_hash=EMPTY_SHA256)
+            try:
+                async with contextlib.aclosing(self._chunks(resp, key, end - start)) as chunks:
+                    yield head_fields(resp.headers), chunks
+            finally:
+                resp.release()
 
     async def _chunks(
         self, body: aiohttp.ClientResponse, key: str, expected: int
@@ -491,17 +501,10 @@ class S3Source:
         if end <= start and not whole:
             return
         etag = normalize_etag(self._head.get("ETag")) if self._head else None
-        async with self.store._slots:
-            fields, resp = await self.store.get_stream(
-                self.key, start, end, etag, ranged=not whole
-            )
-            try:  # the response goes back to the pool on every path, started or not
-                if self._head is None:
-                    self._head = fields
-                    self._check_size(fields)
-                async with contextlib.aclosing(
-                        self.store._chunks(resp, self.key, end - start)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
-            finally:
-                resp.release()
+        async with self.store.streamed(self.key, start, end, etag,
+                                       ranged=not whole) as (fields, chunks):
+            if self._head is None:
+                self._head = fields
+                self._check_size(fields)
+            async for chunk in chunks:
+                yield chunk
