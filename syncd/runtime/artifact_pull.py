@@ -66,13 +66,13 @@ async def execute(run: Pass, plan: PassPlan) -> Stats:
     for art in plan.artifacts:
         if run.stopping():
             break
-        stats.add(await _carry_out(run, art))
-    stats.add(await run.transfer(run.sides.s3, run.sides.volume).run(plan.loose))
+        stats.add(await _step(run, art))
+    stats.add(await run.carry_out(run.sides.s3, run.sides.volume, plan.loose))
     await _prune(run)
     return stats
 
 
-async def _carry_out(run: Pass, art: ArtifactPlan) -> Stats:
+async def _step(run: Pass, art: ArtifactPlan) -> Stats:
     name = art.name
     if art.step in (Step.REMOVE, Step.KEEP):
         await _gone(run, art)
@@ -151,7 +151,7 @@ async def _build(run: Pass, art: ArtifactPlan, st: ArtifactStatus) -> Stats:
                   if s.key not in have.entries]  # moved since it was recorded: downloaded
         if missed:
             todo = Plan([*art.plan.actions, *missed], art.plan.refused_deletes)
-    stats = await run.transfer(run.sides.s3, builder).run(todo)
+    stats = await run.carry_out(run.sides.s3, builder, todo)
     await builder.flush()
     problem = await _incomplete(run, art, builder, stats)
     if problem is not None:

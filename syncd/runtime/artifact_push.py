@@ -34,7 +34,7 @@ def observe(run: Pass, src: Listing, dst: Listing) -> PushFacts:
 
 
 async def execute(run: Pass, plan: PassPlan, dst: Listing) -> Stats:
-    stats = await run.transfer(run.sides.volume, run.sides.s3).run(plan.loose)
+    stats = await run.carry_out(run.sides.volume, run.sides.s3, plan.loose)
     if run.stopping():
         return stats
     theirs = artifacts.split(dst, run.mirror.artifacts)

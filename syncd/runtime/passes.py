@@ -10,12 +10,12 @@ from pathlib import Path
 from syncd import artifacts, settle, status
 from syncd.config import Config, MirrorConfig
 from syncd.lease.journal import Journal
-from syncd.listing import Listing, Record
-from syncd.plan import Plan, Policy, Reason, compute
+from syncd.listing import Record
+from syncd.plan import Plan, Policy, Reason
 from syncd.stores.base import Fence, Store
 from syncd.stores.s3 import S3Store
 from syncd.stores.volume import VolumeStore
-from syncd.transfer import NO_METER, Log, Meter, Transfer
+from syncd.transfer import NO_METER, Log, Meter, Stats, Transfer
 
 FAILING = "(pass failing)"  # the pending entry that ages while whole passes fail
 
@@ -95,8 +95,17 @@ class Pass:
                         on_bytes=self.on_bytes, journal=self.journal, stopping=self.stopping,
                         meter=self.meter)
 
-    def plan(self, src: Listing, dst: Listing, policy: Policy,
-             hold: Callable[[str], Reason | None] | None = None) -> Plan:
-        plan = compute(src, dst, self.record, policy, hold)
-        self.listed.update(a.key for a in plan.actions)
-        return plan
+    async def carry_out(self, src: Store, dst: Store, plan: Plan) -> Stats:
+        """Run `plan` from `src` to `dst`: first the deletes that clear a path a copy needs
+        (a file replacing a directory, or the reverse), then everything else."""
+        first = [a for a in plan.deletes if a.reason == Reason.PATH_REPLACED]
+        if not first:
+            return await self.transfer(src, dst).run(plan)
+        clearing = Plan(list(first))
+        stats = await self.transfer(src, dst).run(clearing)
+        if stats.failed or self.stopping():
+            return stats
+        done = {id(a) for a in first}
+        rest = Plan([a for a in plan.actions if id(a) not in done], plan.refused_deletes)
+        stats.add(await self.transfer(src, dst).run(rest))
+        return stats
