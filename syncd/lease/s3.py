@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from syncd.errors import (
     AccessDenied,
@@ -32,17 +32,52 @@ from syncd.errors import (
 )
 from syncd.keys import RESERVED_DIR
 from syncd.lease.record import Corrupt, LeaseRecord, View, decode, encode
-from syncd.stores.s3 import S3Store
 
 LEASE_KEY = f"{RESERVED_DIR}/lease.json"
 COMMIT_KEY = f"{RESERVED_DIR}/commit.json"
 _NO_SUCH_ETAG = "0" * 32
 
 
+class SmallObjects(Protocol):
+    """All the lease asks of a bucket prefix: small objects written under a condition
+    (litestream's s3/leaser.go declares the few calls it makes the same way). S3Store is
+    one; the lease needs nothing of listings, transfers or botocore."""
+
+    bucket: str
+    name: str  # the prefix as operators name it: s3://bucket/prefix
+
+    @property
+    def endpoint_url(self) -> str:
+        """The configured URL; "" for AWS S3."""
+        ...
+
+    def object_key(self, key: str) -> str:
+        """The full object key of `key`, which is relative to the prefix."""
+        ...
+
+    async def check(self) -> None:
+        """Raise the error that names what is wrong: endpoint, credentials, bucket."""
+        ...
+
+    async def get_small(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None when absent."""
+        ...
+
+    async def put_small(self, key: str, body: bytes, *, if_match: str | None = None,
+                        if_none_match: bool = False) -> str:
+        """Write under a condition; the new ETag. PreconditionFailed when the condition does
+        not hold, Conflict when another conditional write raced this one."""
+        ...
+
+    async def delete_small(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class S3Lease:
     kind = "s3"
 
-    def __init__(self, store: S3Store, endpoint: str, target: str | None = None, *,
+    def __init__(self, store: SmallObjects, endpoint: str, target: str | None = None, *,
                  keys: str = RESERVED_DIR) -> None:
         self.store = store
         self._keys = keys  # the lease's own folder, under the store's prefix
