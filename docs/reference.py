@@ -4,10 +4,11 @@ Nothing in the reference is written by hand, so it cannot drift from the code: t
 defaults and limits come from the pydantic models in `syncd.config`, environment variable
 names from the overlay's rules there, and every description from the comment block above its
 key in config/syncd.example.toml, so the prose lives in one place (the file operators copy).
-tests/ops/test_reference.py fails when the committed file differs from a fresh rendering.
+tests/test_reference.py fails when the committed file differs from a fresh rendering. It
+is a tool of the repository, not of the installed package (nothing at run time needs it):
 
-    python -m syncd.ops.reference            # print the reference
-    python -m syncd.ops.reference --write    # rewrite docs/config.md
+    .venv/bin/python docs/reference.py            # print the reference
+    .venv/bin/python docs/reference.py --write    # rewrite docs/config.md
 
 `render` and `describe` are pure (text in, text out); only `main` touches files.
 """
@@ -29,10 +30,10 @@ from pydantic_core import PydanticUndefined
 
 from syncd.config import ENV_PREFIX, Config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "syncd.example.toml"
 OUTPUT = REPO / "docs" / "config.md"
-REGENERATE = "python -m syncd.ops.reference --write"
+REGENERATE = "python docs/reference.py --write"
 MIRROR_NAME = "<NAME>"
 ENDPOINT_NAME = "<ENDPOINT>"
 PLACEHOLDERS = (MIRROR_NAME, ENDPOINT_NAME)
@@ -336,7 +337,7 @@ def render(example_text: str) -> str:
         "# Configuration reference",
         "",
         "<!-- Generated from syncd/config.py (types, defaults, limits) and",
-        "     config/syncd.example.toml (descriptions) by syncd/ops/reference.py; do not edit.",
+        "     config/syncd.example.toml (descriptions) by docs/reference.py; do not edit.",
         f"     Regenerate: {REGENERATE} -->",
         "",
         "syncd reads one TOML file: the path given with `--config PATH`, else `$SYNCD_CONFIG`. "
@@ -390,7 +391,7 @@ def render(example_text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args not in ([], ["--write"]):
-        sys.stderr.write("usage: python -m syncd.ops.reference [--write]\n")
+        sys.stderr.write("usage: python docs/reference.py [--write]\n")
         return 2
     text = render(EXAMPLE.read_text(encoding="utf-8"))
     if args:

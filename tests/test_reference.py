@@ -1,4 +1,4 @@
-"""syncd.ops.reference: docs/config.md is what the schema and the example file say, and stays so.
+"""docs/reference.py: docs/config.md is what the schema and the example file say, and stays so.
 
 The reference promises operators three things per field: its key, what it does, and the
 variable that overrides it. Each test below holds one of them against the code itself.
@@ -14,11 +14,11 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
+from docs import reference
+from docs.reference import EXAMPLE, OUTPUT, REGENERATE, describe, render
 from syncd import config as config_mod
 from syncd.config import parse
 from syncd.errors import ConfigError
-from syncd.ops import reference
-from syncd.ops.reference import EXAMPLE, OUTPUT, REGENERATE, describe, render
 
 _ROW = re.compile(r"^\| \[`([^`]+)`\]\(#[^)]*\) \| .* \| `(SYNCD_[A-Z0-9_<>]+)` \|$", re.M)
 
