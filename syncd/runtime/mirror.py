@@ -26,10 +26,10 @@ from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
 from syncd.pass_plan import PassPlan, Step, plan_pull, plan_push
 from syncd.plan import Plan, Policy, Reason, Skip
-from syncd.resume import ResumeBook
 from syncd.runtime import artifact_pull, artifact_push, leftovers
 from syncd.runtime.passes import Memory, Pass, Sides, policy_of
 from syncd.stores.base import Fence, OpenFence
+from syncd.stores.resume import ResumeBook
 from syncd.stores.s3 import STALE_UPLOAD_S, S3Store
 from syncd.stores.versions import Versions
 from syncd.stores.volume import VolumeStore

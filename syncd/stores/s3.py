@@ -49,8 +49,8 @@ from syncd.errors import (
 )
 from syncd.keys import is_directory_marker, relative_key, syncd_object
 from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
-from syncd.resume import ResumeBook
 from syncd.stores.base import Capabilities, Fence, Source, Staged
+from syncd.stores.resume import ResumeBook
 from syncd.stores.s3_http import (
     NotS3Response,
     S3Http,

@@ -25,8 +25,15 @@ from syncd.config import TransferConfig
 from syncd.errors import SourceChanged, first_error
 from syncd.listing import Algo, Checksum, Entry, normalize_etag
 from syncd.parts import effective_part_size, part_ranges
-from syncd.resume import PartialUpload, Progress, ResumeBook, record_name, same_head, worth_resuming
 from syncd.stores.base import Fence, Source, Staged
+from syncd.stores.resume import (
+    PartialUpload,
+    Progress,
+    ResumeBook,
+    record_name,
+    same_head,
+    worth_resuming,
+)
 from syncd.stores.s3_http import NotS3Response, required_etag
 from syncd.stores.sigv4 import UNSIGNED_PAYLOAD
 from syncd.verify import META_PREFIX, OWN_ALGO, Digest

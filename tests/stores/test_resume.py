@@ -22,8 +22,8 @@ from botocore.exceptions import ClientError
 from syncd.config import S3Config, TransferConfig
 from syncd.errors import IntegrityError, LeaseLost, SourceChanged
 from syncd.listing import Algo, Checksum, Entry, lower_keys
-from syncd.resume import FORMAT, ResumeBook, read_record, write_record
 from syncd.stores.base import OpenFence, Source, Staged, Store
+from syncd.stores.resume import FORMAT, ResumeBook, read_record, write_record
 from syncd.stores.s3 import S3Store
 from syncd.stores.volume import VolumeStore
 from syncd.verify import META_PREFIX, OWN_ALGO, hash_bytes
