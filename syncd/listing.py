@@ -3,6 +3,9 @@
 An `Entry` is one object or file, keyed by its path relative to the mirror root ('/'-separated).
 A `Listing` also says whether it is `complete`: the planner never deletes on the strength of a
 listing that failed part-way, because "absent from the listing" would then not mean "absent".
+A path the listing could not read (a directory without read or search permission) is named in
+`unreadable` instead: the rest of the tree is still known, so only deletes under those paths
+need holding back, and the listing stays `complete`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class Listing:
     entries: dict[str, Entry] = field(default_factory=dict)
     complete: bool = True
     refused: dict[str, str] = field(default_factory=dict)  # raw key -> why it was refused
+    # key of a file or directory ('/'-separated, no trailing slash) -> why it could not be read;
+    # what is at or under it may be missing from `entries`
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, entries: Iterable[Entry], *, complete: bool = True) -> Listing:
