@@ -1,4 +1,5 @@
-"""Writing a staging file: hash-and-write batches, and in-order hashing behind parallel parts.
+"""Writing a staging file: free space, hash-and-write batches, and in-order hashing behind
+parallel parts.
 
 These run on worker threads (one hand-off per batch, not per chunk). pwritev writes the
 chunks as aiohttp delivered them, without joining them into one buffer first.
@@ -10,8 +11,12 @@ import asyncio
 import errno
 import mmap
 import os
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
+from syncd.errors import TooLarge
 from syncd.listing import Algo
 from syncd.stores.base import CHUNK_BYTES
 from syncd.stores.direct import Buffers, read_direct
@@ -19,6 +24,70 @@ from syncd.verify import Digest
 
 WRITE_BATCH = 2 * CHUNK_BYTES  # bytes hashed and written per worker-thread call
 IOV_MAX = 1024  # Linux's limit on buffers per pwritev; tiny chunks can exceed it
+FRESH_S = 0.5  # a free-space reading this recent is reused for small writes
+
+
+class Space:
+    """The free space of one volume's staging area, shared by its store and the stores of its
+    artifact versions (they stage in the same tmp directory).
+
+    An object that cannot fit above `min_free_bytes` is refused on its own, before a byte of
+    it is downloaded (TooLarge, issue 18): everything that fits still moves. Only a volume
+    with nothing at all left above its floor is full (OSError ENOSPC, which the store reports
+    as NoSpace and stops the pass): then no object could be written. `starved` records that
+    the volume ran out of space during this store's life (the store sets it when it
+    translates ENOSPC or EDQUOT), so partial downloads abandoned afterwards are not kept."""
+
+    def __init__(self, path: Path, min_free_bytes: int, *, root: Path) -> None:
+        self.path = path  # statvfs of this: the tmp directory, on the volume's filesystem
+        self.root = root
+        self.min_free = min_free_bytes
+        self.starved = False
+        self._free, self._free_at = 0, -1.0
+
+    def read(self) -> int:
+        """Bytes free now, for this process. A filesystem that reports no size at all (ramfs,
+        some FUSE mounts) cannot be judged in advance: only ENOSPC from writes counts there."""
+        st = os.statvfs(self.path)
+        self._free = st.f_bavail * st.f_frsize if st.f_blocks else sys.maxsize
+        self._free_at = time.monotonic()
+        return self._free
+
+    def above_floor(self) -> int:
+        """Bytes free above `min_free_bytes` now (negative below it); a fresh reading."""
+        return self.read() - self.min_free
+
+    def reserve(self, size: int, key: str, *, store: str) -> None:
+        """Count `size` bytes as taken, or refuse: TooLarge when this object does not fit,
+        ENOSPC when nothing does. Small writes reuse a reading under FRESH_S old, but a
+        refusal is always judged on a fresh one."""
+        if size >= WRITE_BATCH or time.monotonic() - self._free_at > FRESH_S:
+            self.read()
+        if size and self._free - size < self.min_free:
+            free = self.read()
+            if free - size < self.min_free:
+                self._refuse(size, key, free, store)
+        self._free -= size
+
+    def fits_recently(self, size: int) -> bool:
+        """Did a reading under FRESH_S old leave room for `size` bytes? (No system call: a
+        small file need not pay a hand-off to a thread to learn it fits.)"""
+        return (time.monotonic() - self._free_at <= FRESH_S
+                and (not size or self._free - size >= self.min_free))
+
+    def check(self, size: int, key: str, *, store: str) -> None:
+        """`reserve` without taking anything: may `size` bytes be written now?"""
+        self.reserve(size, key, store=store)
+        self._free += size
+
+    def _refuse(self, size: int, key: str, free: int, store: str) -> None:
+        above = free - self.min_free
+        if above <= 0:
+            raise OSError(errno.ENOSPC, f"no space left above min_free_bytes ({self.min_free})")
+        raise TooLarge(
+            f"{key}: {size} bytes do not fit on volume {self.root}: {max(above, 0)} bytes "
+            f"free above min_free_bytes ({self.min_free})", store=store, key=key,
+            hint="free space on the volume or grow it; the files that fit were synced")
 
 
 def hash_and_write(

@@ -33,14 +33,17 @@ from syncd.errors import (
 )
 from syncd.keys import RESERVED_DIR, unsafe_reason
 from syncd.listing import Algo, Checksum, Entry, Listing
-from syncd.resume import is_partial, sidecar_of
 from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
+from syncd.stores.resume import is_partial, sidecar_of
+from syncd.stores.staging import Space
 from syncd.stores.volume_download import SPACE_ERRNOS, Downloads, Inline
 from syncd.verify import OWN_ALGO, Digest
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 RESUME_MAX_AGE_S = 24 * 3600.0  # a partial download untouched this long is a leftover
+_Fds = list[int]  # (`list` in the class body is VolumeStore.list)
+_Keys = list[str]
 
 
 def own_dir(path: Path, *, store: str) -> None:
@@ -60,6 +63,7 @@ class VolumeStore:
         self, root: Path, *, part_size: int, multipart_threshold: int, min_free_bytes: int = 0,
         concurrency: int = 16, tmp_dir: Path | None = None,
         resume_max_age_s: float = RESUME_MAX_AGE_S, direct_io: bool = True,
+        space: Space | None = None,
     ) -> None:
         self.root = Path(root)
         self.name = str(self.root)
@@ -72,18 +76,18 @@ class VolumeStore:
         self._direct_io = direct_io
         self._slots = asyncio.Semaphore(concurrency)
         self._unflushed: set[str] = set()
+        self._space = space or Space(self.tmp_dir, min_free_bytes, root=self.root)
         self._downloads = Downloads(
             self.root, self.tmp_dir, name=self.name, translated=self._translated,
-            part_size=part_size, multipart_threshold=multipart_threshold,
-            min_free_bytes=min_free_bytes, resume_max_age_s=resume_max_age_s,
-            direct_io=direct_io)
+            part_size=part_size, multipart_threshold=multipart_threshold, space=self._space,
+            resume_max_age_s=resume_max_age_s, direct_io=direct_io)
 
     def at(self, root: Path) -> VolumeStore:
         """A store rooted at `root` inside this volume (an artifact version) that stages
-        in this store's tmp, with its part size, threshold and free-space floor."""
+        in this store's tmp, with its part size, threshold and free space (one `Space`)."""
         return VolumeStore(root, part_size=self._part_size,
                            multipart_threshold=self._threshold, min_free_bytes=self._min_free,
-                           tmp_dir=self.tmp_dir, direct_io=self._direct_io)
+                           tmp_dir=self.tmp_dir, direct_io=self._direct_io, space=self._space)
 
     async def __aenter__(self) -> VolumeStore:
         return self
@@ -106,6 +110,7 @@ class VolumeStore:
         where = str(self.root / key) if key else str(self.root)
         reason = exc.strerror or type(exc).__name__
         if exc.errno in SPACE_ERRNOS:
+            self._space.starved = True  # partial downloads abandoned from now on are dropped
             return NoSpace(f"volume {self.root} is full while writing {where}", store=self.name,
                            key=key, hint="free space on the volume or grow it")
         if exc.errno in _ACCESS_ERRNOS:
@@ -157,7 +162,11 @@ class VolumeStore:
     # --- listing -----------------------------------------------------------------------------
 
     async def list(self) -> Listing:
-        with self._translated():
+        """Every regular file under the root. A path that cannot be read (a directory
+        without read or search permission, an I/O error) is named in `unreadable` and the
+        walk goes on (issue 18): one locked directory must not stop a pass, nor hold every
+        delete of the mirror. Only the root itself failing fails the listing."""
+        with self._translated(reading=True):
             return await asyncio.to_thread(self._walk)
 
     def _walk(self) -> Listing:
@@ -167,56 +176,95 @@ class VolumeStore:
             rel = stack.pop()
             try:
                 it = os.scandir(self.root / rel if rel else self.root)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 if not rel:
                     raise
-                continue
-            except PermissionError:
-                listing.complete = False
+                continue  # removed (or replaced by a file) since its parent was listed
+            except OSError as exc:
+                if not rel:
+                    raise
+                listing.unreadable[rel] = f"cannot list directory: {_reason(exc)}"
                 continue
             with it:
-                for e in it:
-                    key = f"{rel}/{e.name}" if rel else e.name
-                    if not rel and e.name == RESERVED_DIR:
-                        continue
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(key)
-                    elif stat.S_ISREG(st.st_mode):
-                        listing.entries[key] = _entry(key, st)
-                    elif stat.S_ISLNK(st.st_mode):
-                        listing.refused[key] = "symlink (not followed)"
-                    else:
-                        listing.refused[key] = _special(st.st_mode)
+                self._scan(listing, rel, it, stack)
         return listing
+
+    def _scan(self, listing: Listing, rel: str, it: Iterator[os.DirEntry[str]],
+              stack: _Keys) -> None:
+        """One directory's entries into `listing`; subdirectories onto `stack`."""
+        try:
+            for e in it:
+                key = f"{rel}/{e.name}" if rel else e.name
+                if not rel and e.name == RESERVED_DIR:
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in _ACCESS_ERRNOS and rel:
+                        # a directory that can be read but not searched (mode 0o600): its
+                        # names are known, none of them can be looked at
+                        listing.unreadable[rel] = f"cannot search directory: {_reason(exc)}"
+                        return
+                    if exc.errno in _ACCESS_ERRNOS:
+                        raise
+                    listing.unreadable[key] = f"cannot stat: {_reason(exc)}"
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(key)
+                elif stat.S_ISREG(st.st_mode):
+                    listing.entries[key] = _entry(key, st)
+                elif stat.S_ISLNK(st.st_mode):
+                    listing.refused[key] = "symlink (not followed)"
+                else:
+                    listing.refused[key] = _special(st.st_mode)
+        except OSError as exc:  # the directory failed part-way through (EIO, ESTALE)
+            if not rel:
+                raise
+            listing.unreadable[rel] = f"listing stopped part-way: {_reason(exc)}"
 
     # --- confined paths ----------------------------------------------------------------------
 
     def _open_parent(self, key: str, *, create: bool) -> tuple[int, str]:
         """A descriptor of `key`'s parent directory, reached without following any symlink."""
+        fds, name = self._open_chain(key, create=create)
+        for fd in fds[:-1]:
+            os.close(fd)
+        return fds[-1], name
+
+    def _open_chain(self, key: str, *, create: bool) -> tuple[_Fds, str]:
+        """Descriptors of the root and of every directory down to `key`'s parent (the
+        caller closes them all), reached without following any symlink. With `create`,
+        missing directories are made, and a file or symlink where one must go is a path
+        conflict: the planner deletes what stands there first (issue 18), or refuses."""
         why = unsafe_reason(key)
         if why is not None:
             raise UnsafeKey(f"refused key {key!r}: {why}")
         *dirs, name = key.split("/")
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # root: configured
+        fds = [os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]  # configured
         try:
             for i, part in enumerate(dirs):
                 if create:
                     try:
-                        os.mkdir(part, 0o755, dir_fd=fd)
+                        os.mkdir(part, 0o755, dir_fd=fds[-1])
                         self._unflushed.add("/".join(dirs[:i]))  # the new entry's directory
                     except FileExistsError:
                         pass
-                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = nxt
+                try:
+                    fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
+                except NotADirectoryError as exc:
+                    if not create:
+                        raise
+                    where = self.root.joinpath(*dirs[:i + 1])
+                    raise StoreError(
+                        f"path conflict: {where}: a file or a symlink (not followed) stands "
+                        f"where {key} needs a directory", store=self.name, key=key) from exc
         except BaseException:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
             raise
-        return fd, name
+        return fds, name
 
     def _open_file(self, key: str) -> int:
         dfd, name = self._open_parent(key, create=False)
@@ -264,16 +312,22 @@ class VolumeStore:
         return await self._downloads.stage(source, want, generation)
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
+        """Rename the staged file into place, fenced. An empty directory at the key is
+        replaced (a directory that became a file at the source, its files already deleted);
+        a non-empty one, or a file where a parent directory must go, is a path conflict
+        that fails this key alone."""
         inline = isinstance(staged.handle, Inline)
 
         def rename() -> os.stat_result:
             # an inline-staged file is written here, in the same worker call as its rename
-            temp = self._downloads.write_inline(staged.handle) if inline else staged.handle
+            temp = (self._downloads.write_inline(staged.key, staged.handle) if inline
+                    else staged.handle)
             try:
+                fence.check()  # the parents it may create are writes too
                 dfd, name = self._open_parent(staged.key, create=True)
                 try:
                     fence.check()
-                    os.rename(temp, name, dst_dir_fd=dfd)
+                    self._rename_into(temp, name, dfd, staged.key, fence)
                     self._unflushed.add(staged.key.rpartition("/")[0])
                     if not inline and is_partial(Path(temp)):  # done: nothing left to resume
                         with contextlib.suppress(FileNotFoundError):
@@ -303,6 +357,25 @@ class VolumeStore:
         staged.handle = None
         return _entry(staged.key, st)
 
+    def _rename_into(self, temp: str, name: str, dfd: int, key: str, fence: Fence) -> None:
+        """rename(2) cannot put a file over a directory (EISDIR): an empty one is removed
+        first, under the fence; a non-empty one stays and is reported."""
+        try:
+            os.rename(temp, name, dst_dir_fd=dfd)
+            return
+        except IsADirectoryError:
+            pass
+        fence.check()
+        try:
+            os.rmdir(name, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise StoreError(f"path conflict: {self.root / key} is a directory that is not "
+                             "empty; the file is not published", store=self.name,
+                             key=key) from exc
+        os.rename(temp, name, dst_dir_fd=dfd)
+
     async def flush(self) -> None:
         """Make the renames of this pass durable: one fsync per directory they touched, not
         one per file. Until then a crash can lose a rename (the old file stays), never leave
@@ -328,27 +401,37 @@ class VolumeStore:
         await self._downloads.discard(staged)
 
     async def delete(self, keys: Sequence[str], fence: Fence) -> None:
-        def remove(key: str) -> None:
-            try:
-                dfd, name = self._open_parent(key, create=False)
-            except FileNotFoundError:
-                return  # its directory is gone: nothing left to delete
-            try:
-                fence.check()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dfd)
-            finally:
-                os.close(dfd)
-            parts = key.split("/")[:-1]
-            while parts:  # prune directories the delete emptied, never the root
-                try:
-                    os.rmdir(self.root.joinpath(*parts))
-                except OSError:
-                    break
-                parts.pop()
+        """Remove files, then the directories that removal left empty, up to (never
+        including) the root: a later publish of a file at a former directory's path then
+        finds nothing in its way. Every removal is fenced; directories are reached and
+        removed through descriptors, never through a symlink."""
         for key in keys:
             with self._translated(key):
-                await asyncio.to_thread(remove, key)
+                await asyncio.to_thread(self._remove, key, fence)
+
+    def _remove(self, key: str, fence: Fence) -> None:
+        try:
+            fds, name = self._open_chain(key, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # a directory on its way is gone (or is a file now): nothing to delete
+        try:
+            fence.check()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fds[-1])
+            self._unflushed.add(key.rpartition("/")[0])
+            dirs = key.split("/")[:-1]
+            for depth in range(len(dirs) - 1, -1, -1):  # the deepest first
+                if depth == 0 and dirs[0] == RESERVED_DIR:
+                    break  # never syncd's own directory (unsafe as a key; kept anyway)
+                fence.check()
+                try:
+                    os.rmdir(dirs[depth], dir_fd=fds[depth])
+                except OSError:
+                    break  # not empty, or not ours to remove: it stays, and so do its parents
+                self._unflushed.add("/".join(dirs[:depth]))
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
@@ -362,6 +445,10 @@ def _special(mode: int) -> str:
     kind = next((name for test, name in _SPECIAL if test(mode)),
                 f"a file of type 0o{stat.S_IFMT(mode):o}")
     return f"{kind}, not a regular file (special files are not synced)"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def _entry(key: str, st: os.stat_result) -> Entry:

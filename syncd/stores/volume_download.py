@@ -22,20 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syncd.errors import SourceChanged, StoreError, first_error
+from syncd.errors import SourceChanged, StoreError, TooLarge, first_error
 from syncd.listing import Algo, Checksum, fingerprint
 from syncd.parts import effective_part_size, part_ranges
-from syncd.resume import (
-    PartialDownload,
-    fresh_partials,
-    is_partial,
-    part_records,
-    partial_name,
-    read_record,
-    same_head,
-    sidecar_of,
-    worth_resuming,
-)
 from syncd.stores.base import Fence, Source, Staged
 from syncd.stores.direct import (
     ALIGN,
@@ -47,7 +36,18 @@ from syncd.stores.direct import (
     set_direct,
     write_direct,
 )
-from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, hash_and_write
+from syncd.stores.resume import (
+    PartialDownload,
+    fresh_partials,
+    is_partial,
+    part_records,
+    partial_name,
+    read_record,
+    same_head,
+    sidecar_of,
+    worth_resuming,
+)
+from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, Space, hash_and_write
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
 SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
@@ -90,7 +90,7 @@ class Downloads:
     def __init__(
         self, root: Path, tmp_dir: Path, *, name: str,
         translated: Callable[[str | None], contextlib.AbstractContextManager[None]],
-        part_size: int, multipart_threshold: int, min_free_bytes: int, resume_max_age_s: float,
+        part_size: int, multipart_threshold: int, space: Space, resume_max_age_s: float,
         direct_io: bool = True,
     ) -> None:
         self.root = root  # partial files are named after their destination under it
@@ -99,8 +99,7 @@ class Downloads:
         self._translated = translated
         self._part_size = part_size
         self._threshold = multipart_threshold
-        self._min_free = min_free_bytes
-        self._free, self._free_at = 0, -1.0
+        self.space = space
         self._resume_max_age_s = resume_max_age_s
         self._partials: set[str] = set()  # partial downloads staged now, by file name
         self._direct = direct_io  # cleared for good when the filesystem refuses O_DIRECT
@@ -135,19 +134,10 @@ class Downloads:
         with self._translated(None):
             return await asyncio.to_thread(clean)
 
-    def _check_space(self, size: int) -> None:
-        """Refuse to start a write that would leave less than `min_free_bytes`. Small writes
-        reuse a reading under half a second old; ENOSPC from the write itself still counts."""
-        now = time.monotonic()
-        if size >= SMALL_BYTES or now - self._free_at > 0.5:
-            st = os.statvfs(self.tmp_dir)
-            # a filesystem that reports no size at all (ramfs, some FUSE mounts) cannot be
-            # judged in advance: only ENOSPC from the writes themselves counts there
-            free = st.f_bavail * st.f_frsize if st.f_blocks else sys.maxsize
-            self._free, self._free_at = free, now
-        if self._free < size + self._min_free:
-            raise OSError(errno.ENOSPC, "not enough free space")
-        self._free -= size
+    def _check_space(self, size: int, key: str) -> None:
+        """Take `size` bytes of the volume's free space, or refuse before any byte moves:
+        TooLarge for this object alone, NoSpace when the volume has nothing left (`Space`)."""
+        self.space.reserve(size, key, store=self.name)
 
     def _create_temp(self) -> tuple[int, str]:
         path = str(self.tmp_dir / f"{uuid.uuid4().hex}.part")
@@ -158,8 +148,8 @@ class Downloads:
             os.makedirs(self.tmp_dir, exist_ok=True)
             return os.open(path, flags, 0o644), path
 
-    def _reserve(self, size: int) -> tuple[_File, str]:
-        self._check_space(size)
+    def _reserve(self, size: int, key: str) -> tuple[_File, str]:
+        self._check_space(size, key)
         fd, path = self._create_temp()
         try:
             _allocate(fd, size)
@@ -197,18 +187,19 @@ class Downloads:
             recorded = part_records(record) if same_head(record, head) else {}
             if recorded and st.st_size == size:
                 fresh = False
-                self._check_space(max(0, size - st.st_blocks * 512))
+                self._check_space(max(0, size - st.st_blocks * 512), str(head["key"]))
             else:
                 recorded = {}
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(sidecar_of(path))
-                self._check_space(size)
-                os.ftruncate(fd, 0)
+                os.ftruncate(fd, 0)  # first: the space it held counts as free
+                self._check_space(size, str(head["key"]))
                 _allocate(fd, size)
             file = self._with_direct(fd, str(path), size)
         except BaseException as exc:
             os.close(fd)
-            if fresh or (isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS):
+            if fresh or isinstance(exc, TooLarge) or (
+                    isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)  # an empty or space-starved file must not hold the disk
                 with contextlib.suppress(FileNotFoundError):
@@ -216,10 +207,12 @@ class Downloads:
             raise
         return file, PartialDownload(path, head, recorded, algos)
 
-    def _write_small(self, chunks: Sequence[bytes], size: int, digest: Digest | None) -> str:
+    def _write_small(
+        self, key: str, chunks: Sequence[bytes], size: int, digest: Digest | None,
+    ) -> str:
         """Hash (unless `digest` is None), create, write, fsync and close in one worker call:
         a small file costs one hand-off to a thread instead of four."""
-        self._check_space(size)
+        self._check_space(size, key)
         fd, path = self._create_temp()
         try:
             if not (self._direct and size >= DIRECT_MIN and self._write_small_direct(
@@ -233,9 +226,9 @@ class Downloads:
         os.close(fd)
         return path
 
-    def write_inline(self, inline: Inline) -> str:
+    def write_inline(self, key: str, inline: Inline) -> str:
         """The staging file of an inline-staged file, fsynced (on a worker thread)."""
-        return self._write_small(inline.chunks, inline.size, None)
+        return self._write_small(key, inline.chunks, inline.size, None)
 
     def _write_small_direct(
         self, fd: int, chunks: Sequence[bytes], size: int, digest: Digest | None,
@@ -265,6 +258,11 @@ class Downloads:
 
     async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
         algos = frozenset({OWN_ALGO, *want})
+        if source.size <= SMALL_BYTES and not self.space.fits_recently(source.size):
+            # refused before the download; larger files are checked as they are reserved
+            with self._translated(source.key):
+                await asyncio.to_thread(self.space.check, source.size, source.key,
+                                        store=self.name)
         if source.size <= INLINE_MAX:
             with self._translated(source.key):
                 chunks, got = await self._gather(source)
@@ -279,7 +277,7 @@ class Downloads:
         if source.size > self._threshold:
             return await self._stage_parts(source, algos)
         with self._translated(source.key):
-            file, path = await asyncio.to_thread(self._reserve, source.size)
+            file, path = await asyncio.to_thread(self._reserve, source.size, source.key)
         try:
             with self._translated(source.key):
                 sums = await self._single(file, source, algos)
@@ -306,7 +304,7 @@ class Downloads:
                     self._reserve_partial, name, head, algos)
                 self._partials.add(name)
             else:  # no version to resume against, or this store stages that file already
-                file, path = await asyncio.to_thread(self._reserve, source.size)
+                file, path = await asyncio.to_thread(self._reserve, source.size, source.key)
         if partial is not None:
             path = str(partial.path)
         try:
@@ -334,15 +332,34 @@ class Downloads:
 
     async def _abandon(self, path: str, partial: PartialDownload | None,
                        exc: BaseException | None) -> None:
-        """A staging file that failed: a partial download worth resuming keeps its file and
-        saves its sidecar for the next run; anything else is removed."""
+        """A staging file that failed: a partial download worth keeping (`_keeps`) keeps its
+        file and saves its sidecar for the next run; anything else is removed."""
         try:
-            if partial is not None and worth_resuming(exc):
+            if partial is not None and await self._keeps(exc):
                 await partial.progress.flush()
             else:
                 await asyncio.to_thread(_remove_staging, Path(path))
         finally:
             self._partials.discard(Path(path).name)
+
+    async def _keeps(self, exc: BaseException | None) -> bool:
+        """Is a partial download that stopped with `exc` kept for the next run to resume?
+
+        Only when it is worth resuming (`worth_resuming`: unfinished, not wrong) and the
+        volume can spare its space. A partial file is preallocated at its full size and
+        holds all of it until it is resumed (or `resume_max_age_s` passes). On a volume with
+        room above `min_free_bytes` that costs nothing the next pass would not spend again,
+        and saves downloading again what already arrived. On a volume that ran out of space
+        in this store's life (a download failed with ENOSPC, the pass stopped and cancelled
+        the others) or is below its floor now, that space is exactly what the volume's other
+        users and the files that do fit need, and the next pass would meet the same
+        shortage: the partial is removed, and downloaded again once there is room."""
+        if not worth_resuming(exc) or self.space.starved:
+            return False
+        try:
+            return await asyncio.to_thread(self.space.above_floor) >= 0
+        except OSError:
+            return False
 
     async def _gather(self, source: Source) -> tuple[list[bytes], int]:
         """A small source's whole body, as the chunks it came in."""
@@ -360,7 +377,7 @@ class Downloads:
     async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[dict[Algo, str], str]:
         chunks, got = await self._gather(source)
         digest = Digest(algos | _algo(await source.vouched()))
-        path = await asyncio.to_thread(self._write_small, chunks, got, digest)
+        path = await asyncio.to_thread(self._write_small, source.key, chunks, got, digest)
         return digest.results(), path
 
     async def _single(
@@ -498,12 +515,14 @@ class Downloads:
     async def discard(self, staged: Staged) -> None:
         """Callers discard from their exception handler (`sys.exception()` is why): a
         complete partial download that only missed its publication (cancelled, lease lost)
-        stays for the next run; bytes that failed verification never do."""
+        stays for the next run (space allowing: `_keeps`); bytes that failed verification
+        never do."""
+        why = sys.exception()
         if isinstance(staged.handle, Inline):  # never written: nothing to remove
             staged.handle = None
         if staged.handle:
             path = Path(staged.handle)
-            if not (is_partial(path) and worth_resuming(sys.exception())):
+            if not (is_partial(path) and await self._keeps(why)):
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(_remove_staging, path)
             self._partials.discard(path.name)
