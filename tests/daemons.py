@@ -8,9 +8,13 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.artifacts import FileRecord, Manifest, manifest_key
 from syncd.listing import normalize_etag
@@ -50,6 +54,24 @@ class Daemon:
         """The base URL of the daemon's HTTP endpoint, from its `daemon_started` line."""
         started = wait_for(lambda: self.events("daemon_started"), timeout, "daemon_started")
         return f"http://{started[0]['http']}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """Status and body of GET `path` on the daemon's HTTP endpoint (503 is an answer)."""
+        try:
+            with urllib.request.urlopen(f"{self.http()}{path}", timeout=10) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample the daemon exports now, or None if it has none."""
+        text = self.get("/metrics")[1].decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+                    return float(sample.value)
+        return None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.proc.send_signal(sig)

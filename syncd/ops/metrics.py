@@ -173,6 +173,10 @@ class Metrics:
         self.passes = Counter(
             "syncd_sync_passes", "Sync passes by result (ok, partial, failed, fenced).",
             ["mirror", "result"], registry=r)
+        self.pass_crashes = Counter(
+            "syncd_pass_crashes", "Passes ended by an unexpected error (a bug, not a store or "
+            "lease error); each is logged, counted as a failed pass and retried with backoff.",
+            ["mirror"], registry=r)
         self.transfer_seconds = Histogram(
             "syncd_transfer_duration_seconds", "Time to stage, verify and publish one object.",
             md, buckets=DURATION_BUCKETS_S, registry=r)
@@ -240,7 +244,9 @@ class MirrorMeter:
         self._last_success = m.last_success.labels(name)
         self._integrity = m.verification_failures.labels(name)
         self._errors, self._passes, self._name = m.errors, m.passes, name
+        self._crashes = m.pass_crashes.labels(name)
         self._integrity.inc(0)  # present from the start: alerts compare with earlier values
+        self._crashes.inc(0)
         self._in_flight.set(0)
 
     def streamed(self, n: int) -> None:
@@ -265,6 +271,10 @@ class MirrorMeter:
         self._errors.labels(self._name, self._endpoint, kind).inc()
         if kind == "integrity":
             self._integrity.inc()
+
+    def crashed(self) -> None:
+        """A pass ended by an unexpected error (it counts as a failed pass as well)."""
+        self._crashes.inc()
 
     def deleted(self, n: int) -> None:
         self._deleted.inc(n)

@@ -6,6 +6,15 @@ interval (with jitter), the moment a waiting file settles, or a change event on 
 mirror's volume (watchfiles; a full rescan still runs every interval, because events miss
 writes made by other hosts of a network filesystem). A failing pass is retried with backoff
 and jitter; one mirror failing never stops the others, and no transient error ends the process.
+Nor does a bug: a pass that raises anything unexpected is logged with its traceback (once per
+distinct failure), counted (`syncd_pass_crashes_total`) and retried like any failed pass. A
+mirror loop that ends anyway while the daemon runs on is dead, and /healthz says so (503) at
+once, so an orchestrator restarts the process instead of trusting a daemon that syncs nothing.
+
+Tasks: one `asyncio.TaskGroup` owns every task of the process (heartbeat, watchdog ping, lease
+keepers, mirror loops); each child contains its own failures, so a failing mirror or keeper
+never cancels its siblings before the ordered shutdown: drain the mirrors, release the leases,
+then stop the rest.
 
 Signals: SIGTERM/SIGINT stop starting transfers, give those in flight `grace_s` to finish
 (an unfinished download or upload resumes on the next start; a second signal skips the
@@ -25,8 +34,9 @@ import asyncio
 import os
 import random
 import signal
-import threading
 import time
+import traceback
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +53,7 @@ from syncd.ops.notify import Notifier
 from syncd.plan import Plan
 from syncd.runtime import mirror as mirror_mod
 from syncd.runtime import readiness
-from syncd.runtime.health import LOOP_STUCK_S, Beat, Health
+from syncd.runtime.health import Beat, Health, LoopWatchdog
 from syncd.runtime.leases import Keeper, Leases, Session, Target, target_key
 from syncd.runtime.passes import Memory
 from syncd.settle import Quiet
@@ -61,6 +71,8 @@ def select(config: Config, names: list[str] | None) -> list[MirrorConfig]:
 
 
 RELEASE_FORCED_S = 3.0  # lease releases after a second stop signal
+CRASHES_REMEMBERED = 64  # distinct unexpected failures per loop whose traceback was logged
+
 
 async def _first(*aws: Any, within: float | None = None) -> None:
     """Wait until the first of several awaitables finishes (or the timeout); cancel the rest."""
@@ -71,6 +83,18 @@ async def _first(*aws: Any, within: float | None = None) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def _signature(exc: BaseException) -> str:
+    """What makes two unexpected failures the same one: class, message and where it was
+    raised. A repeat logs one line; its traceback was logged the first time."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    return f"{type(exc).__qualname__}: {exc} at {where}"
 
 
 def _outside_reserved(root: Path) -> Any:
@@ -91,6 +115,7 @@ class MirrorLoop:
         self.keeper = keeper
         self.memory = memory
         self.beat: Beat = daemon.health.mirror(mirror.name)
+        self.beat.start()
         endpoint = config.endpoint_name(mirror)
         self.meter = daemon.metrics.mirror(
             mirror.name, mirror.direction, endpoint=endpoint,
@@ -99,8 +124,51 @@ class MirrorLoop:
         self.poke = asyncio.Event()  # a change event on the volume (push)
         self.log = logs.get(mirror=mirror.name, direction=mirror.direction,
                             target=keeper.lease.target, endpoint=endpoint)
+        self.crashes: set[str] = set()  # signatures whose traceback was logged
 
     async def run(self) -> None:
+        """The loop as a child of the daemon's task group: whatever ends it ends here, so the
+        group never cancels the other mirrors over it. Ending before the daemon stops is
+        death, which /healthz reports. KeyboardInterrupt and SystemExit mean "end the
+        process" and keep that meaning."""
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # the drain or the group cancelled us
+                raise
+            self._died("a stray CancelledError ended the loop", None)  # nobody cancelled us
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # contained: the group would cancel the other mirrors
+            self._died(f"{type(exc).__name__}: {exc}", exc)
+        else:
+            if not self.daemon.stopping:
+                self._died("the loop returned while the daemon runs on", None)
+
+    def _died(self, why: str, exc: BaseException | None) -> None:
+        self.beat.dead(why)
+        self.log.critical("mirror_loop_died", error=why,
+                          detail="/healthz reports 503 until a restart or a reload",
+                          **({"exception": _traceback(exc)} if exc is not None else {}))
+
+    def _crashed(self, exc: Exception, retry: int) -> str:
+        """An unexpected failure of a pass: contained, counted and retried. Its traceback is
+        logged the first time; an identical repeat is one line."""
+        error = f"unexpected {type(exc).__name__}: {exc}"
+        signature = _signature(exc)
+        fields: dict[str, object] = {"repeated": True}
+        if signature not in self.crashes:
+            if len(self.crashes) >= CRASHES_REMEMBERED:
+                self.crashes.clear()
+            self.crashes.add(signature)
+            fields = {"exception": _traceback(exc)}
+        self.log.error("pass_crashed", error=error, kind=type(exc).__name__, retry=retry,
+                       **fields)
+        self.meter.crashed()
+        return error
+
+    async def _loop(self) -> None:
         attempt = 0
         watcher = None
         if self.mirror.direction == "push":
@@ -131,6 +199,10 @@ class MirrorLoop:
                     self.log.error("pass_failed", error=error, kind=type(exc).__name__,
                                    retry=attempt + 1)
                     self.meter.failed(exc)
+                    self.meter.passed(time.monotonic() - began, result="failed")
+                    self.memory.failing(time.monotonic())
+                except Exception as exc:  # a bug, not a store or lease error: still a retry
+                    error = self._crashed(exc, attempt + 1)
                     self.meter.passed(time.monotonic() - began, result="failed")
                     self.memory.failing(time.monotonic())
                 else:
@@ -207,8 +279,8 @@ class MirrorLoop:
             async for _ in awatch(root, watch_filter=_outside_reserved(root), debounce=200,
                                   step=50, recursive=True):
                 self.poke.set()
-        except (OSError, RuntimeError) as exc:  # the periodic rescan still runs
-            self.log.warning("watch_failed", error=str(exc))
+        except Exception as exc:  # the periodic rescan still runs
+            self.log.warning("watch_failed", error=str(exc) or type(exc).__name__)
 
 
 class Daemon:
@@ -231,6 +303,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()  # a second stop signal: skip the grace period
         self._reload = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None  # the owner of every task, while it runs
+        self._failed = asyncio.Event()  # a keeper met an error no retry can fix
+        self._fatal: BaseException | None = None  # that error: the daemon ends with it
 
     def _on_stop_signal(self) -> None:
         if self._stop.is_set():
@@ -247,35 +322,65 @@ class Daemon:
         http = self._http()
         if http is not None:
             await http.start()
-        background = [asyncio.create_task(self._tick(), name="heartbeat")]
-        if self.notify.ping_every_s is not None:
-            background.append(asyncio.create_task(self._ping(self.notify.ping_every_s),
-                                                  name="watchdog-ping"))
-        watchdog = _LoopWatchdog(self.health, self.log)
+        watchdog = LoopWatchdog(self.health, self.log)
         try:
-            async with Leases(self.config, self.log) as leases:
-                self.leases = leases
-                try:
-                    await self._start(select(self.config, self.names))
-                    if await self._settled():
-                        self.notify.ready(self.status_line())
-                    self.log.info("daemon_started", mirrors=sorted(self.loops),
-                                  holder=leases.holder.id, pid=leases.holder.pid,
-                                  http=f"{http.host}:{http.port}" if http else None)
-                    await self._serve()
-                finally:
-                    self.notify.stopping()
-                    await self._drain()
-                    await self._release(list(self.keepers))
+            await self._own(http)
         finally:
-            for task in background:
-                task.cancel()
             watchdog.stop()
             if http is not None:
                 await http.stop()
             self.notify.close()
         self.log.info("daemon_stopped")
         return 0
+
+    async def _own(self, http: Server | None) -> None:
+        """Run the daemon inside its one task group. The body's own error is raised once
+        the group has closed, as itself: a caller sees a SyncdError, not a group of one."""
+        failure: Exception | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                background = [group.create_task(self._tick(), name="heartbeat")]
+                if self.notify.ping_every_s is not None:
+                    background.append(group.create_task(
+                        self._ping(self.notify.ping_every_s), name="watchdog-ping"))
+                try:
+                    await self._lifetime(http)
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    for task in background:  # last: the mirrors drained, the leases released
+                        task.cancel()
+        except BaseExceptionGroup as group_error:  # a child the group could not contain
+            raise first_error(group_error) from None
+        finally:
+            self._group = None
+        if failure is not None:
+            raise failure
+
+    async def _lifetime(self, http: Server | None) -> None:
+        """Start, serve until stopped, then the ordered shutdown: drain, release."""
+        async with Leases(self.config, self.log) as leases:
+            self.leases = leases
+            try:
+                await self._start(select(self.config, self.names))
+                if await self._settled():
+                    self.notify.ready(self.status_line())
+                self.log.info("daemon_started", mirrors=sorted(self.loops),
+                              holder=leases.holder.id, pid=leases.holder.pid,
+                              http=f"{http.host}:{http.port}" if http else None)
+                await self._serve()
+            finally:
+                self.notify.stopping()
+                await self._drain()
+                await self._release(list(self.keepers))
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A child of the daemon's task group: every task has a parent and a name."""
+        if self._group is None:
+            work.close()
+            raise RuntimeError(f"task {name!r} started outside the daemon's task group")
+        return self._group.create_task(work, name=name)
 
     def _http(self) -> Server | None:
         address = self.config.http.address()
@@ -288,9 +393,8 @@ class Daemon:
         """Until every lease is held, in standby or known unreachable: True; False when a
         keeper fails or a stop comes first (then READY=1 would be a lie)."""
         waits = [k.settled.wait() for k in self.keepers.values()]
-        await _first(asyncio.gather(*waits), self._keeper_failure(), self._stop.wait())
-        failed = any(t.done() for t in self.keeper_tasks.values())
-        return not failed and not self._stop.is_set() and all(
+        await _first(asyncio.gather(*waits), self._failed.wait(), self._stop.wait())
+        return not self._failed.is_set() and not self._stop.is_set() and all(
             k.settled.is_set() for k in self.keepers.values())
 
     def healthz(self) -> Verdict:
@@ -334,22 +438,22 @@ class Daemon:
         """Until SIGTERM/SIGINT; reloads on SIGHUP; raises what a keeper cannot recover from."""
         while not self._stop.is_set():
             self._reload.clear()
-            fatal = asyncio.ensure_future(self._keeper_failure())
-            await _first(self._stop.wait(), self._reload.wait(), fatal)
-            for task in self.keeper_tasks.values():
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
-                    assert exc is not None
-                    raise first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            await _first(self._stop.wait(), self._reload.wait(), self._failed.wait())
+            if (exc := self._fatal) is not None:
+                raise first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             if self._reload.is_set() and not self._stop.is_set():
                 await self._reload_config()
 
-    async def _keeper_failure(self) -> None:
-        tasks = list(self.keeper_tasks.values())
-        if tasks:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        else:
-            await asyncio.Event().wait()
+    async def _keep(self, keeper: Keeper) -> None:
+        """A keeper as a child of the task group: an error it cannot recover from is handed
+        to `_serve`, which ends the daemon with it after the ordered shutdown; raised into
+        the group, it would cancel the mirrors mid-transfer instead of draining them."""
+        try:
+            await keeper.run()
+        except Exception as exc:
+            if self._fatal is None:
+                self._fatal = exc
+            self._failed.set()
 
     async def _start(self, mirrors: list[MirrorConfig]) -> None:
         self.mirrors = {m.name: m for m in mirrors}
@@ -361,11 +465,11 @@ class Daemon:
                                 observe=self.metrics.lease_changed)
                 self.metrics.lease_known(lease.target)
                 self.keepers[key] = keeper
-                self.keeper_tasks[key] = asyncio.create_task(
-                    keeper.run(), name=f"lease {keeper.lease.target}")
+                self.keeper_tasks[key] = self._spawn(self._keep(keeper),
+                                                     f"lease {keeper.lease.target}")
             memory = self.memories.setdefault(m.name, Memory())
             loop = MirrorLoop(self, self.config, m, self.keepers[key], memory)
-            self.loops[m.name] = asyncio.create_task(loop.run(), name=f"mirror {m.name}")
+            self.loops[m.name] = self._spawn(loop.run(), f"mirror {m.name}")
 
     async def _drain(self) -> None:
         """Stop the mirror loops: no new transfer starts; those in flight get `grace_s`."""
@@ -511,28 +615,6 @@ class Daemon:
                                detail=self.health.snapshot()["mirrors"])
             reported = stalled
             await asyncio.sleep(1.0)
-
-
-class _LoopWatchdog:
-    """A thread that notices when the event loop stops beating (a blocking call on it)."""
-
-    def __init__(self, health: Health, log: Log) -> None:
-        self._health = health
-        self._log = log
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        stuck = False
-        while not self._done.wait(1.0):
-            late = self._health.loop_stuck_s()
-            if late >= LOOP_STUCK_S and not stuck:
-                self._log.error("event_loop_stuck", seconds=round(late, 1))
-            stuck = late >= LOOP_STUCK_S
-
-    def stop(self) -> None:
-        self._done.set()
 
 
 async def run(config: Config, names: list[str] | None) -> int:

@@ -4,16 +4,20 @@ The event loop beats once a second from a task on the loop itself, so a loop stu
 blocking call stops beating (a thread outside the loop reports it; the systemd watchdog and
 `/healthz` read the same beat). Each mirror loop states what it is doing and by when it should
 show life again: a pass that moves no byte for `stall_s`, or a loop that does not wake when it
-should, is stalled. A mirror in standby (another instance holds its lease) never is.
+should, is stalled. A mirror in standby (another instance holds its lease) never is. A mirror
+loop that ended while the daemon runs on (a fault that escaped it) is dead, and stalled at once:
+it will never wake, and waiting `stall_s` to say so would only keep a broken daemon alive.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-STANDBY, WAITING, PASSING, IDLE = "standby", "waiting", "passing", "idle"
+STANDBY, WAITING, PASSING, IDLE, DEAD = "standby", "waiting", "passing", "idle", "dead"
 _NEVER_STALLED = (STANDBY, WAITING)
 LOOP_STUCK_S = 10.0
 
@@ -30,6 +34,14 @@ class Beat:
     failures: int = 0
     last_ok: float | None = None  # monotonic end of the last pass without error
     last_error: str | None = None
+    died: str | None = None  # why the loop ended, once it has
+
+    def start(self) -> None:
+        """A new loop for this mirror (the first, or one a reload started): alive again."""
+        self.state, self.died = STANDBY, None
+
+    def dead(self, why: str) -> None:
+        self.state, self.died = DEAD, why
 
     def standby(self) -> None:
         self.state = STANDBY
@@ -58,6 +70,8 @@ class Beat:
         self.state, self.deadline = IDLE, self.clock() + for_s + self.stall_s
 
     def stalled(self) -> bool:
+        if self.state == DEAD:
+            return True
         return self.state not in _NEVER_STALLED and self.clock() > self.deadline
 
 
@@ -96,7 +110,30 @@ class Health:
             "ok": self.ok(), "loop_stuck_s": round(self.loop_stuck_s(), 1),
             "mirrors": {n: {"state": b.state, "stalled": b.stalled(), "passes": b.passes,
                             "failures": b.failures, "last_error": b.last_error,
+                            "died": b.died,
                             "last_ok_age_s": None if b.last_ok is None
                             else round(now - b.last_ok, 1)}
                         for n, b in sorted(self.mirrors.items())},
         }
+
+
+class LoopWatchdog:
+    """A thread that notices when the event loop stops beating (a blocking call on it)."""
+
+    def __init__(self, health: Health, log: Any) -> None:
+        self._health = health
+        self._log = log
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        stuck = False
+        while not self._done.wait(1.0):
+            late = self._health.loop_stuck_s()
+            if late >= LOOP_STUCK_S and not stuck:
+                self._log.error("event_loop_stuck", seconds=round(late, 1))
+            stuck = late >= LOOP_STUCK_S
+
+    def stop(self) -> None:
+        self._done.set()

@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from syncd.runtime.health import IDLE, LOOP_STUCK_S, PASSING, STANDBY, WAITING, Beat, Health
+from syncd.runtime.health import (
+    DEAD,
+    IDLE,
+    LOOP_STUCK_S,
+    PASSING,
+    STANDBY,
+    WAITING,
+    Beat,
+    Health,
+)
 
 STALL_S = 30.0
 
@@ -117,6 +126,27 @@ def test_beat_done_counts_passes_failures_and_the_last_success(clock: Clock) -> 
     assert beat.last_ok == clock.now
 
 
+def test_beat_dead_is_stalled_at_once_whatever_its_deadline(clock: Clock) -> None:
+    """A loop that ended will never wake: waiting stall_s (600 s by default) to say so would
+    keep a daemon that syncs nothing looking alive to its liveness probe."""
+    beat = Beat(STALL_S, clock)
+    beat.idle(3600.0)
+    beat.dead("RuntimeError: boom")
+    assert beat.state == DEAD
+    assert beat.died == "RuntimeError: boom"
+    assert beat.stalled()
+
+
+def test_beat_start_revives_a_dead_mirror_for_its_new_loop(clock: Clock) -> None:
+    """A reload starts the mirror's loop anew: the new loop is alive, the old death is past."""
+    beat = Beat(STALL_S, clock)
+    beat.dead("the loop returned while the daemon runs on")
+    beat.start()
+    assert beat.state == STANDBY
+    assert beat.died is None
+    assert not beat.stalled()
+
+
 # --- Health -------------------------------------------------------------------------------------
 
 
@@ -187,14 +217,28 @@ def test_health_snapshot_reports_each_mirror(health: Health, clock: Clock) -> No
         "loop_stuck_s": round(STALL_S + 12.34 - 1.0, 1),
         "mirrors": {
             "a": {"state": IDLE, "stalled": True, "passes": 0, "failures": 0,
-                  "last_error": None, "last_ok_age_s": None},
+                  "last_error": None, "died": None, "last_ok_age_s": None},
             "b": {"state": PASSING, "stalled": True, "passes": 2, "failures": 1,
-                  "last_error": "access denied", "last_ok_age_s": round(STALL_S + 12.34, 1)},
+                  "last_error": "access denied", "died": None,
+                  "last_ok_age_s": round(STALL_S + 12.34, 1)},
         },
     }
     mirrors = health.snapshot()["mirrors"]
     assert isinstance(mirrors, dict)
     assert list(mirrors) == ["a", "b"]  # sorted, for a stable /healthz body
+
+
+def test_health_not_ok_and_says_why_once_a_mirror_loop_died(health: Health) -> None:
+    health.mirror("alive").passing()
+    health.mirror("gone").dead("Fault: injected")
+    health.beat()
+    assert not health.ok()
+    assert health.stalled() == ["gone"]
+    mirrors = health.snapshot()["mirrors"]
+    assert isinstance(mirrors, dict)
+    assert mirrors["gone"]["state"] == DEAD
+    assert mirrors["gone"]["died"] == "Fault: injected"
+    assert mirrors["alive"]["died"] is None
 
 
 def test_health_snapshot_of_a_healthy_daemon_without_mirrors(health: Health) -> None:

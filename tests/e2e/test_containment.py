@@ -1,0 +1,115 @@
+"""`syncd run` survives its own bugs (issue 18): a pass that raises something no store or lease
+error explains is logged with its traceback once, counted, and retried with backoff until the
+data arrives; a mirror loop that dies anyway turns /healthz red at once instead of after
+`stall_s`, and a reload starts it anew.
+
+The fault is injected into the real subprocess only: a `sitecustomize` module on its
+PYTHONPATH wraps `syncd.runtime.mirror.cycle` so that its first calls raise. Nothing in syncd
+knows about it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.daemons import Daemon, Setup
+from tests.mirrors import tree, wait_for
+
+FAULTS = textwrap.dedent('''
+    """Test-only: the first FAULT_PASSES passes of the daemon raise FAULT_KIND."""
+    import os
+
+    from syncd.runtime import mirror
+
+    class InjectedFault(BaseException):
+        """Not an Exception: nothing that contains errors of a pass catches it."""
+
+    _cycle = mirror.cycle
+    _left = [int(os.environ["FAULT_PASSES"])]
+
+    async def cycle(*args, **kwargs):
+        if _left[0] > 0:
+            _left[0] -= 1
+            if os.environ["FAULT_KIND"] == "base":
+                raise InjectedFault("the loop cannot survive this")
+            raise RuntimeError("injected bug in a pass")
+        return await _cycle(*args, **kwargs)
+
+    mirror.cycle = cycle
+''')
+FILES = {"config.json": b'{"layers": 2}', "weights/model-00000.safetensors": b"w" * 300_000}
+
+
+def _faulty(setup: Setup, tmp_path: Path, *, kind: str, passes: int) -> tuple[Daemon, Path]:
+    """A pull daemon whose first `passes` passes raise `kind`, and its volume."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    hook = tmp_path / "faults"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULTS)
+    for key, data in FILES.items():
+        setup.put(key, data)
+    daemon = setup.start(setup.config("pull", vol), PYTHONPATH=str(hook),
+                         FAULT_KIND=kind, FAULT_PASSES=str(passes))
+    daemon.http()  # started: its HTTP endpoint is bound
+    return daemon, vol
+
+
+def test_daemon_contains_an_unexpected_pass_error_and_retries_until_the_data_arrives(
+        setup: Setup, tmp_path: Path) -> None:
+    daemon, vol = _faulty(setup, tmp_path, kind="runtime", passes=3)
+    wait_for(lambda: tree(vol) == FILES, 60, "the data on the volume after the failed passes")
+    wait_for(lambda: daemon.metric("syncd_sync_passes_total", mirror="m", result="ok"), 30,
+             "a pass counted ok")
+    assert daemon.proc.poll() is None, "the daemon keeps running"
+
+    crashes = daemon.events("pass_crashed")
+    assert len(crashes) == 3
+    assert [c["retry"] for c in crashes] == [1, 2, 3]  # the backoff's attempts, in order
+    assert all(c["error"] == "unexpected RuntimeError: injected bug in a pass"
+               and c["kind"] == "RuntimeError" for c in crashes)
+    first, *repeats = crashes
+    assert first["exception"].startswith("Traceback (most recent call last)")
+    assert "RuntimeError: injected bug in a pass" in first["exception"]
+    assert all("exception" not in r and r["repeated"] is True for r in repeats)
+    assert daemon.log.read_text().count("Traceback (most recent call last)") == 1
+
+    events = [e["event"] for e in daemon.events()]
+    assert events.index("pass_done") > max(i for i, e in enumerate(events) if e == "pass_crashed")
+    assert not daemon.events("mirror_loop_died")
+    assert daemon.metric("syncd_pass_crashes_total", mirror="m") == 3
+    assert (daemon.metric("syncd_sync_passes_total", mirror="m", result="failed") or 0) >= 3
+    code, body = daemon.get("/healthz")
+    assert code == 200, body  # contained failures are no reason to restart the process
+    assert json.loads(body)["mirrors"]["m"]["last_error"] is None
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)  # about the daemon's tasks, not S3
+def test_healthz_turns_503_at_once_when_a_mirror_loop_dies_and_a_reload_revives_it(
+        setup: Setup, tmp_path: Path) -> None:
+    daemon, vol = _faulty(setup, tmp_path, kind="base", passes=1)
+    # stall_s is 600 s here: only the loop's death can turn /healthz red this soon
+    body = wait_for(lambda: (r := daemon.get("/healthz"))[0] == 503 and r[1], 30,
+                    "healthz 503")
+    health = json.loads(body)
+    assert health["ok"] is False
+    assert health["mirrors"]["m"]["state"] == "dead"
+    assert health["mirrors"]["m"]["died"] == "InjectedFault: the loop cannot survive this"
+    died = daemon.events("mirror_loop_died")
+    assert len(died) == 1 and "InjectedFault: the loop cannot survive this" in \
+        died[0]["exception"]
+    assert daemon.proc.poll() is None, "the process lives on to answer the probe"
+    assert daemon.metric("syncd_mirror_stalled", mirror="m") == 1
+    assert tree(vol) == {}
+
+    daemon.proc.send_signal(signal.SIGHUP)  # a reload starts the mirror's loop anew
+    wait_for(lambda: daemon.events("config_reloaded"), 30, "config_reloaded")
+    wait_for(lambda: tree(vol) == FILES, 60, "the data after the reload")
+    wait_for(lambda: daemon.get("/healthz")[0] == 200, 30, "healthz 200 again")
+    assert daemon.stop() == 0
