@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.errors import LeaseLost, SyncdError
+from syncd.errors import LeaseHeld, LeaseLost, SyncdError
 from syncd.lease.backend import Backend
 from syncd.lease.journal import NULL, Journal
 from syncd.lease.record import Holder, LeaseRecord, Timing, View, holder_dead
@@ -245,6 +245,40 @@ class Lease:
                     self.log.warning("lease_release_failed", target=self.target,
                                      gen=record.gen, error=str(exc))
         self.record, self._token, self._lost, self._held_as = None, None, None, ""
+
+    # --- breaking -----------------------------------------------------------------------------
+
+    async def force_release(self) -> Broken | None:
+        """`syncd lease break`: write the next generation as released, so whoever held the
+        lease is fenced out and any instance may take over at once. None when there is no
+        lease to break (found by a read, which writes nothing); LeaseHeld when the record
+        changed while breaking it (someone acquired or renewed: look again)."""
+        if not (await self.backend.read()).exists:
+            return None
+        await self.backend.prepare()
+        view = await self.backend.read()
+        wall = self._wall()
+        record = LeaseRecord(target=self.target, gen=view.next_gen, holder=self.holder,
+                             ttl_s=self.timing.ttl_s, acquired_wall=wall, renewed_wall=wall,
+                             released=True)
+        if await self.backend.create(view, record) is None:
+            raise LeaseHeld(f"lease on {self.target} changed while breaking it; "
+                            "look at `syncd lease status` and try again")
+        return Broken(view, record)
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """A lease broken by an operator: what was found, and the released generation written."""
+
+    found: View
+    written: LeaseRecord
+
+    @property
+    def previous(self) -> str:
+        """Who held the broken generation, or why its record could not be read."""
+        record = self.found.record
+        return record.holder.describe() if record else f"({self.found.corrupt})"
 
 
 @dataclass(frozen=True, slots=True)
