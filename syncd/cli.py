@@ -2,7 +2,8 @@
 
 Exit codes are `errors.ExitCode` (documented in the README). No traceback reaches the user for
 an expected failure; an unexpected one is reported in one line too, with the log carrying
-the detail.
+its traceback. The one-shot loop is runtime/oneshot.py, breaking a lease is the lease's own
+operation (`Lease.force_release`), and `lease status` rows are lease/report.py.
 """
 
 from __future__ import annotations
@@ -18,25 +19,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from syncd import __version__
-from syncd.errors import (
-    ConfigError,
-    ExitCode,
-    IntegrityError,
-    LeaseHeld,
-    PartialFailure,
-    PlanRefused,
-    SyncdError,
-)
+from syncd.errors import ConfigError, ExitCode, SyncdError
 
 # The heavy parts (pydantic, structlog, aiohttp, awscrt) are imported by the commands that
 # use them: `syncd health` runs every 30 s as a container HEALTHCHECK and `syncd --version`
 # answers scripts; neither should pay ~0.7 s of imports for a one-line answer.
 if TYPE_CHECKING:
     from syncd import config as config_mod
-    from syncd.lease.record import Timing, View
-    from syncd.pass_plan import PassPlan
-    from syncd.runtime.leases import Leases, Target
-    from syncd.transfer import Stats
+    from syncd.runtime.leases import Target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mirror model artifacts between S3-compatible buckets and volumes.")
@@ -70,8 +60,20 @@ def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as exc:
+        _log_unexpected(exc)
         _fail(f"unexpected {type(exc).__name__}: {exc}", int(ExitCode.ERROR))
     raise typer.Exit(code)
+
+
+def _log_unexpected(exc: Exception) -> None:
+    """A bug or a failure syncd does not know yet: the user gets one line, the log gets the
+    traceback to report it with (as the `exception` field, in JSON lines and console alike)."""
+    import traceback
+
+    from syncd.ops import logging as logs
+
+    logs.get().error("unexpected_error", error=f"{type(exc).__name__}: {exc}",
+                     exception="".join(traceback.format_exception(exc)).rstrip("\n"))
 
 
 def _version(value: bool) -> None:
@@ -100,45 +102,6 @@ def _mirrors(cfg: config_mod.Config, names: list[str] | None) -> list[config_mod
     return [m for m in chosen if dc in m.volumes]
 
 
-def _describe(action: Any) -> str:
-    from syncd.plan import Adopt, Copy, Delete, Refuse
-
-    if isinstance(action, Copy):
-        return f"copy    {action.key}  ({action.reason}, {action.src.size} bytes)"
-    if isinstance(action, Adopt):
-        return f"verify  {action.key}  ({action.reason}: hash, copy only if different)"
-    if isinstance(action, Delete):
-        return f"delete  {action.key}  ({action.reason})"
-    if isinstance(action, Refuse):
-        return f"refuse  {action.key!r}  ({action.reason}: {action.detail})"
-    return f"keep    {action.key}  ({action.reason})"
-
-
-def _print_plan(name: str, passplan: PassPlan) -> None:
-    """The plan a pass would carry out, as the pass itself plans it (`pass_plan`)."""
-    from syncd.pass_plan import describe_step
-    from syncd.plan import Skip
-
-    plan = passplan.flat()
-    for action in plan.actions:
-        if not (isinstance(action, Skip) and action.reason == "unchanged"):
-            typer.echo(f"[{name}] {_describe(action)}")
-    for art in passplan.artifacts:
-        typer.echo(f"[{name}] {describe_step(art)}")
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(plan.counts().items())) or "nothing"
-    typer.echo(f"[{name}] plan: {counts}; {plan.copy_bytes} bytes to copy")
-    if plan.refused_deletes:
-        typer.echo(f"[{name}] deletes held back: {plan.refused_deletes}")
-
-
-def _summary(name: str, stats: Stats) -> str:
-    mb = stats.copied_bytes / 1e6
-    return (f"[{name}] {stats.copied} files, {mb:.1f} MB copied in {stats.elapsed_s:.1f}s "
-            f"({mb / stats.elapsed_s:.1f} MB/s); {stats.verified} verified, "
-            f"{stats.unverified} size-only; {stats.adopted} adopted, {stats.deleted} deleted, "
-            f"{stats.refused} refused, {stats.failed} failed")
-
-
 @app.command()
 def sync(
     once: Annotated[bool, typer.Option("--once", help="One pass over each mirror, then exit.")],
@@ -152,65 +115,17 @@ def sync(
 ) -> None:
     """Bring every mirror of this datacenter in sync once."""
     from syncd import config as config_mod
-    from syncd.ops import logging as logs
-    from syncd.ops.progress import Bar
-    from syncd.runtime import mirror as mirror_mod
-    from syncd.runtime.leases import Leases, held_once, target_key
+    from syncd.runtime import oneshot
 
     if not once:
         _fail("sync runs one pass: pass --once", int(ExitCode.USAGE))
 
     async def main() -> int:
         cfg = config_mod.load(config)
-        async with Leases(cfg, logs.get()) as leases:
-            return await passes(cfg, leases)
-
-    async def passes(cfg: config_mod.Config, leases: Leases) -> int:
-        worst: SyncdError | None = None
-        for m in _mirrors(cfg, mirror):
-            log = logs.get(mirror=m.name, direction=m.direction,
-                           target=target_key(cfg, m).name,
-                           endpoint=cfg.endpoint_name(m))
-            if dry_run:
-                async with mirror_mod.opened(cfg, m, write=False) as sides:
-                    passplan, _ = await mirror_mod.plan_for(sides, m, cfg)
-                _print_plan(m.name, passplan)
-                continue
-            bar = Bar(m.name)
-            try:
-                lease = await leases.lease(m)
-                async with held_once(lease, log, wait_s=wait_lease) as fence:
-                    plan, stats = await mirror_mod.cycle(
-                        cfg, m, log=log, fence=fence, journal=leases.journal,
-                        on_plan=bar.start_for, on_bytes=bar.advance)
-                    await lease.commit(fence.generation)
-            finally:
-                bar.stop()
-            typer.echo(_summary(m.name, stats))
-            if stats.failed:
-                worst = worst or _failure(m.name, stats)
-            elif plan.refused_deletes:
-                worst = worst or PlanRefused(f"mirror {m.name}: deletes held back: "
-                                             f"{plan.refused_deletes}")
-        if worst is not None:
-            raise worst
-        return 0
+        return await oneshot.sync_once(cfg, _mirrors(cfg, mirror), dry_run=dry_run,
+                                       wait_lease_s=wait_lease, echo=typer.echo)
 
     _run(main)
-
-
-def _failure(name: str, stats: Stats) -> SyncdError:
-    """One line for the run. Files that failed on their own while the rest went on exit 10,
-    whatever each failure was (a key deleted after the listing is not a missing bucket, 7;
-    a file changed while read is not an unexpected failure, 1); 9 when every one of them
-    failed its checksum, the alarm that bytes arrive damaged. A failure that stops the pass
-    (endpoint, credentials, bucket, volume root, full disk) never gets here: it is raised
-    with its own code."""
-    first = f", first: {stats.errors[0]}" if stats.errors else ""
-    err = PartialFailure(f"{stats.failed} file(s) of mirror {name} failed{first}")
-    if stats.errors and all(isinstance(e, IntegrityError) for e in stats.errors):
-        err.exit_code = ExitCode.INTEGRITY
-    return err
 
 
 @app.command()
@@ -363,63 +278,6 @@ def _lease_rows(cfg: config_mod.Config) -> dict[Target, list[config_mod.MirrorCo
     return rows
 
 
-def _status(key: Target, mirrors: list[str], view: View, now: float,
-            timing: Timing) -> dict[str, Any]:
-    """One target's lease as `lease status` reports it. A one-shot read cannot observe
-    silence (takeover needs `takeover_after_s` of it, watched by a standby's own clock), so
-    the ages are the record's wall-clock times against ours: for operators only. A holder not
-    renewed for its TTL by that measure is "silent", never "held" with a negative expiry."""
-    row: dict[str, Any] = {"target": key.name, "backend": key.backend, "mirrors": mirrors,
-                           "gen": view.gen, "state": "free", "holder": None}
-    record = view.record
-    if view.corrupt is not None:
-        row.update(state="corrupt", detail=view.corrupt)
-    elif record is not None:
-        age = now - record.renewed_wall
-        row.update(
-            state="released" if record.released else "held" if age < record.ttl_s
-            else "silent",
-            holder={"id": record.holder.id, "host": record.holder.host,
-                    "pid": record.holder.pid},
-            acquired_age_s=round(max(0.0, now - record.acquired_wall), 1),
-            renewed_age_s=round(max(0.0, age), 1),
-            ttl_s=record.ttl_s,
-            takeover_after_s=timing.takeover_after(record.ttl_s),
-            beat=record.beat,  # changes with every renewal: two reads tell a live holder
-        )
-        if row["state"] == "held":
-            row["expires_in_s"] = round(record.ttl_s - max(0.0, age), 1)
-        if age < -1.0:  # its clock is ahead of ours: ages are not what they seem
-            row["clock_ahead_s"] = round(-age, 1)
-    return row
-
-
-def _status_line(row: dict[str, Any]) -> str:
-    via = f" via {row['arbiter']}" if row.get("arbiter") else ""
-    head = f"{row['target']} [{row['backend']} lease{via}; {', '.join(row['mirrors'])}]"
-    if row["state"] == "corrupt":
-        return f"{head}: unreadable record, treated as held ({row['detail']})"
-    if row["holder"] is None:
-        return f"{head}: free" + (f" (last generation {row['gen']})" if row["gen"] else "")
-    h = row["holder"]
-    who = f"{h['id']} (host {h['host']}, pid {h['pid']})"
-    if row["state"] == "released":
-        return f"{head}: released by {who}, generation {row['gen']}"
-    ahead = (f"; its wall clock is {row['clock_ahead_s']:.0f}s ahead of ours"
-             if "clock_ahead_s" in row else "")
-    standby = (f"a standby takes over only after it has itself seen no renewal for "
-               f"{row['takeover_after_s']:.0f}s")
-    if row["state"] == "silent":
-        return (f"{head}: silent: not renewed for {row['renewed_age_s']:.0f}s by its wall "
-                f"clock (ttl {row['ttl_s']:g}s{ahead}), last held by {who}, generation "
-                f"{row['gen']}, heartbeat {row['beat']} (if it changes between two looks, "
-                f"the holder is alive and its clock behind ours); {standby}")
-    return (f"{head}: held by {who}, generation {row['gen']}, acquired "
-            f"{row['acquired_age_s']:.0f}s ago, renewed {row['renewed_age_s']:.0f}s ago, "
-            f"expires in {row['expires_in_s']:.0f}s unless renewed (by its wall clock"
-            f"{ahead}; {standby})")
-
-
 @lease_app.command("status")
 def lease_status(
     config: ConfigOpt = None,
@@ -427,9 +285,9 @@ def lease_status(
 ) -> None:
     """Show every write lease of this datacenter's mirrors: holder, generation, age, expiry."""
     from syncd import config as config_mod
+    from syncd.lease import report
     from syncd.ops import logging as logs
     from syncd.runtime.leases import Leases
-
 
     async def main() -> int:
         cfg = config_mod.load(config)
@@ -448,11 +306,11 @@ def lease_status(
                                f"{key.name} [{key.backend} lease; {', '.join(names)}]: "
                                f"cannot read it: {exc}")
                     continue
-                row = _status(key, names, view, time.time(), lease.timing)
+                row = report.row(key.name, key.backend, names, view, time.time(), lease.timing)
                 arbiter = getattr(lease.backend, "arbiter", "")
                 if arbiter:  # a volume's: its filesystem, or the S3 bucket that holds it
                     row["arbiter"] = arbiter
-                typer.echo(json.dumps(row) if as_json else _status_line(row))
+                typer.echo(json.dumps(row) if as_json else report.line(row))
         return int(failed.exit_code) if failed else 0
 
     _run(main)
@@ -468,7 +326,6 @@ def lease_break(
     """Force-release a lease: the next generation is written as released, so the old holder
     is fenced out and any instance may take over at once. Use only when the holder is gone."""
     from syncd import config as config_mod
-    from syncd.lease.record import LeaseRecord
     from syncd.ops import logging as logs
     from syncd.runtime.leases import Leases
 
@@ -488,23 +345,14 @@ def lease_break(
         log = logs.get()
         async with Leases(cfg, log) as leases:
             lease = await leases.lease(rows[chosen[0]][0])
-            if not (await lease.backend.read()).exists:  # a look writes nothing
+            broken = await lease.force_release()
+            if broken is None:
                 typer.echo(f"{lease.target}: no lease to break")
                 return 0
-            await lease.backend.prepare()
-            view = await lease.backend.read()
-            now = time.time()
-            record = LeaseRecord(target=lease.target, gen=view.next_gen, holder=leases.holder,
-                                 ttl_s=lease.timing.ttl_s, acquired_wall=now, renewed_wall=now,
-                                 released=True)
-            if await lease.backend.create(view, record) is None:
-                raise LeaseHeld(f"lease on {lease.target} changed while breaking it; "
-                                "look at `syncd lease status` and try again")
-            old = view.record.holder.describe() if view.record else f"({view.corrupt})"
-            log.warning("lease_broken", target=lease.target, gen=view.gen, holder=old,
-                        new_gen=record.gen)
-            typer.echo(f"{lease.target}: broke generation {view.gen} held by {old}; "
-                       f"generation {record.gen} is released")
+            log.warning("lease_broken", target=lease.target, gen=broken.found.gen,
+                        holder=broken.previous, new_gen=broken.written.gen)
+            typer.echo(f"{lease.target}: broke generation {broken.found.gen} held by "
+                       f"{broken.previous}; generation {broken.written.gen} is released")
         return 0
 
     _run(main)

@@ -1,4 +1,5 @@
-"""syncd.cli: the `health` verb, and the exit code of a pass where some files failed.
+"""syncd.cli: the `health` verb, the exit code of a pass where some files failed, and what an
+unexpected error leaves for the user (one line) and for the log (its traceback).
 
 `health`: whatever answers (or does not) at the URL, one line and exit 1. A container
 HEALTHCHECK runs it every few seconds; a traceback there hides the reason and an exit code
@@ -9,6 +10,7 @@ are tests/e2e/test_reports.py.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -18,8 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import structlog
+import typer
 
-from syncd.cli import _failure, _probe
+from syncd.cli import _probe, _run
 from syncd.errors import (
     AccessDenied,
     ExitCode,
@@ -30,6 +34,8 @@ from syncd.errors import (
     StoreError,
     SyncdError,
 )
+from syncd.ops import logging as logs
+from syncd.runtime.oneshot import failure as _failure
 from syncd.transfer import Stats
 from tests.mirrors import SYNCD, env
 
@@ -197,3 +203,33 @@ def test_failure_counted_without_an_error_is_one_line_and_exit_10() -> None:
     err = _failure("m", _stats(failed=1))
     assert err.exit_code == ExitCode.PARTIAL
     assert str(err) == "1 file(s) of mirror m failed"
+
+
+# --- unexpected errors --------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_for_the_user_and_its_traceback_in_the_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a SyncdError: a bug, or a failure syncd does not know yet. The user reads one line
+    and exit 1; whoever reports it finds the traceback in the log."""
+    async def broken() -> int:
+        return {"present": 0}["missing"]
+
+    stderr = tmp_path / "stderr"
+    with stderr.open("w", encoding="utf-8") as out:
+        monkeypatch.setattr(sys, "stderr", out)
+        logs.setup("info", fmt="json")
+        try:
+            with pytest.raises(typer.Exit) as done:
+                _run(broken)
+        finally:
+            structlog.reset_defaults()
+    assert done.value.exit_code == 1
+    lines = stderr.read_text(encoding="utf-8").splitlines()
+    assert [line for line in lines if not line.startswith("{")] == [
+        "syncd: error: unexpected KeyError: 'missing'"]
+    (logged,) = [json.loads(line) for line in lines if line.startswith("{")]
+    assert logged["event"] == "unexpected_error" and logged["level"] == "error"
+    assert logged["error"] == "KeyError: 'missing'"
+    assert logged["exception"].startswith("Traceback (most recent call last):")
+    assert "in broken" in logged["exception"]
