@@ -64,7 +64,8 @@ class Split:
 
 
 def split(listing: Listing, patterns: tuple[str, ...]) -> Split:
-    loose = Listing(complete=listing.complete, refused=dict(listing.refused))
+    loose = Listing(complete=listing.complete, refused=dict(listing.refused),
+                    unreadable=dict(listing.unreadable))
     groups: dict[str, Group] = {}
     if not patterns:  # shared, not copied, unless a manifest must be left out
         manifests = [k for k in listing.entries if is_manifest(k)]

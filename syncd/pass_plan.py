@@ -229,5 +229,5 @@ def plan_push(facts: PushFacts, policy: Policy, patterns: tuple[str, ...]) -> Pa
 
 def _data(listing: Listing) -> Listing:
     """A listing without manifests: those are syncd's, never data to copy or delete."""
-    return Listing({k: e for k, e in listing.entries.items() if not artifacts.is_manifest(k)},
-                   listing.complete, dict(listing.refused))
+    return replace(listing, entries={k: e for k, e in listing.entries.items()
+                                     if not artifacts.is_manifest(k)})

@@ -214,7 +214,8 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy,
             continue
         if (held := hold(key)) is not None:
             plan.actions.append(Skip(key, held))
-        elif _unreadable_above(key, getattr(dst, "unreadable", {})) is not None:
+        elif (_unreadable_above(key, dst.unreadable) is not None
+              or _unreadable_above(key, src.unreadable) is not None):
             plan.actions.append(Skip(key, Reason.UNREADABLE))
         elif not policy.delete:
             plan.actions.append(Skip(key, Reason.DELETE_DISABLED))

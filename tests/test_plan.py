@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import given, settings
@@ -546,3 +546,72 @@ def test_compute_lists_actions_in_key_order() -> None:
     src = listing(s3("c"), s3("a"), s3("b"))
     plan = compute(src, listing(), {}, Policy())
     assert keys_of(plan.actions) == ["a", "b", "c"]
+
+
+# --- convergence and containment (issue 18) ------------------------------------------------
+
+TREE = Policy(delete=True, max_delete_fraction=1.0, tree=True)
+
+
+def _s3(*keys: str) -> Listing:
+    return Listing.of(Entry(k, 1, etag="e") for k in keys)
+
+
+def _vol(*keys: str, unreadable: dict[str, str] | None = None) -> Listing:
+    listing = Listing.of(Entry(k, 1, mtime_ns=1, inode=1) for k in keys)
+    listing.unreadable = dict(unreadable or {})
+    return listing
+
+
+@pytest.mark.parametrize(("src", "dst", "cleared"), [
+    (("m/a", "k"), ("m/a/b.txt", "m/a/c/d", "k"), ["m/a/b.txt", "m/a/c/d"]),  # dir -> file
+    (("m/a/b.txt", "k"), ("m/a", "k"), ["m/a"]),  # file -> dir
+])
+def test_a_path_that_changes_kind_is_cleared_by_deletes_that_run_first(
+        src: tuple[str, ...], dst: tuple[str, ...], cleared: list[str]) -> None:
+    plan = compute(_s3(*src), _vol(*dst), {}, TREE)
+    assert sorted(d.key for d in plan.deletes if d.reason == Reason.PATH_REPLACED) == cleared
+    assert [c.key for c in plan.copies] == [k for k in src if k != "k"]
+
+
+@pytest.mark.parametrize("policy", [
+    Policy(delete=False, tree=True),
+    Policy(delete=True, max_delete_count=0, tree=True),  # the guard holds the deletes
+])
+def test_a_path_change_the_plan_may_not_clear_is_refused_with_what_is_in_the_way(
+        policy: Policy) -> None:
+    plan = compute(_s3("m/a", "k"), _vol("m/a/b.txt", "k"), {}, policy)
+    [refused] = plan.refused
+    assert (refused.key, refused.reason) == ("m/a", Reason.PATH_CONFLICT)
+    assert "m/a/b.txt" in refused.detail
+    assert not plan.copies and not plan.deletes
+
+
+def test_a_bucket_destination_has_no_paths_to_clear() -> None:
+    plan = compute(_vol("m/a"), _s3("m/a/b.txt"), {}, Policy(delete=True,
+                                                             max_delete_fraction=1.0))
+    assert [c.key for c in plan.copies] == ["m/a"]
+    assert [(d.key, d.reason) for d in plan.deletes] == [("m/a/b.txt",
+                                                          Reason.ABSENT_FROM_SOURCE)]
+
+
+def test_keys_longer_than_the_destination_allows_are_refused_alone() -> None:
+    policy = replace(TREE, max_key_bytes=10)
+    plan = compute(_s3("short", "much/too/long/key"), _vol(), {}, policy)
+    assert [c.key for c in plan.copies] == ["short"]
+    assert [(r.key, r.reason) for r in plan.refused] == [("much/too/long/key",
+                                                          Reason.PATH_TOO_LONG)]
+
+
+@pytest.mark.parametrize("side", ["dst", "src"])
+def test_only_deletes_under_an_unreadable_path_are_held(side: str) -> None:
+    unreadable = {"locked": "Permission denied"}
+    src, dst = _s3("keep"), _vol("keep", "locked/x", "gone")
+    if side == "src":  # a push: the volume is the source, what it could not read stays
+        src, dst = _vol("keep", unreadable=unreadable), _s3("keep", "locked/x", "gone")
+    else:
+        dst.unreadable = unreadable
+    plan = compute(src, dst, {}, Policy(delete=True, max_delete_fraction=1.0))
+    assert [d.key for d in plan.deletes] == ["gone"]
+    assert [(s.key, s.reason) for s in plan.of_type(Skip) if s.key == "locked/x"] == [
+        ("locked/x", Reason.UNREADABLE)]
