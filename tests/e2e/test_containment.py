@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, Setup
-from tests.mirrors import tree, wait_for
+from syncd.errors import ExitCode
+from tests.daemons import FAST, Daemon, Setup
+from tests.mirrors import tree, wait_for, write_config
 
 FAULTS = textwrap.dedent('''
     """Test-only: the first FAULT_PASSES passes of the daemon raise FAULT_KIND."""
@@ -113,3 +114,22 @@ def test_healthz_turns_503_at_once_when_a_mirror_loop_dies_and_a_reload_revives_
     wait_for(lambda: tree(vol) == FILES, 60, "the data after the reload")
     wait_for(lambda: daemon.get("/healthz")[0] == 200, 30, "healthz 200 again")
     assert daemon.stop() == 0
+
+
+# rclone ignores conditional writes, so no S3 lease can be held there: a fatal keeper error
+@pytest.mark.parametrize("s3", ["rclone"], indirect=True)
+def test_a_lease_no_retry_can_fix_still_ends_the_daemon_with_its_own_exit_code(
+        setup: Setup, tmp_path: Path) -> None:
+    """A keeper's fatal error leaves the task group as itself, after the ordered shutdown: the
+    exit code and one line of the error class, not a traceback of an exception group."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    cfg = write_config(tmp_path / "s3lease.toml", setup.server.endpoint_url, setup.bucket,
+                       direction="push", root=vol, lease="s3", top=FAST)
+    daemon = setup.start(cfg)
+    assert daemon.proc.wait(60) == ExitCode.LEASE
+    log = daemon.log.read_text()
+    assert "Traceback" not in log and "ExceptionGroup" not in log, log
+    assert not daemon.events("pass_crashed") and not daemon.events("mirror_loop_died")
+    errors = [line for line in log.splitlines() if line.startswith("syncd: error:")]
+    assert len(errors) == 1 and "ignores S3 conditional writes" in errors[0], log
