@@ -200,6 +200,8 @@ def compute(src: Listing, dst: Listing, record: Record, policy: Policy,
             plan.actions.append(Refuse(key, Reason.PATH_CONFLICT, "also a directory in the source"))
         elif (held := hold(key)) is not None:
             plan.actions.append(Skip(key, held))
+        elif _unreadable_above(key, dst.unreadable) is not None:
+            plan.actions.append(Skip(key, Reason.UNREADABLE))  # unknown there: not written
         elif (theirs := dst.get(key)) is None:
             plan.actions.append(Copy(key, Reason.NEW, entry))
         else:

@@ -615,3 +615,12 @@ def test_only_deletes_under_an_unreadable_path_are_held(side: str) -> None:
     assert [d.key for d in plan.deletes] == ["gone"]
     assert [(s.key, s.reason) for s in plan.of_type(Skip) if s.key == "locked/x"] == [
         ("locked/x", Reason.UNREADABLE)]
+
+
+def test_a_copy_into_a_path_the_volume_cannot_read_waits_there_alone() -> None:
+    dst = _vol("ok")
+    dst.unreadable = {"locked": "cannot list directory: Permission denied"}
+    plan = compute(_s3("ok", "locked/w.bin", "new"), dst, {}, TREE)
+    assert [c.key for c in plan.copies] == ["new"]
+    assert [(s.key, s.reason) for s in plan.of_type(Skip) if s.key.startswith("locked")] == [
+        ("locked/w.bin", Reason.UNREADABLE)]

@@ -102,6 +102,8 @@ async def _judge(sides: Sides, holder: Store, action: Action) -> Difference | No
                           action.key)
     if isinstance(action, Skip) and action.reason in HELD:
         return Difference(Kind.HELD, action.key, str(action.reason))
+    if isinstance(action, Skip) and action.reason == Reason.UNREADABLE:
+        return Difference(Kind.UNREADABLE, action.key, "under a path the volume cannot read")
     if isinstance(action, Skip) and action.reason != Reason.UNCHANGED:
         return Difference(Kind.EXTRA, action.key)
     if not isinstance(action, Adopt | Skip):  # a Delete

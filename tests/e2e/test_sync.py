@@ -292,3 +292,34 @@ def test_sync_holds_deletes_when_a_copy_failed(s3, bucket, tmp_path):
     assert run.code == 9, run.stderr
     assert _events(run.stderr, "deletes_held")
     assert tree(vol) == {"old-name.bin": b"weights"}
+
+
+def test_dry_run_prints_what_the_run_then_does_for_an_artifact_without_its_marker(
+        s3, bucket, tmp_path):
+    """Issue 18: the dry run printed `copy ckpt-1/weights.bin (new)` for an artifact whose
+    marker was missing, and the run then uploaded only the loose file."""
+    vol = tmp_path / "vol"
+    (vol / "ckpt-1").mkdir(parents=True)
+    (vol / "ckpt-1" / "weights.bin").write_bytes(b"w" * 1000)
+    (vol / "loose.txt").write_bytes(b"l")
+    cfg = write_config(tmp_path / "c.toml", s3.endpoint_url, bucket, direction="push",
+                       root=vol, lease=lease_for(s3.name),
+                       extra='artifacts = ["ckpt-*"]\nmarker = "_COMPLETE"')
+
+    dry = syncd("sync", "--once", "--dry-run", "-c", str(cfg))
+    assert dry.code == 0, dry.stderr
+    assert "copy    loose.txt  (new, 1 bytes)" in dry.stdout
+    assert "copy    ckpt-1/weights.bin" not in dry.stdout
+    assert "keep    ckpt-1/weights.bin  (artifact_incomplete)" in dry.stdout
+    assert "artifact ckpt-1: hold (waiting for its marker file _COMPLETE)" in dry.stdout
+    run = syncd("sync", "--once", "-c", str(cfg))
+    assert run.code == 0, run.stderr
+    assert bucket_tree(s3.client(), bucket) == {"loose.txt": b"l"}
+
+    (vol / "ckpt-1" / "_COMPLETE").write_bytes(b"")
+    dry = syncd("sync", "--once", "--dry-run", "-c", str(cfg))
+    assert "copy    ckpt-1/weights.bin  (new, 1000 bytes)" in dry.stdout
+    assert "artifact ckpt-1: publish" in dry.stdout
+    assert syncd("sync", "--once", "-c", str(cfg)).code == 0
+    assert set(bucket_tree(s3.client(), bucket)) == {
+        "loose.txt", "ckpt-1/weights.bin", "ckpt-1/_COMPLETE", "ckpt-1/.syncd-manifest.json"}

@@ -7,6 +7,7 @@ rclone and SeaweedFS."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -49,6 +50,14 @@ def _no_root_failure(run: Run, root: Path) -> None:
     assert f"cannot read {root}:" not in run.stderr, run.stderr
 
 
+def _reported(run: Run, paths: set[str]) -> None:
+    """Each path the volume could not read is named once, with its reason."""
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    named = [e["path"] for e in events if e.get("event") == "path_unreadable"]
+    assert sorted(named) == sorted(paths), run.stderr
+    assert all(e.get("reason") for e in events if e.get("event") == "path_unreadable")
+
+
 def test_push_goes_on_past_unreadable_directories_and_holds_their_deletes(
         s3, bucket, tmp_path, vol):
     client = s3.client()
@@ -60,8 +69,9 @@ def test_push_goes_on_past_unreadable_directories_and_holds_their_deletes(
     run = _unprivileged("sync", "--once", "-c", str(cfg))
 
     _no_root_failure(run, vol)
-    pushed = bucket_tree(client, bucket)
-    pushed.pop("gone.txt", None)  # deleted or held: the planner's call
+    assert run.code == 0, run.stderr
+    _reported(run, {"nosearch", "closed"})
+    pushed = bucket_tree(client, bucket)  # gone.txt is deleted: only locked paths hold deletes
     assert pushed == {
         "ok.txt": b"ok", "sub/deep.bin": b"deep",  # the rest is pushed
         "nosearch/hidden.bin": b"in the bucket",  # unknown on the volume: never deleted
@@ -80,10 +90,11 @@ def test_pull_goes_on_past_unreadable_directories_on_the_volume(s3, bucket, tmp_
     run = _unprivileged("sync", "--once", "-c", str(cfg))
 
     _no_root_failure(run, vol)
+    assert run.code == 0, run.stderr
+    _reported(run, {"nosearch", "closed"})
     for rel in LOCKED:
         (vol / rel).chmod(0o755)
-    pulled = tree(vol)
-    pulled.pop("sub/deep.bin", None)  # not in the bucket: deleted or held, the planner's call
+    pulled = tree(vol)  # sub/deep.bin is deleted: only locked paths hold deletes
     assert pulled == {
         "ok.txt": b"new ok", "fresh/new.bin": b"new",  # the rest is pulled
         "nosearch/hidden.bin": b"x", "closed/hidden.bin": b"y",  # never touched
