@@ -16,7 +16,7 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_is_clean() -> None:
-    run = _run(str(BIN / "ruff"), "check", "syncd", "tests", "bench")
+    run = _run(str(BIN / "ruff"), "check", "syncd", "tests", "bench", "docs")
     assert run.returncode == 0, run.stdout + run.stderr
 
 
