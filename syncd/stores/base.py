@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from syncd.listing import Algo, Checksum, Entry, Listing
 
@@ -68,15 +68,29 @@ class Source(Protocol):
 
 @dataclass(slots=True)
 class Staged:
-    """Bytes held where no reader sees them, with the checksums of exactly those bytes."""
+    """Bytes held where no reader sees them, with the checksums of exactly those bytes.
+
+    Each store stages into a subclass of its own that says where it holds them (a temp
+    file, a multipart upload, bytes in memory); it takes those back through `staged_by`."""
 
     key: str
     size: int
     checksums: dict[Algo, str]
     source: Source
-    handle: Any = None  # store-private: temp path, upload id and parts, or the bytes
     metadata: dict[str, str] = field(default_factory=dict)
     resumed: int = 0  # bytes not transferred because an earlier, interrupted run had them
+
+
+S = TypeVar("S", bound=Staged)
+
+
+def staged_by(staged: Staged, kind: type[S], store: str) -> S:
+    """`staged` as the store `store` staged it (`kind`): a store publishes or discards only
+    what it staged itself; anything else is a programming error, not a store failure."""
+    if not isinstance(staged, kind):
+        raise TypeError(f"{store}: {staged.key} was staged by another store "
+                        f"({type(staged).__name__}, not {kind.__name__})")
+    return staged
 
 
 class Store(Protocol):

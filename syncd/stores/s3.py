@@ -61,7 +61,7 @@ from syncd.stores.s3_http import (
     required_etag,
     transient,
 )
-from syncd.stores.s3_upload import GEN_META, Uploads
+from syncd.stores.s3_upload import GEN_META, S3Staged, Uploads
 from syncd.stores.sigv4 import EMPTY_SHA256, Credentials
 from syncd.verify import vouched
 
@@ -417,7 +417,7 @@ class S3Store:
                               store=self.name, key=key)
     # --- writing: s3_upload.Uploads ---------------------------------------------------------
 
-    async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
+    async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> S3Staged:
         """Single PUT: bytes held in memory until publish. Large: parts of an uncompleted MPU."""
         return await self._uploads.stage(source, want, generation)
 

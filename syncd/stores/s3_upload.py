@@ -16,6 +16,7 @@ import functools
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from syncd.config import TransferConfig
 from syncd.errors import SourceChanged, first_error
 from syncd.listing import Algo, Checksum, Entry, normalize_etag
 from syncd.parts import effective_part_size, part_ranges
-from syncd.stores.base import Fence, Source, Staged
+from syncd.stores.base import Fence, Source, Staged, staged_by
 from syncd.stores.resume import (
     PartialUpload,
     Progress,
@@ -47,6 +48,15 @@ GEN_META = "syncd-gen"
 _NO_UPLOAD_LISTING = {"NoSuchUpload", "NotImplemented", "501", "MethodNotAllowed", "405"}
 
 
+@dataclass(slots=True, kw_only=True)
+class S3Staged(Staged):
+    """An object staged for S3: its `body` held in memory for one PUT, or the parts of an
+    uncompleted multipart `upload`. Both are None once it is published or discarded."""
+
+    body: bytearray | None = None
+    upload: PartialUpload | None = None
+
+
 class Uploads:
     """The writing side of one `S3Store`: stage, publish, discard, abandoned-upload cleanup."""
 
@@ -64,7 +74,7 @@ class Uploads:
         self._book = book  # multipart uploads recorded here survive a restart
         self._stale_upload_s = stale_upload_s
 
-    async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
+    async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> S3Staged:
         """Single PUT: bytes held in memory until publish. Large: parts of an uncompleted MPU."""
         algos = frozenset({OWN_ALGO, Algo.CRC32C, *want})
         if source.size <= self._transfer.multipart_threshold:
@@ -77,12 +87,12 @@ class Uploads:
                 raise
             sums = digest.results()
             meta = {f"{META_PREFIX}{OWN_ALGO}": sums[OWN_ALGO], **_gen_meta(generation)}
-            return Staged(source.key, source.size, sums, source, buf, meta)
+            return S3Staged(source.key, source.size, sums, source, meta, body=buf)
         return await self._stage_multipart(source, algos, generation)
 
     async def _stage_multipart(
         self, source: Source, algos: frozenset[Algo], generation: int
-    ) -> Staged:
+    ) -> S3Staged:
         """Parts of an uncompleted upload. With a resume book, the upload is recorded, and a
         later run continues it: parts the server still holds are neither read nor sent."""
         key = source.key
@@ -100,8 +110,8 @@ class Uploads:
             if sums[OWN_ALGO] != upload.promised:
                 raise SourceChanged(f"{key} changed while it was uploaded",
                                     store=self._store.name, key=key)
-            return Staged(key, source.size, sums, source, upload, upload.metadata,
-                          resumed=upload.resumed)
+            return S3Staged(key, source.size, sums, source, upload.metadata,
+                            resumed=upload.resumed, upload=upload)
         except BaseException as exc:
             await self._end_upload(key, upload, exc)
             raise
@@ -325,24 +335,27 @@ class Uploads:
                 markers = following
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
-        key = staged.key
-        if not isinstance(staged.handle, PartialUpload):  # one PUT of the bytes in memory
+        mine = staged_by(staged, S3Staged, self._store.name)
+        key = mine.key
+        upload = mine.upload
+        if upload is None:  # one PUT of the bytes in memory
+            if mine.body is None:
+                raise ValueError(f"{key}: published or discarded already")
             fence.check()
             headers = {f"x-amz-meta-{k}": v for k, v in staged.metadata.items()}
             headers["x-amz-checksum-crc32c"] = staged.checksums[Algo.CRC32C]
             with self._translated(key):
                 resp = await self._store.http.send(
-                    "PUT", self._store.bucket, self._store.object_key(key), body=staged.handle,
+                    "PUT", self._store.bucket, self._store.object_key(key), body=mine.body,
                     headers=headers, payload_hash=UNSIGNED_PAYLOAD, guard=fence.check)
                 try:  # a 200 without an ETag is a web server, not a stored object
                     etag = await required_etag(resp, "PutObject")
                 finally:
                     resp.release()
-            staged.handle = None
+            mine.body = None
             await self._store.budget.give(staged.size)
             return Entry(key, staged.size, etag=normalize_etag(etag),
                          checksum=Checksum(OWN_ALGO, staged.checksums[OWN_ALGO]))
-        upload: PartialUpload = staged.handle
         fence.check()
         with self._translated(key):
             done = await (await self._control()).complete_multipart_upload(
@@ -351,7 +364,7 @@ class Uploads:
             )
             if not done.get("ETag"):  # the store's hook says why, with the body
                 raise _answer_without("CompleteMultipartUpload", "ETag", done)
-        staged.handle = None
+        mine.upload = None
         await self._forget(upload)
         head = await self._store.head(key)
         if not normalize_etag(head.get("ETag")):
@@ -364,11 +377,12 @@ class Uploads:
     async def discard(self, staged: Staged) -> None:
         """Callers discard from their exception handler (`sys.exception()` is why): a
         recorded upload that was only interrupted stays for the next run to complete."""
-        if isinstance(staged.handle, PartialUpload):
-            await self._end_upload(staged.key, staged.handle, sys.exception())
-        elif staged.handle is not None:
-            await self._store.budget.give(staged.size)
-        staged.handle = None
+        mine = staged_by(staged, S3Staged, self._store.name)
+        if mine.upload is not None:
+            await self._end_upload(mine.key, mine.upload, sys.exception())
+        elif mine.body is not None:
+            await self._store.budget.give(mine.size)
+        mine.body = mine.upload = None
 
 
 def _answer_without(request: str, field: str, answer: dict[str, Any]) -> NotS3Response:

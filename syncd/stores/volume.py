@@ -33,10 +33,10 @@ from syncd.errors import (
 )
 from syncd.keys import RESERVED_DIR, unsafe_reason
 from syncd.listing import Algo, Checksum, Entry, Listing
-from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged
+from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged, staged_by
 from syncd.stores.resume import is_partial, sidecar_of
 from syncd.stores.staging import Space
-from syncd.stores.volume_download import SPACE_ERRNOS, Downloads, Inline
+from syncd.stores.volume_download import SPACE_ERRNOS, Downloads, VolumeStaged
 from syncd.verify import OWN_ALGO, Digest
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -308,7 +308,9 @@ class VolumeStore:
 
     # --- writing: staging is volume_download.Downloads ------------------------------------
 
-    async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
+    async def stage(
+        self, source: Source, want: frozenset[Algo], generation: int = 0,
+    ) -> VolumeStaged:
         return await self._downloads.stage(source, want, generation)
 
     async def publish(self, staged: Staged, fence: Fence) -> Entry:
@@ -316,12 +318,15 @@ class VolumeStore:
         replaced (a directory that became a file at the source, its files already deleted);
         a non-empty one, or a file where a parent directory must go, is a path conflict
         that fails this key alone."""
-        inline = isinstance(staged.handle, Inline)
+        mine = staged_by(staged, VolumeStaged, self.name)
+        inline, staged_temp = mine.inline, mine.temp
 
         def rename() -> os.stat_result:
             # an inline-staged file is written here, in the same worker call as its rename
-            temp = (self._downloads.write_inline(staged.key, staged.handle) if inline
-                    else staged.handle)
+            temp = (self._downloads.write_inline(staged.key, inline) if inline is not None
+                    else staged_temp)
+            if temp is None:
+                raise ValueError(f"{staged.key}: published or discarded already")
             try:
                 fence.check()  # the parents it may create are writes too
                 dfd, name = self._open_parent(staged.key, create=True)
@@ -329,14 +334,14 @@ class VolumeStore:
                     fence.check()
                     self._rename_into(temp, name, dfd, staged.key, fence)
                     self._unflushed.add(staged.key.rpartition("/")[0])
-                    if not inline and is_partial(Path(temp)):  # done: nothing left to resume
+                    if inline is None and is_partial(Path(temp)):  # done: nothing left to resume
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(sidecar_of(Path(temp)))
                     return os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 finally:
                     os.close(dfd)
             except BaseException:
-                if inline:  # its staging file exists only inside this call
+                if inline is not None:  # its staging file exists only inside this call
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(temp)
                 raise
@@ -352,9 +357,9 @@ class VolumeStore:
                 if isinstance(refused, LeaseLost):
                     raise refused from None
                 raise
-        if not inline:
-            self._downloads.published(Path(staged.handle))
-        staged.handle = None
+        if staged_temp is not None:
+            self._downloads.published(Path(staged_temp))
+        mine.inline = mine.temp = None
         return _entry(staged.key, st)
 
     def _rename_into(self, temp: str, name: str, dfd: int, key: str, fence: Fence) -> None:
@@ -398,7 +403,7 @@ class VolumeStore:
         """Callers discard from their exception handler (`sys.exception()` is why): a
         complete partial download that only missed its publication (cancelled, lease lost)
         stays for the next run; bytes that failed verification never do."""
-        await self._downloads.discard(staged)
+        await self._downloads.discard(staged_by(staged, VolumeStaged, self.name))
 
     async def delete(self, keys: Sequence[str], fence: Fence) -> None:
         """Remove files, then the directories that removal left empty, up to (never

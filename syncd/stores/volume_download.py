@@ -68,6 +68,15 @@ class Inline:
     size: int
 
 
+@dataclass(slots=True, kw_only=True)
+class VolumeStaged(Staged):
+    """A file staged on the volume: held in memory (`inline`, written at publication) or in
+    a staging file under tmp (`temp`). Both are None once it is published or discarded."""
+
+    inline: Inline | None = None
+    temp: str | None = None
+
+
 @dataclass(slots=True)
 class _File:
     """A staging file's descriptors: `fd` for reads, fsync, truncation and buffered writes;
@@ -256,7 +265,9 @@ class Downloads:
             os.ftruncate(fd, size)
         return True
 
-    async def stage(self, source: Source, want: frozenset[Algo], generation: int = 0) -> Staged:
+    async def stage(
+        self, source: Source, want: frozenset[Algo], generation: int = 0,
+    ) -> VolumeStaged:
         algos = frozenset({OWN_ALGO, *want})
         if source.size <= SMALL_BYTES and not self.space.fits_recently(source.size):
             # refused before the download; larger files are checked as they are reserved
@@ -269,11 +280,12 @@ class Downloads:
             digest = Digest(algos | _algo(await source.vouched()))
             for chunk in chunks:
                 digest.update(chunk)
-            return Staged(source.key, got, digest.results(), source, Inline(chunks, got))
+            return VolumeStaged(source.key, got, digest.results(), source,
+                                inline=Inline(chunks, got))
         if source.size <= SMALL_BYTES:
             with self._translated(source.key):
                 sums, path = await self._small(source, algos)
-            return Staged(source.key, source.size, sums, source, path)
+            return VolumeStaged(source.key, source.size, sums, source, temp=path)
         if source.size > self._threshold:
             return await self._stage_parts(source, algos)
         with self._translated(source.key):
@@ -288,9 +300,9 @@ class Downloads:
                 os.unlink(path)
             raise
         file.close()
-        return Staged(source.key, source.size, sums, source, path)
+        return VolumeStaged(source.key, source.size, sums, source, temp=path)
 
-    async def _stage_parts(self, source: Source, algos: frozenset[Algo]) -> Staged:
+    async def _stage_parts(self, source: Source, algos: frozenset[Algo]) -> VolumeStaged:
         """A large file in ranged parts. When the source names its version (an ETag), the
         staging file is named after the destination and a sidecar records finished parts,
         so an interrupted download resumes from the bytes it already has."""
@@ -319,7 +331,7 @@ class Downloads:
             raise
         file.close()
         resumed = partial.resumed if partial else 0
-        return Staged(source.key, source.size, sums, source, path, resumed=resumed)
+        return VolumeStaged(source.key, source.size, sums, source, resumed=resumed, temp=path)
 
     async def _download_head(self, source: Source) -> dict[str, Any] | None:
         """What a sidecar must match to resume: this source version, size and part size."""
@@ -512,21 +524,20 @@ class Downloads:
             self._direct = False
             pwrite_all(file.fd, view[:n], offset)
 
-    async def discard(self, staged: Staged) -> None:
+    async def discard(self, staged: VolumeStaged) -> None:
         """Callers discard from their exception handler (`sys.exception()` is why): a
         complete partial download that only missed its publication (cancelled, lease lost)
         stays for the next run (space allowing: `_keeps`); bytes that failed verification
         never do."""
         why = sys.exception()
-        if isinstance(staged.handle, Inline):  # never written: nothing to remove
-            staged.handle = None
-        if staged.handle:
-            path = Path(staged.handle)
+        staged.inline = None  # never written: nothing to remove
+        if staged.temp:
+            path = Path(staged.temp)
             if not (is_partial(path) and await self._keeps(why)):
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(_remove_staging, path)
             self._partials.discard(path.name)
-            staged.handle = None
+            staged.temp = None
 
 
 async def _settled(fn: Callable[..., None], *args: Any) -> None:
