@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from syncd.checkpoint import Checkpoint
 from syncd.errors import (
     AccessDenied,
     IntegrityError,
@@ -153,6 +154,7 @@ class Transfer:
         self, src: Store, dst: Store, record: Record, fence: Fence, *, concurrency: int,
         log: Log, on_bytes: Callable[[int], None] | None = None, journal: Journal = NULL,
         stopping: Callable[[], bool] = lambda: False, meter: Meter = NO_METER,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.src = src
         self.dst = dst
@@ -165,6 +167,7 @@ class Transfer:
         self.journal = journal
         self.stopping = stopping  # once true, no new action starts; those in flight finish
         self.meter = meter
+        self.checkpoint = checkpoint  # saves `record` as files are published, in batches
 
     def _bytes(self, n: int) -> None:
         self.stats.streamed_bytes += n
@@ -186,6 +189,9 @@ class Transfer:
                     tg.create_task(self._worker(pending), name=f"transfer-worker-{i}")
         except BaseExceptionGroup as group:
             raise first_error(group) from None
+        finally:
+            if self.checkpoint is not None:
+                await self.checkpoint.close()
         if plan.deletes and self.stats.failed:
             # a failed copy may be the new name of a file a delete would remove: keep both
             self.log.warning("deletes_held", count=len(plan.deletes), failed=self.stats.failed)
@@ -225,6 +231,7 @@ class Transfer:
             return False
         self.record[action.key] = Recorded(
             fingerprint(action.src), fingerprint(action.dst), str(agreed), self.fence.generation)
+        self._recorded()
         self.stats.adopted += 1
         self.log.info("copy_adopted", key=action.key, reason=str(action.reason))
         return True
@@ -253,6 +260,7 @@ class Transfer:
         self.record[key] = Recorded(
             fingerprint(ident), fingerprint(published),
             str(Checksum(OWN_ALGO, staged.checksums[OWN_ALGO])), self.fence.generation)
+        self._recorded()
         self.stats.copied += 1
         self.stats.copied_bytes += staged.size
         self.stats.resumed_bytes += staged.resumed
@@ -266,6 +274,11 @@ class Transfer:
         log("copy_published", key=key, bytes=staged.size, reason=reason, verified=verified,
             resumed=staged.resumed, algo=str(claim.algo) if claim else None)
         return verified
+
+    def _recorded(self) -> None:
+        """A file was just published or adopted and recorded: a checkpoint may be due."""
+        if self.checkpoint is not None:
+            self.checkpoint.published(self.dst)
 
     async def _delete(self, deletes: list[Delete]) -> None:
         keys = [d.key for d in deletes]
