@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from syncd import state, status
+from syncd.checkpoint import Checkpoint
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.lease.journal import NULL, Journal
@@ -172,6 +173,7 @@ async def cycle(
                    await state.load(sides.root, mirror.name, src.entries),
                    await status.load(sides.root, mirror.name), memory or Memory(), on_bytes,
                    stopping, meter)
+        run.checkpoint = Checkpoint(sides.root, mirror.name, run.record, fence, log=log)
         before = dict(run.record)
         status_before = status.content(run.status)
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd import artifacts, settle, status
+from syncd.checkpoint import Checkpoint
 from syncd.config import Config, MirrorConfig
 from syncd.lease.journal import Journal
 from syncd.listing import Record
@@ -88,12 +89,13 @@ class Pass:
     stopping: Callable[[], bool]
     meter: Meter = NO_METER
     listed: set[str] = field(default_factory=set)  # keys whose record entries stay
+    checkpoint: Checkpoint | None = None  # saves `record` while the pass publishes
 
     def transfer(self, src: Store, dst: Store) -> Transfer:
         return Transfer(src, dst, self.record, self.fence,
                         concurrency=self.config.transfer.concurrency, log=self.log,
                         on_bytes=self.on_bytes, journal=self.journal, stopping=self.stopping,
-                        meter=self.meter)
+                        meter=self.meter, checkpoint=self.checkpoint)
 
     async def carry_out(self, src: Store, dst: Store, plan: Plan) -> Stats:
         """Run `plan` from `src` to `dst`: first the deletes that clear a path a copy needs
