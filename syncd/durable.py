@@ -1,14 +1,18 @@
 """Small files written so that a crash leaves either nothing or all of them: syncd's records
 (state, leases) are created exclusively, written whole and fsynced before anyone renames or
-links them into place."""
+links them into place. And the directories they go in: syncd's own, made so that a symlink
+planted in their place is refused, never followed."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+
+from syncd.errors import StoreError
 
 
 def write_new(path: Path, data: bytes | Iterable[bytes]) -> None:
@@ -45,3 +49,13 @@ def replace(path: Path, data: bytes | Iterable[bytes]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def own_dir(path: Path, *, store: str) -> None:
+    """Create one of syncd's own directories, which must be a real directory: a symlink
+    planted there would send temp files, state, leases and cleanup outside the volume."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise StoreError(f"{path} is not a directory (a symlink?); refusing to use it",
+                         store=store, hint="remove it; syncd recreates its own directories")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syncd.durable import write_new
+from syncd.durable import own_dir, write_new
 from syncd.errors import (
     AccessDenied,
     LeaseError,
@@ -49,7 +49,6 @@ from syncd.keys import RESERVED_DIR
 from syncd.lease.backend import Backend
 from syncd.lease.record import LeaseRecord, Timing, View
 from syncd.lease.volume import VolumeLease
-from syncd.stores.volume import own_dir
 
 ID_FILE = "volume.json"
 VERSION = 1

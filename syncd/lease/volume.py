@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from syncd.durable import write_new
+from syncd.durable import own_dir, write_new
 from syncd.errors import (
     AccessDenied,
     LeaseError,
@@ -35,7 +35,6 @@ from syncd.errors import (
 )
 from syncd.keys import RESERVED_DIR
 from syncd.lease.record import Corrupt, LeaseRecord, View, decode, encode
-from syncd.stores.volume import own_dir
 
 _GEN = re.compile(r"gen-(\d{10})\.json")
 KEEP_GENERATIONS = 3

@@ -40,7 +40,7 @@ async def sweep(volume: VolumeStore, mirror: MirrorConfig, fence: Fence) -> int:
     for path in (state.path_for(volume.root, mirror.name),
                  status.path_for(volume.root, mirror.name),
                  volume.meta_dir / ID_FILE):  # the volume's record, written once
-        with volume._translated():
+        with volume.translated():
             removed += await asyncio.to_thread(_durable_temps, path, fence)
     if mirror.direction == "pull" and mirror.artifacts:
         for name in await asyncio.to_thread(_artifacts, volume.meta_dir / "artifacts"):

@@ -36,12 +36,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from syncd.artifacts import LEGACY
+from syncd.durable import own_dir
 from syncd.errors import StoreError
 from syncd.keys import RESERVED_DIR
 from syncd.listing import Entry, Recorded, fingerprint
 from syncd.stores import seeding
 from syncd.stores.base import Fence
-from syncd.stores.volume import VolumeStore, own_dir
+from syncd.stores.volume import VolumeStore
 
 _RENAME_EXCHANGE = 2
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -115,18 +116,16 @@ class Versions:
     # --- reading ---------------------------------------------------------------------------
 
     def _current(self) -> str | None:
-        dfd, name = self.store._open_parent(self.artifact, create=False)
-        try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                return LEGACY
-            if not stat.S_ISLNK(st.st_mode):
+        with self.store.open_parent(self.artifact, create=False) as (dfd, name):
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    return LEGACY
+                if not stat.S_ISLNK(st.st_mode):
+                    return None
+                target = os.readlink(name, dir_fd=dfd)
+            except FileNotFoundError:
                 return None
-            target = os.readlink(name, dir_fd=dfd)
-        except FileNotFoundError:
-            return None
-        finally:
-            os.close(dfd)
         return self.version_of(target)
 
     async def current(self) -> str | None:
@@ -151,7 +150,7 @@ class Versions:
             fence.check()
             for p in (self.store.meta_dir / "artifacts", self.base, self.path(version)):
                 own_dir(p, store=self.store.name)
-        with self.store._translated(self.artifact):
+        with self.store.translated(self.artifact):
             await asyncio.to_thread(make)
 
     async def seed(self, src: Path, new: str, expected: Mapping[str, Recorded], fence: Fence,
@@ -195,7 +194,7 @@ class Versions:
                     copied[key] = Entry(key, copy.st_size, mtime_ns=copy.st_mtime_ns,
                                         inode=copy.st_ino)
             return Seeded(how, linked, copied)
-        with self.store._translated(self.artifact):
+        with self.store.translated(self.artifact):
             try:
                 return await asyncio.to_thread(seed_all)
             except asyncio.CancelledError:
@@ -221,9 +220,8 @@ class Versions:
         kept under (a LEGACY directory is moved into the versions area), or None."""
         def swap() -> str | None:
             fence.check()
-            dfd, name = self.store._open_parent(self.artifact, create=True)
-            tmp = temp_name(name)
-            try:
+            with self.store.open_parent(self.artifact, create=True) as (dfd, name):
+                tmp = temp_name(name)
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -247,9 +245,7 @@ class Versions:
                 finally:  # our own temporary: removed even when the fence refused
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp, dir_fd=dfd)
-            finally:
-                os.close(dfd)
-        with self.store._translated(self.artifact):
+        with self.store.translated(self.artifact):
             return await asyncio.to_thread(swap)
 
     def _take_over(self, dfd: int, name: str, tmp: str, fence: Fence) -> str:
@@ -279,16 +275,13 @@ class Versions:
         """Remove the artifact's link (the artifact left the source); versions stay until
         pruned, so readers that resolved it keep their files."""
         def remove() -> None:
-            dfd, name = self.store._open_parent(self.artifact, create=False)
-            try:
+            with self.store.open_parent(self.artifact, create=False) as (dfd, name):
                 fence.check()
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
                     os.unlink(name, dir_fd=dfd)
                     os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        with self.store._translated(self.artifact), contextlib.suppress(FileNotFoundError):
+        with self.store.translated(self.artifact), contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(remove)
 
     async def remove(self, version: str, fence: Fence) -> None:
@@ -303,7 +296,7 @@ class Versions:
                 _remove_tree(base_fd, version, fence)
             finally:
                 os.close(base_fd)
-        with self.store._translated(self.artifact):
+        with self.store.translated(self.artifact):
             await asyncio.to_thread(rm)
 
     async def sweep(self, fence: Fence) -> int:
@@ -313,36 +306,39 @@ class Versions:
         had swapped out and not yet moved, so it is retired like one. Anything else, however
         alike its name, is left alone."""
         def clean() -> int:
-            try:
-                dfd, name = self.store._open_parent(self.artifact, create=False)
-            except (FileNotFoundError, NotADirectoryError):
-                return 0
-            removed = 0
-            try:
-                with os.scandir(dfd) as it:
-                    found = [e.name for e in it if is_temp_of(name, e.name)]
-                for entry in found:
-                    st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
-                    if stat.S_ISLNK(st.st_mode):
-                        if self.version_of(os.readlink(entry, dir_fd=dfd)) is None:
-                            continue  # not a link syncd made
-                        fence.check()
-                        os.unlink(entry, dir_fd=dfd)
-                    elif stat.S_ISDIR(st.st_mode):
-                        own_dir(self.store.meta_dir / "artifacts", store=self.store.name)
-                        own_dir(self.base, store=self.store.name)
-                        self._retire(dfd, entry, fence)
-                    else:
-                        continue
-                    removed += 1
-                if removed:
-                    os.fsync(dfd)
-            finally:
-                os.close(dfd)
-            return removed
-        with self.store._translated(self.artifact), contextlib.suppress(FileNotFoundError):
+            with contextlib.ExitStack() as stack:
+                try:
+                    dfd, name = stack.enter_context(
+                        self.store.open_parent(self.artifact, create=False))
+                except (FileNotFoundError, NotADirectoryError):
+                    return 0
+                return self._sweep_in(dfd, name, fence)
+        with self.store.translated(self.artifact), contextlib.suppress(FileNotFoundError):
             return await asyncio.to_thread(clean)
         return 0
+
+    def _sweep_in(self, dfd: int, name: str, fence: Fence) -> int:
+        """`sweep` in the artifact's parent directory `dfd`, where the artifact is `name`."""
+        with os.scandir(dfd) as it:
+            found = [e.name for e in it if is_temp_of(name, e.name)]
+        removed = 0
+        for entry in found:
+            st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                if self.version_of(os.readlink(entry, dir_fd=dfd)) is None:
+                    continue  # not a link syncd made
+                fence.check()
+                os.unlink(entry, dir_fd=dfd)
+            elif stat.S_ISDIR(st.st_mode):
+                own_dir(self.store.meta_dir / "artifacts", store=self.store.name)
+                own_dir(self.base, store=self.store.name)
+                self._retire(dfd, entry, fence)
+            else:
+                continue
+            removed += 1
+        if removed:
+            os.fsync(dfd)
+        return removed
 
 
 def _remove_tree(dfd: int, name: str, fence: Fence) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiofiles.os
 
+from syncd.durable import own_dir
 from syncd.errors import (
     AccessDenied,
     LeaseLost,
@@ -46,16 +47,6 @@ _Fds = list[int]  # (`list` in the class body is VolumeStore.list)
 _Keys = list[str]
 
 
-def own_dir(path: Path, *, store: str) -> None:
-    """Create one of syncd's own directories, which must be a real directory: a symlink
-    planted there would send temp files, state, leases and cleanup outside the volume."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o755)
-    if not stat.S_ISDIR(os.lstat(path).st_mode):
-        raise StoreError(f"{path} is not a directory (a symlink?); refusing to use it",
-                         store=store, hint="remove it; syncd recreates its own directories")
-
-
 class VolumeStore:
     caps = Capabilities(atomic_rename=True, local=True)
 
@@ -78,7 +69,7 @@ class VolumeStore:
         self._unflushed: set[str] = set()
         self._space = space or Space(self.tmp_dir, min_free_bytes, root=self.root)
         self._downloads = Downloads(
-            self.root, self.tmp_dir, name=self.name, translated=self._translated,
+            self.root, self.tmp_dir, name=self.name, translated=self.translated,
             part_size=part_size, multipart_threshold=multipart_threshold, space=self._space,
             resume_max_age_s=resume_max_age_s, direct_io=direct_io)
 
@@ -99,7 +90,9 @@ class VolumeStore:
         return None
 
     @contextlib.contextmanager
-    def _translated(self, key: str | None = None, *, reading: bool = False) -> Iterator[None]:
+    def translated(self, key: str | None = None, *, reading: bool = False) -> Iterator[None]:
+        """OSErrors raised inside become StoreErrors naming this volume's path (`os_error`);
+        `reading` says a failed access was a read, so the message does not say "write"."""
         try:
             yield
         except OSError as exc:
@@ -138,7 +131,7 @@ class VolumeStore:
             raise NotFound(f"volume root {self.root} does not exist or is not a directory",
                            store=self.name, hint="is the volume mounted?")
         if writable:
-            with self._translated():
+            with self.translated():
                 await asyncio.to_thread(self._prepare_dirs, fence)
 
     def _prepare_dirs(self, fence: Fence | None) -> None:
@@ -166,7 +159,7 @@ class VolumeStore:
         without read or search permission, an I/O error) is named in `unreadable` and the
         walk goes on (issue 18): one locked directory must not stop a pass, nor hold every
         delete of the mirror. Only the root itself failing fails the listing."""
-        with self._translated(reading=True):
+        with self.translated(reading=True):
             return await asyncio.to_thread(self._walk)
 
     def _walk(self) -> Listing:
@@ -226,12 +219,18 @@ class VolumeStore:
 
     # --- confined paths ----------------------------------------------------------------------
 
-    def _open_parent(self, key: str, *, create: bool) -> tuple[int, str]:
-        """A descriptor of `key`'s parent directory, reached without following any symlink."""
+    @contextlib.contextmanager
+    def open_parent(self, key: str, *, create: bool) -> Iterator[tuple[int, str]]:
+        """A descriptor of `key`'s parent directory (closed on leaving) and `key`'s last name
+        in it, reached without following any symlink. With `create`, missing directories
+        are made; a file or symlink where one must go is a path conflict (`_open_chain`)."""
         fds, name = self._open_chain(key, create=create)
         for fd in fds[:-1]:
             os.close(fd)
-        return fds[-1], name
+        try:
+            yield fds[-1], name
+        finally:
+            os.close(fds[-1])
 
     def _open_chain(self, key: str, *, create: bool) -> tuple[_Fds, str]:
         """Descriptors of the root and of every directory down to `key`'s parent (the
@@ -266,12 +265,11 @@ class VolumeStore:
             raise
         return fds, name
 
-    def _open_file(self, key: str) -> int:
-        dfd, name = self._open_parent(key, create=False)
-        try:
+    def open_file(self, key: str) -> int:
+        """A read-only descriptor of the file `key` (the caller closes it), reached without
+        following any symlink, the file's own name included."""
+        with self.open_parent(key, create=False) as (dfd, name):
             return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        finally:
-            os.close(dfd)
 
     # --- reading (push source, adopt) --------------------------------------------------------
 
@@ -285,7 +283,7 @@ class VolumeStore:
         symlink) and its first byte read. A listing only stats; a file can stat fine and
         still fail to open (a hard link a FUSE host lost, issue 17)."""
         def first_byte() -> None:
-            fd = self._open_file(key)
+            fd = self.open_file(key)
             try:
                 os.pread(fd, 1, 0)
             finally:
@@ -329,8 +327,7 @@ class VolumeStore:
                 raise ValueError(f"{staged.key}: published or discarded already")
             try:
                 fence.check()  # the parents it may create are writes too
-                dfd, name = self._open_parent(staged.key, create=True)
-                try:
+                with self.open_parent(staged.key, create=True) as (dfd, name):
                     fence.check()
                     self._rename_into(temp, name, dfd, staged.key, fence)
                     self._unflushed.add(staged.key.rpartition("/")[0])
@@ -338,15 +335,13 @@ class VolumeStore:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(sidecar_of(Path(temp)))
                     return os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                finally:
-                    os.close(dfd)
             except BaseException:
                 if inline is not None:  # its staging file exists only inside this call
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(temp)
                 raise
         thread = asyncio.ensure_future(asyncio.to_thread(rename))
-        with self._translated(staged.key):
+        with self.translated(staged.key):
             try:
                 st = await asyncio.shield(thread)
             except asyncio.CancelledError:
@@ -396,7 +391,7 @@ class VolumeStore:
                     finally:
                         os.close(fd)
         if dirs:
-            with self._translated():
+            with self.translated():
                 await asyncio.to_thread(sync_dirs)
 
     async def discard(self, staged: Staged) -> None:
@@ -411,7 +406,7 @@ class VolumeStore:
         finds nothing in its way. Every removal is fenced; directories are reached and
         removed through descriptors, never through a symlink."""
         for key in keys:
-            with self._translated(key):
+            with self.translated(key):
                 await asyncio.to_thread(self._remove, key, fence)
 
     def _remove(self, key: str, fence: Fence) -> None:
@@ -473,12 +468,12 @@ class VolumeSource:
     async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         end = self.size if end is None else end
         store = self.store
-        with store._translated(self.key, reading=True):
-            fd = await asyncio.to_thread(store._open_file, self.key)
+        with store.translated(self.key, reading=True):
+            fd = await asyncio.to_thread(store.open_file, self.key)
         try:
             offset = start
             while offset < end:
-                with store._translated(self.key, reading=True):
+                with store.translated(self.key, reading=True):
                     chunk = await asyncio.to_thread(
                         os.pread, fd, min(CHUNK_BYTES, end - offset), offset)
                 if not chunk:
@@ -502,12 +497,12 @@ class VolumeSource:
 
     async def identity(self) -> Entry:
         def current() -> os.stat_result:
-            fd = self.store._open_file(self.key)
+            fd = self.store.open_file(self.key)
             try:
                 return os.fstat(fd)
             finally:
                 os.close(fd)
-        with self.store._translated(self.key, reading=True):
+        with self.store.translated(self.key, reading=True):
             st = await asyncio.to_thread(current)
         now = _entry(self.key, st)
         if now.stat_signature() != self._entry.stat_signature():
