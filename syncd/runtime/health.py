@@ -6,7 +6,8 @@ blocking call stops beating (a thread outside the loop reports it; the systemd w
 show life again: a pass that moves no byte for `stall_s`, or a loop that does not wake when it
 should, is stalled. A mirror in standby (another instance holds its lease) never is. A mirror
 loop that ended while the daemon runs on (a fault that escaped it) is dead, and stalled at once:
-it will never wake, and waiting `stall_s` to say so would only keep a broken daemon alive.
+it will never wake, and waiting `stall_s` to say so would only keep a broken daemon alive;
+under systemd the daemon withholds its watchdog ping meanwhile (`dead`), for the same reason.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ class Health:
 
     def stalled(self) -> list[str]:
         return sorted(n for n, b in self.mirrors.items() if b.stalled())
+
+    def dead(self) -> dict[str, str]:
+        """The mirrors whose loop ended while the daemon runs on, with why: until a reload
+        starts them anew, nothing syncs them, so the process must not pass for alive."""
+        return {n: b.died for n, b in sorted(self.mirrors.items()) if b.died is not None}
 
     def ok(self) -> bool:
         return self.loop_stuck_s() < LOOP_STUCK_S and not self.stalled()

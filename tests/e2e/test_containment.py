@@ -1,7 +1,8 @@
 """`syncd run` survives its own bugs (issue 18): a pass that raises something no store or lease
 error explains is logged with its traceback once, counted, and retried with backoff until the
 data arrives; a mirror loop that dies anyway turns /healthz red at once instead of after
-`stall_s`, and a reload starts it anew.
+`stall_s`, withholds the systemd watchdog ping (a real NOTIFY_SOCKET) so systemd restarts the
+process, and a reload starts it anew.
 
 The fault is injected into the real subprocess only: a `sitecustomize` module on its
 PYTHONPATH wraps `syncd.runtime.mirror.cycle` so that its first calls raise. Nothing in syncd
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import signal
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ import pytest
 from syncd.errors import ExitCode
 from tests.daemons import FAST, Daemon, Setup
 from tests.mirrors import tree, wait_for, write_config
+from tests.notify import Message, NotifySocket
 
 FAULTS = textwrap.dedent('''
     """Test-only: the first FAULT_PASSES passes of the daemon raise FAULT_KIND."""
@@ -46,7 +50,8 @@ FAULTS = textwrap.dedent('''
 FILES = {"config.json": b'{"layers": 2}', "weights/model-00000.safetensors": b"w" * 300_000}
 
 
-def _faulty(setup: Setup, tmp_path: Path, *, kind: str, passes: int) -> tuple[Daemon, Path]:
+def _faulty(setup: Setup, tmp_path: Path, *, kind: str, passes: int,
+            **extra_env: str) -> tuple[Daemon, Path]:
     """A pull daemon whose first `passes` passes raise `kind`, and its volume."""
     vol = tmp_path / "vol"
     vol.mkdir()
@@ -56,7 +61,7 @@ def _faulty(setup: Setup, tmp_path: Path, *, kind: str, passes: int) -> tuple[Da
     for key, data in FILES.items():
         setup.put(key, data)
     daemon = setup.start(setup.config("pull", vol), PYTHONPATH=str(hook),
-                         FAULT_KIND=kind, FAULT_PASSES=str(passes))
+                         FAULT_KIND=kind, FAULT_PASSES=str(passes), **extra_env)
     daemon.http()  # started: its HTTP endpoint is bound
     return daemon, vol
 
@@ -113,6 +118,69 @@ def test_healthz_turns_503_at_once_when_a_mirror_loop_dies_and_a_reload_revives_
     wait_for(lambda: daemon.events("config_reloaded"), 30, "config_reloaded")
     wait_for(lambda: tree(vol) == FILES, 60, "the data after the reload")
     wait_for(lambda: daemon.get("/healthz")[0] == 200, 30, "healthz 200 again")
+    assert daemon.stop() == 0
+
+
+WATCHDOG_USEC = 1_000_000  # a ping every 0.5 s
+
+
+@pytest.fixture
+def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotifySocket]:
+    """systemd's end of NOTIFY_SOCKET, in a directory with a short path (AF_UNIX: 107 bytes)."""
+    sock = NotifySocket(str(tmp_path_factory.mktemp("sd", numbered=True) / "notify"))
+    yield sock
+    sock.close()
+
+
+def _drain(manager: NotifySocket) -> list[Message]:
+    """Every datagram already queued on the socket."""
+    got = []
+    while (message := manager.receive(0.01)) is not None:
+        got.append(message)
+    return got
+
+
+def _receive_for(manager: NotifySocket, seconds: float) -> list[Message]:
+    """Everything that arrives within the next `seconds`: absence takes a window to show."""
+    deadline = time.monotonic() + seconds
+    got = []
+    while (left := deadline - time.monotonic()) > 0:
+        if (message := manager.receive(left)) is not None:
+            got.append(message)
+    return got
+
+
+def _pings(messages: list[Message]) -> int:
+    return sum(m.has("WATCHDOG") for m in messages)
+
+
+@pytest.mark.parametrize("s3", ["moto"], indirect=True)  # about the daemon's tasks, not S3
+def test_watchdog_pings_stop_while_a_mirror_loop_is_dead_and_resume_after_a_reload(
+        setup: Setup, tmp_path: Path, manager: NotifySocket) -> None:
+    """Under systemd a dead loop must end the process as a blocked event loop does: no more
+    WATCHDOG=1, so WatchdogSec runs out. Here the test is the manager and reads what comes."""
+    daemon, vol = _faulty(setup, tmp_path, kind="base", passes=1, NOTIFY_SOCKET=manager.env,
+                          WATCHDOG_USEC=str(WATCHDOG_USEC), WATCHDOG_PID="")
+    period_s = WATCHDOG_USEC / 1e6
+    [withheld] = wait_for(lambda: daemon.events("watchdog_withheld"), 30, "watchdog_withheld")
+    assert withheld["dead"] == {"m": "InjectedFault: the loop cannot survive this"}
+    assert withheld["level"] == "critical" and "WatchdogSec" in withheld["detail"]
+    # The pings went out while the loop lived: they are queued already (one task sends them
+    # and logs the withholding, in that order).
+    assert _pings(_drain(manager)) >= 1, [m.fields for m in manager.seen]
+    assert daemon.get("/healthz")[0] == 503
+
+    quiet = _receive_for(manager, 4 * period_s)  # four periods: systemd would have acted
+    assert _pings(quiet) == 0, [m.fields for m in quiet]
+    assert daemon.proc.poll() is None, "not exiting: systemd's watchdog is what restarts it"
+    assert len(daemon.events("watchdog_withheld")) == 1, "logged once, not at every tick"
+
+    daemon.proc.send_signal(signal.SIGHUP)  # a reload starts the mirror's loop anew
+    first = manager.wait_for(lambda m: m.has("WATCHDOG"), 30, "WATCHDOG=1 after the reload")
+    manager.wait_for(lambda m: m.has("WATCHDOG") and m.at - first.at >= period_s, 10,
+                     "WATCHDOG=1 pings going on")
+    assert daemon.events("watchdog_resumed")
+    wait_for(lambda: tree(vol) == FILES, 60, "the data after the reload")
     assert daemon.stop() == 0
 
 

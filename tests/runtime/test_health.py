@@ -241,6 +241,20 @@ def test_health_not_ok_and_says_why_once_a_mirror_loop_died(health: Health) -> N
     assert mirrors["alive"]["died"] is None
 
 
+def test_health_dead_names_each_dead_loop_with_why_until_a_new_loop_starts(
+    health: Health, clock: Clock
+) -> None:
+    health.mirror("stuck").passing()
+    health.mirror("gone").dead("Fault: injected")
+    health.mirror("also").dead("the loop returned while the daemon runs on")
+    clock.now += STALL_S + 1  # stalled is not dead: the watchdog ping goes on for it
+    assert health.dead() == {"also": "the loop returned while the daemon runs on",
+                             "gone": "Fault: injected"}
+    health.mirror("gone").start()  # a reload's new loop
+    health.mirror("also").start()
+    assert health.dead() == {}
+
+
 def test_health_snapshot_of_a_healthy_daemon_without_mirrors(health: Health) -> None:
     assert health.snapshot() == {"ok": True, "loop_stuck_s": 0.0, "mirrors": {}}
 
