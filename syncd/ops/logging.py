@@ -2,6 +2,8 @@
 
 Logs go to stderr so stdout stays for plans, reports and the summary line. Any field whose
 name suggests a secret is masked, whatever the event: a credential must never reach a log.
+`log.exception(...)` (or `exc_info=`) becomes an `exception` field holding the traceback's
+text in either format: a JSON line would otherwise say only `"exc_info": true`.
 """
 
 from __future__ import annotations
@@ -43,36 +45,42 @@ def _escape(text: str, keep: str = "") -> str:
         lambda m: m[0] if m[0] in keep else m[0].encode("unicode_escape").decode("ascii"), text)
 
 
-def _escape_controls(logger: Any, name: str,
+def _escape_controls(_: Any, __: str,
                      event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Console lines print string values as they are, and an object key or a file name is
     chosen by whoever writes to the bucket or volume: an ESC sequence in one (or C1 CSI, a
     bidi override, a line separator) would recolour, move the cursor, clear the operator's
     terminal or forge a log line. Each such character is shown escaped (`\\x1b`, `\\u202e`).
     Other values are printed with repr(), which escapes them already; JSON lines are ASCII."""
-    event = structlog.processors.format_exc_info(logger, name, event)
     for field, value in event.items():
         if isinstance(value, str):
             event[field] = _escape(value, "\n" if field in _MULTILINE else "")
     return event
 
 
+def processors(fmt: str, *, colors: bool = False) -> list[Any]:
+    """The chain an event goes through, ending in the renderer of `fmt` ("json" or
+    "console"). The traceback is text before redaction and escaping see the event."""
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=colors)
+        if fmt == "console" else structlog.processors.JSONRenderer()
+    )
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _redact,
+        *([_escape_controls] if fmt == "console" else []),
+        renderer,
+    ]
+
+
 def setup(level: str = "info", *, fmt: str | None = None) -> None:
     fmt = fmt or os.environ.get("SYNCD_LOG_FORMAT") or (
         "console" if sys.stderr.isatty() else "json")
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if fmt == "console" else structlog.processors.JSONRenderer()
-    )
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
-            *([_escape_controls] if fmt == "console" else []),
-            renderer,
-        ],
+        processors=processors(fmt, colors=sys.stderr.isatty()),
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
