@@ -34,6 +34,7 @@ SIZE = 5 * MiB + 64 * 1024  # past the 5 MiB multipart threshold: two parts each
 OVERHEAD = 512 * 1024  # listings, HEADs, lease objects: everything but file bodies
 PULL_RATE = 6 * MiB  # bytes/s to the client: a pull of 8 files takes ~7 s
 PUSH_RATE = 3000  # bytes/s of answers: each upload's few small answers take ~1 s
+ART = "llm"  # the artifact of the "build" case: pulled into a version directory, switched in
 
 
 def _data(i: int) -> bytes:
@@ -57,13 +58,18 @@ def _volume_files(root: Path) -> set[str]:
             and not p.relative_to(root).as_posix().startswith(".syncd/")}
 
 
+def _built_files(root: Path) -> set[str]:
+    """The files in the artifact's version directories (built, or being built)."""
+    return {p.name for p in (root / ".syncd" / "artifacts" / ART).glob(f"*/{ART}/*.bin")}
+
+
 def _bucket_files(client: Any, bucket: str) -> set[str]:
     listed = client.list_objects_v2(Bucket=bucket, Prefix="models/").get("Contents", ())
     return {o["Key"].removeprefix("models/") for o in listed if o["Key"].endswith(".bin")}
 
 
 def _recorded(root: Path) -> set[str]:
-    return set(asyncio.run(state.load(root, "m")))
+    return {k.removeprefix(f"{ART}/") for k in asyncio.run(state.load(root, "m"))}
 
 
 def _poll(check: Callable[[], bool], timeout: float) -> bool:
@@ -75,27 +81,32 @@ def _poll(check: Callable[[], bool], timeout: float) -> bool:
     return check()
 
 
-@pytest.mark.parametrize("direction", ["pull", "push"])
+@pytest.mark.parametrize("case", ["pull", "build", "push"])
 def test_sync_killed_mid_pass_then_next_pass_moves_only_what_was_not_recorded(
-    s3: S3Server, bucket: str, tmp_path: Path, direction: str,
+    s3: S3Server, bucket: str, tmp_path: Path, case: str,
     throttle_proxy: Callable[..., ThrottleProxy],
 ) -> None:
+    """`build`: a pull of an artifact, killed while its version directory fills."""
     client = s3.client()
     vol = tmp_path / "vol"
     vol.mkdir()
+    direction = "push" if case == "push" else "pull"
     files = {f"shard-{i:02d}.bin": _data(i) for i in range(FILES)}
+    under = f"{ART}/" if case == "build" else ""
     for key, data in files.items():
         if direction == "pull":
-            _seed_multipart(client, bucket, f"models/{key}", data)
+            _seed_multipart(client, bucket, f"models/{under}{key}", data)
         else:
             (vol / key).write_bytes(data)
-    published: Callable[[], set[str]] = (
-        (lambda: _volume_files(vol)) if direction == "pull"
-        else (lambda: _bucket_files(client, bucket)))
+    published: Callable[[], set[str]] = {
+        "pull": lambda: _volume_files(vol), "build": lambda: _built_files(vol),
+        "push": lambda: _bucket_files(client, bucket)}[case]
+    extra = 'artifacts = ["*"]' if case == "build" else ""
 
     slow = throttle_proxy(s3.port, PULL_RATE if direction == "pull" else PUSH_RATE)
     cfg = write_config(tmp_path / "slow.toml", slow.endpoint_url, bucket, direction=direction,
-                       root=vol, lease="volume", top=FAST, transfer="concurrency = 1")
+                       root=vol, lease="volume", top=FAST, transfer="concurrency = 1",
+                       extra=extra)
     log = tmp_path / "first.log"
     with log.open("wb") as err:
         first = subprocess.Popen([SYNCD, "--log-level", "debug", "sync", "--once", "-c",
@@ -123,7 +134,7 @@ def test_sync_killed_mid_pass_then_next_pass_moves_only_what_was_not_recorded(
 
     counting = throttle_proxy(s3.port)
     cfg2 = write_config(tmp_path / "counted.toml", counting.endpoint_url, bucket,
-                        direction=direction, root=vol, lease="volume", top=FAST)
+                        direction=direction, root=vol, lease="volume", top=FAST, extra=extra)
     second = syncd("--log-level", "debug", "sync", "--once", "--wait-lease", "30", "-c",
                    str(cfg2), timeout=120)
     assert second.code == 0, second.stderr
@@ -134,7 +145,7 @@ def test_sync_killed_mid_pass_then_next_pass_moves_only_what_was_not_recorded(
     # earlier is moved or even re-read
     wire = counting.bytes_to_client if direction == "pull" else counting.bytes_to_server
     assert wire <= SIZE * (FILES - len(at_kill) + 1) + OVERHEAD, (wire, sorted(at_kill))
-    touched = {e["key"] for e in _events(second.stderr)
+    touched = {e["key"].removeprefix(under) for e in _events(second.stderr)
                if e.get("event") in ("copy_published", "copy_adopted")}
     assert len(touched & at_kill) <= 1, sorted(touched & at_kill)
     assert touched == set(files) - recorded  # the record was all it needed
