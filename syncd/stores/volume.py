@@ -6,7 +6,8 @@ moment leaves the old file or the new one, never a partial one. Paths are opened
 component at a time with O_NOFOLLOW relative to the parent's descriptor, so neither a hostile
 key nor a symlink planted on the volume can make syncd read or write outside the root.
 All filesystem calls run off the event loop. Staging (space, parts, resumable partial
-downloads) is `volume_download.Downloads`; this module confines, lists, renames, deletes.
+downloads) is `volume_download.Downloads`, the listing walk `volume_walk`, reading a file as a
+source `volume_source`; this module confines paths, renames into place and deletes.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import asyncio
 import contextlib
 import errno
 import os
-import stat
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiofiles.os
@@ -28,23 +28,22 @@ from syncd.errors import (
     LeaseLost,
     NoSpace,
     NotFound,
-    SourceChanged,
     StoreError,
     UnsafeKey,
 )
 from syncd.keys import RESERVED_DIR, unsafe_reason
 from syncd.listing import Algo, Checksum, Entry, Listing
-from syncd.stores.base import CHUNK_BYTES, Capabilities, Fence, Source, Staged, staged_by
+from syncd.stores.base import Capabilities, Fence, Source, Staged, staged_by
 from syncd.stores.resume import is_partial, sidecar_of
 from syncd.stores.staging import Space
 from syncd.stores.volume_download import SPACE_ERRNOS, Downloads, VolumeStaged
+from syncd.stores.volume_source import VolumeSource
+from syncd.stores.volume_walk import ACCESS_ERRNOS, entry_of, walk
 from syncd.verify import OWN_ALGO, Digest
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 RESUME_MAX_AGE_S = 24 * 3600.0  # a partial download untouched this long is a leftover
 _Fds = list[int]  # (`list` in the class body is VolumeStore.list)
-_Keys = list[str]
 
 
 class VolumeStore:
@@ -80,6 +79,12 @@ class VolumeStore:
                            multipart_threshold=self._threshold, min_free_bytes=self._min_free,
                            tmp_dir=self.tmp_dir, direct_io=self._direct_io, space=self._space)
 
+    @property
+    def writes_direct(self) -> bool:
+        """Whether staging still writes with O_DIRECT: off for good once the filesystem
+        refused it (tmpfs, some FUSE and network mounts), or when configured off."""
+        return self._downloads.writes_direct
+
     async def __aenter__(self) -> VolumeStore:
         return self
 
@@ -106,7 +111,7 @@ class VolumeStore:
             self._space.starved = True  # partial downloads abandoned from now on are dropped
             return NoSpace(f"volume {self.root} is full while writing {where}", store=self.name,
                            key=key, hint="free space on the volume or grow it")
-        if exc.errno in _ACCESS_ERRNOS:
+        if exc.errno in ACCESS_ERRNOS:
             # a push reads: "cannot write" would send the operator to the wrong permission
             verb = "read" if reading else "write"
             return AccessDenied(f"cannot {verb} {where}: {reason}", store=self.name, key=key)
@@ -160,62 +165,7 @@ class VolumeStore:
         walk goes on (issue 18): one locked directory must not stop a pass, nor hold every
         delete of the mirror. Only the root itself failing fails the listing."""
         with self.translated(reading=True):
-            return await asyncio.to_thread(self._walk)
-
-    def _walk(self) -> Listing:
-        listing = Listing()
-        stack = [""]
-        while stack:
-            rel = stack.pop()
-            try:
-                it = os.scandir(self.root / rel if rel else self.root)
-            except (FileNotFoundError, NotADirectoryError):
-                if not rel:
-                    raise
-                continue  # removed (or replaced by a file) since its parent was listed
-            except OSError as exc:
-                if not rel:
-                    raise
-                listing.unreadable[rel] = f"cannot list directory: {_reason(exc)}"
-                continue
-            with it:
-                self._scan(listing, rel, it, stack)
-        return listing
-
-    def _scan(self, listing: Listing, rel: str, it: Iterator[os.DirEntry[str]],
-              stack: _Keys) -> None:
-        """One directory's entries into `listing`; subdirectories onto `stack`."""
-        try:
-            for e in it:
-                key = f"{rel}/{e.name}" if rel else e.name
-                if not rel and e.name == RESERVED_DIR:
-                    continue
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    if exc.errno in _ACCESS_ERRNOS and rel:
-                        # a directory that can be read but not searched (mode 0o600): its
-                        # names are known, none of them can be looked at
-                        listing.unreadable[rel] = f"cannot search directory: {_reason(exc)}"
-                        return
-                    if exc.errno in _ACCESS_ERRNOS:
-                        raise
-                    listing.unreadable[key] = f"cannot stat: {_reason(exc)}"
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(key)
-                elif stat.S_ISREG(st.st_mode):
-                    listing.entries[key] = _entry(key, st)
-                elif stat.S_ISLNK(st.st_mode):
-                    listing.refused[key] = "symlink (not followed)"
-                else:
-                    listing.refused[key] = _special(st.st_mode)
-        except OSError as exc:  # the directory failed part-way through (EIO, ESTALE)
-            if not rel:
-                raise
-            listing.unreadable[rel] = f"listing stopped part-way: {_reason(exc)}"
+            return await asyncio.to_thread(walk, self.root)
 
     # --- confined paths ----------------------------------------------------------------------
 
@@ -355,7 +305,7 @@ class VolumeStore:
         if staged_temp is not None:
             self._downloads.published(Path(staged_temp))
         mine.inline = mine.temp = None
-        return _entry(staged.key, st)
+        return entry_of(staged.key, st)
 
     def _rename_into(self, temp: str, name: str, dfd: int, key: str, fence: Fence) -> None:
         """rename(2) cannot put a file over a directory (EISDIR): an empty one is removed
@@ -432,80 +382,3 @@ class VolumeStore:
         finally:
             for fd in fds:
                 os.close(fd)
-
-
-_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def _special(mode: int) -> str:
-    """Why a listed name that is neither a file, a directory nor a symlink is not synced: it
-    has no bytes to copy (a FIFO or a device would block or never end a read), so it is
-    refused like an unsafe key, logged and counted, never silently left out."""
-    kind = next((name for test, name in _SPECIAL if test(mode)),
-                f"a file of type 0o{stat.S_IFMT(mode):o}")
-    return f"{kind}, not a regular file (special files are not synced)"
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
-def _entry(key: str, st: os.stat_result) -> Entry:
-    return Entry(key, st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
-
-
-class VolumeSource:
-    """A file being uploaded; it must not change between open and publish."""
-
-    def __init__(self, store: VolumeStore, entry: Entry) -> None:
-        self.store = store
-        self.key = entry.key
-        self.size = entry.size
-        self._entry = entry
-        self._own: Checksum | None = None
-
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
-        end = self.size if end is None else end
-        store = self.store
-        with store.translated(self.key, reading=True):
-            fd = await asyncio.to_thread(store.open_file, self.key)
-        try:
-            offset = start
-            while offset < end:
-                with store.translated(self.key, reading=True):
-                    chunk = await asyncio.to_thread(
-                        os.pread, fd, min(CHUNK_BYTES, end - offset), offset)
-                if not chunk:
-                    raise SourceChanged(f"{store.root / self.key} shrank while it was read",
-                                        store=store.name, key=self.key)
-                offset += len(chunk)
-                yield chunk
-        finally:
-            os.close(fd)
-
-    async def vouched(self) -> Checksum | None:
-        """A file vouches for nothing but what syncd computed from it (see `digest`)."""
-        return self._own
-
-    async def digest(self, algo: Algo) -> Checksum:
-        if self._own is None or self._own.algo is not algo:
-            own = await self.store.checksum(self._entry, algo)
-            assert own is not None
-            self._own = own
-        return self._own
-
-    async def identity(self) -> Entry:
-        def current() -> os.stat_result:
-            fd = self.store.open_file(self.key)
-            try:
-                return os.fstat(fd)
-            finally:
-                os.close(fd)
-        with self.store.translated(self.key, reading=True):
-            st = await asyncio.to_thread(current)
-        now = _entry(self.key, st)
-        if now.stat_signature() != self._entry.stat_signature():
-            raise SourceChanged(f"{self.store.root / self.key} changed while it was uploaded",
-                                store=self.store.name, key=self.key)
-        return now

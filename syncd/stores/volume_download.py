@@ -4,7 +4,8 @@ Kept apart from `volume.py` (which confines paths, lists, renames into place and
 because staging is the volume's largest job: free-space checks and preallocation, small
 files in one write, large ones as ranged parts written at their offsets, and partial
 downloads that survive a restart (a sidecar records finished parts, so the next run
-downloads only what is missing). The store hands in its error translation; OSErrors raised
+downloads only what is missing). Moving the bytes into a staging file (buffered or
+O_DIRECT) is `volume_write.Writer`. The store hands in its error translation; OSErrors raised
 here become StoreErrors naming the store's paths.
 """
 
@@ -26,16 +27,6 @@ from syncd.errors import SourceChanged, StoreError, TooLarge, first_error
 from syncd.listing import Algo, Checksum, fingerprint
 from syncd.parts import effective_part_size, part_ranges
 from syncd.stores.base import Fence, Source, Staged
-from syncd.stores.direct import (
-    ALIGN,
-    DIRECT_MIN,
-    Buffers,
-    can_write_direct,
-    open_direct,
-    pwrite_all,
-    set_direct,
-    write_direct,
-)
 from syncd.stores.resume import (
     PartialDownload,
     fresh_partials,
@@ -47,13 +38,13 @@ from syncd.stores.resume import (
     sidecar_of,
     worth_resuming,
 )
-from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, Space, hash_and_write
+from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, Space
+from syncd.stores.volume_write import StagingFile, Writer
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
 
 SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
 SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 INLINE_MAX = 64 << 10  # files up to this size are hashed on the loop, written at publication
-IDLE_BUFFERS = 8  # aligned write buffers kept between writes (WRITE_BATCH each)
 READ_BLOCK = 4 << 20  # the in-order hashers' direct reads: large, so the disk keeps up
 READ_PAIRS = 2  # in-order hashers reading at once (2 buffers each)
 
@@ -77,21 +68,6 @@ class VolumeStaged(Staged):
     temp: str | None = None
 
 
-@dataclass(slots=True)
-class _File:
-    """A staging file's descriptors: `fd` for reads, fsync, truncation and buffered writes;
-    `direct` (O_DIRECT) for block-aligned writes and reads while the filesystem takes them."""
-
-    fd: int
-    size: int
-    direct: int | None = None
-
-    def close(self) -> None:
-        if self.direct is not None:
-            os.close(self.direct)
-        os.close(self.fd)
-
-
 class Downloads:
     """The staging files of one `VolumeStore`, in its tmp directory (shared with the stores
     of its artifact versions, which stage on the same filesystem)."""
@@ -111,9 +87,13 @@ class Downloads:
         self.space = space
         self._resume_max_age_s = resume_max_age_s
         self._partials: set[str] = set()  # partial downloads staged now, by file name
-        self._direct = direct_io  # cleared for good when the filesystem refuses O_DIRECT
-        self._buffers = Buffers(WRITE_BATCH, IDLE_BUFFERS)
+        self._writer = Writer(name=name, direct_io=direct_io)
         self._readback = ReadBack(READ_BLOCK, READ_PAIRS)
+
+    @property
+    def writes_direct(self) -> bool:
+        """Whether staging still writes with O_DIRECT (off for good once refused)."""
+        return self._writer.direct
 
     def published(self, path: Path) -> None:
         """`path` was renamed into place: nothing of it is staged any more."""
@@ -157,27 +137,20 @@ class Downloads:
             os.makedirs(self.tmp_dir, exist_ok=True)
             return os.open(path, flags, 0o644), path
 
-    def _reserve(self, size: int, key: str) -> tuple[_File, str]:
+    def _reserve(self, size: int, key: str) -> tuple[StagingFile, str]:
         self._check_space(size, key)
         fd, path = self._create_temp()
         try:
             _allocate(fd, size)
-            return self._with_direct(fd, path, size), path
+            return self._writer.file(fd, path, size), path
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
 
-    def _with_direct(self, fd: int, path: str, size: int) -> _File:
-        """The staging file, with a direct descriptor when it is large enough to gain."""
-        direct = open_direct(path) if self._direct and size >= DIRECT_MIN else None
-        if direct is None and size >= DIRECT_MIN:
-            self._direct = False
-        return _File(fd, size, direct)
-
     def _reserve_partial(
         self, name: str, head: dict[str, Any], algos: frozenset[Algo],
-    ) -> tuple[_File, PartialDownload]:
+    ) -> tuple[StagingFile, PartialDownload]:
         """Open (or create) the download's resumable staging file. Its sidecar's parts are
         kept for verification only when it describes this very download and the file has
         its full size; otherwise the file starts over, sidecar first."""
@@ -204,7 +177,7 @@ class Downloads:
                 os.ftruncate(fd, 0)  # first: the space it held counts as free
                 self._check_space(size, str(head["key"]))
                 _allocate(fd, size)
-            file = self._with_direct(fd, str(path), size)
+            file = self._writer.file(fd, str(path), size)
         except BaseException as exc:
             os.close(fd)
             if fresh or isinstance(exc, TooLarge) or (
@@ -224,9 +197,7 @@ class Downloads:
         self._check_space(size, key)
         fd, path = self._create_temp()
         try:
-            if not (self._direct and size >= DIRECT_MIN and self._write_small_direct(
-                    fd, chunks, size, digest)):
-                hash_and_write(fd, chunks, 0, digest)
+            self._writer.write_small(fd, chunks, size, digest)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -238,32 +209,6 @@ class Downloads:
     def write_inline(self, key: str, inline: Inline) -> str:
         """The staging file of an inline-staged file, fsynced (on a worker thread)."""
         return self._write_small(key, inline.chunks, inline.size, None)
-
-    def _write_small_direct(
-        self, fd: int, chunks: Sequence[bytes], size: int, digest: Digest | None,
-    ) -> bool:
-        """One aligned write straight to the disk; False (nothing hashed, O_DIRECT off again)
-        when the filesystem refuses it, so the caller writes buffered."""
-        if not set_direct(fd, True):
-            self._direct = False
-            return False
-        buf = self._buffers.take()  # pooled again only after a clean write: Buffers.give
-        with memoryview(buf) as view:
-            pos = 0
-            for chunk in chunks:
-                view[pos:pos + len(chunk)] = chunk
-                pos += len(chunk)
-        if not write_direct(fd, buf, size, 0):
-            self._direct = False
-            set_direct(fd, False)
-            return False
-        if digest is not None:
-            with memoryview(buf) as view:
-                digest.update(view[:size])
-        self._buffers.give(buf)
-        if size % ALIGN:
-            os.ftruncate(fd, size)
-        return True
 
     async def stage(
         self, source: Source, want: frozenset[Algo], generation: int = 0,
@@ -393,18 +338,18 @@ class Downloads:
         return digest.results(), path
 
     async def _single(
-        self, file: _File, source: Source, algos: frozenset[Algo],
+        self, file: StagingFile, source: Source, algos: frozenset[Algo],
     ) -> dict[Algo, str]:
         """One stream; the hash set is fixed after the first chunk, when a single GET has
         told which checksum the object carries."""
         async with contextlib.aclosing(source.read()) as chunks:
             first = await anext(chunks, None)
             digest = Digest(algos | _algo(await source.vouched()))
-            await self._fill(file, source, 0, source.size, digest, _prepend(first, chunks))
+            await self._writer.fill(file, source, 0, source.size, digest, _prepend(first, chunks))
         return digest.results()
 
     async def _parallel(
-        self, file: _File, source: Source, algos: frozenset[Algo],
+        self, file: StagingFile, source: Source, algos: frozenset[Algo],
         partial: PartialDownload | None,
     ) -> dict[Algo, str]:
         """Ranged parts written at their offsets; CRCs per part, combined. MD5/SHA cannot be
@@ -432,7 +377,7 @@ class Downloads:
         return sums
 
     async def _part(
-        self, file: _File, source: Source, i: int, span: tuple[int, int],
+        self, file: StagingFile, source: Source, i: int, span: tuple[int, int],
         digests: MutableSequence[Digest], partial: PartialDownload | None,
         on_done: Callable[[int], None] | None,
     ) -> None:
@@ -442,87 +387,11 @@ class Downloads:
         if kept is not None:
             digests[i] = kept
         else:
-            await self._fill(file, source, start, end, digests[i])
+            await self._writer.fill(file, source, start, end, digests[i])
         if partial is not None:
             partial.done(i, digests[i])
         if on_done is not None:
             on_done(i)
-
-    async def _fill(
-        self, file: _File, source: Source, start: int, end: int, digest: Digest,
-        chunks: AsyncGenerator[bytes, None] | None = None,
-    ) -> None:
-        """Stream [start, end) into the file; chunks are batched so one worker-thread call
-        hashes and writes WRITE_BATCH bytes with pwritev (no joining copy)."""
-        if file.direct is not None and can_write_direct(start, end, file.size):
-            return await self._fill_direct(file, source, start, end, digest, chunks)
-        fd = file.fd
-        offset = start
-        batch: list[bytes] = []
-        batch_len = 0
-        async with contextlib.aclosing(chunks or source.read(start, end)) as stream:
-            async for chunk in stream:
-                batch.append(chunk)
-                batch_len += len(chunk)
-                if batch_len >= WRITE_BATCH:
-                    await _settled(hash_and_write, fd, batch, offset, digest)
-                    offset += batch_len
-                    batch, batch_len = [], 0
-        if batch:
-            await _settled(hash_and_write, fd, batch, offset, digest)
-            offset += batch_len
-        if offset != end:
-            raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
-                                store=self.name, key=source.key)
-
-    async def _fill_direct(
-        self, file: _File, source: Source, start: int, end: int, digest: Digest,
-        chunks: AsyncGenerator[bytes, None] | None,
-    ) -> None:
-        """`_fill` through O_DIRECT: chunks are copied into an aligned buffer (a memcpy on
-        the loop, ~10x cheaper than the page-cache copy it replaces) and each full buffer is
-        hashed and written by one worker-thread call."""
-        buf = self._buffers.take()
-        view = memoryview(buf)
-        cap, pos, offset = len(buf), 0, start
-        try:
-            async with contextlib.aclosing(chunks or source.read(start, end)) as stream:
-                async for chunk in stream:
-                    if offset + pos + len(chunk) > end:
-                        raise SourceChanged(f"{source.key}: range {start}-{end} overran",
-                                            store=self.name, key=source.key)
-                    data = memoryview(chunk)
-                    while data:
-                        n = min(len(data), cap - pos)
-                        view[pos:pos + n] = data[:n]
-                        pos, data = pos + n, data[n:]
-                        if pos == cap:
-                            await _settled(self._write_block, file, buf, cap, offset, digest)
-                            offset, pos = offset + cap, 0
-            if pos:
-                await _settled(self._write_block, file, buf, pos, offset, digest)
-                offset += pos
-        except BaseException:
-            view.release()  # the buffer is dropped, not pooled: see Buffers.give
-            raise
-        view.release()
-        self._buffers.give(buf)
-        if offset != end:
-            raise SourceChanged(f"{source.key}: range {start}-{end} ended at {offset}",
-                                store=self.name, key=source.key)
-
-    def _write_block(self, file: _File, buf: Any, n: int, offset: int, digest: Digest) -> None:
-        """Hash buf[:n] and write it at `offset`: direct, or buffered where refused."""
-        with memoryview(buf) as view:
-            digest.update(view[:n])
-            if file.direct is not None and write_direct(file.direct, buf, n, offset):
-                if offset + n == file.size and n % ALIGN:
-                    # drop the tail's padding now: a partial download kept after an
-                    # interruption must have its exact size to be resumed
-                    os.ftruncate(file.fd, file.size)
-                return
-            self._direct = False
-            pwrite_all(file.fd, view[:n], offset)
 
     async def discard(self, staged: VolumeStaged) -> None:
         """Callers discard from their exception handler (`sys.exception()` is why): a
@@ -538,18 +407,6 @@ class Downloads:
                     await asyncio.to_thread(_remove_staging, path)
             self._partials.discard(path.name)
             staged.temp = None
-
-
-async def _settled(fn: Callable[..., None], *args: Any) -> None:
-    """`fn` on a worker thread; a cancelled caller still waits for it to return. A write
-    that outlived its caller could land after the descriptor was closed and its number
-    reused (by the sidecar being saved, by another staging file)."""
-    thread = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        await asyncio.shield(thread)
-    except asyncio.CancelledError:
-        await asyncio.wait({thread})
-        raise
 
 
 def _allocate(fd: int, size: int) -> None:

@@ -134,7 +134,7 @@ async def test_every_size_lands_exact(tmp_path, size):
     sums = await _copy(store, "d/blob", data, chunk=100_003)  # chunks straddle buffers
     assert (tmp_path / "vol" / "d" / "blob").read_bytes() == data
     assert sums[OWN_ALGO] == hash_bytes(data, (OWN_ALGO,))[OWN_ALGO]
-    assert store._downloads._direct, "the direct path was not used"
+    assert store.writes_direct, "the direct path was not used"
     assert not list((tmp_path / "vol" / ".syncd" / "tmp").iterdir())
 
 
@@ -158,7 +158,7 @@ async def test_ramfs_falls_back_to_the_page_cache(ramfs_dir, size):
     sums = await _copy(store, "x/y.bin", data, vouch=Algo.MD5)
     assert (ramfs_dir / "vol" / "x" / "y.bin").read_bytes() == data
     assert sums[Algo.MD5] == hashlib.md5(data).hexdigest()
-    assert not store._downloads._direct  # noticed once, not tried again
+    assert not store.writes_direct  # noticed once, not tried again
 
 
 async def test_unaligned_part_size_writes_buffered_and_exact(tmp_path):
@@ -176,4 +176,4 @@ async def test_direct_io_off(tmp_path):
     data = os.urandom(PART + 3)
     await _copy(store, "f", data)
     assert (tmp_path / "vol" / "f").read_bytes() == data
-    assert not store._downloads._direct
+    assert not store.writes_direct
