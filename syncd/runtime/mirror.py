@@ -149,7 +149,9 @@ async def cycle(
     journal: Journal = NULL, on_plan: Callable[[Plan], None] | None = None,
     on_bytes: Callable[[int], None] | None = None, memory: Memory | None = None,
     stopping: Callable[[], bool] = lambda: False, meter: Meter = NO_METER,
+    planned: Callable[[PassPlan], None] | None = None,
 ) -> tuple[Plan, Stats]:
+    """One pass. `on_plan` sees its file actions (progress bars), `planned` the whole plan."""
     fence = fence or OpenFence()
     async with opened(config, mirror, write=True, fence=fence) as sides:
         fence.check()
@@ -169,6 +171,8 @@ async def cycle(
             if memory is not None:
                 memory.swept = fence.generation
         src, dst = await listings(sides)
+        for path, why in sorted({**src.unreadable, **dst.unreadable}.items()):
+            log.warning("path_unreadable", path=path, reason=why, store=sides.volume.name)
         run = Pass(config, mirror, sides, fence, journal, log,
                    await state.load(sides.root, mirror.name, src.entries),
                    await status.load(sides.root, mirror.name), memory or Memory(), on_bytes,
@@ -181,6 +185,8 @@ async def cycle(
             plan = passplan.flat()
             if on_plan is not None:
                 on_plan(plan)
+            if planned is not None:
+                planned(passplan)
             run.log.info("plan_computed", **plan.counts(), copy_bytes=plan.copy_bytes,
                          refused_deletes=plan.refused_deletes,
                          artifacts={str(k): n for k, n in _steps(passplan).items()})
@@ -190,6 +196,9 @@ async def cycle(
                 stats = await artifact_push.execute(run, passplan, dst)
         except SyncdError as exc:
             run.status.error = str(exc)
+            raise
+        except Exception as exc:  # the loop logs it with its traceback; /readyz says what
+            run.status.error = f"unexpected {type(exc).__name__}: {exc}"
             raise
         else:
             note_pending(run.memory, plan, stats, run.status, time.monotonic())
