@@ -160,9 +160,11 @@ def _compare(src: Entry, dst: Entry, record: Record) -> Action:
         return Copy(src.key, Reason.DESTINATION_CHANGED, src)
     if src.size != dst.size:
         return Copy(src.key, Reason.SIZE_CHANGED, src)
-    if rec is not None:
+    if rec is not None and rec.dst == fingerprint(dst):  # still the old bytes syncd put there
         return Copy(src.key, Reason.SOURCE_CHANGED, src)
-    return Adopt(src.key, Reason.UNRECORDED, src, dst)
+    # Unrecorded, or the destination moved too: maybe a pass published the new bytes and died
+    # before its record was saved. Hash and compare; copy only if they differ.
+    return Adopt(src.key, Reason.SOURCE_CHANGED if rec else Reason.UNRECORDED, src, dst)
 
 
 Hold = Callable[[str], Reason | None]

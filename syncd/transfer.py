@@ -17,16 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from syncd.checkpoint import Checkpoint
-from syncd.errors import (
-    AccessDenied,
-    IntegrityError,
-    LeaseLost,
-    NoSpace,
-    NotFound,
-    SyncdError,
-    Unreachable,
-    first_error,
-)
+from syncd.errors import IntegrityError, SyncdError, disposition, first_error
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Checksum, Entry, Record, Recorded, fingerprint
 from syncd.plan import Adopt, Copy, Delete, Plan
@@ -130,12 +121,6 @@ class _Counted:
         return await self._inner.identity()
 
 
-def _fatal(exc: SyncdError) -> bool:
-    if isinstance(exc, Unreachable | NoSpace | LeaseLost):
-        return True
-    return isinstance(exc, AccessDenied | NotFound) and getattr(exc, "key", None) is None
-
-
 async def same_bytes(a: Store, a_entry: Entry, b: Store, b_entry: Entry) -> Checksum | None:
     """syncd's own checksum when both sides hold the same bytes, else None.
 
@@ -211,7 +196,7 @@ class Transfer:
                     continue
                 verified = await self._copy(action.key, action.src, str(action.reason))
             except SyncdError as exc:
-                if _fatal(exc):  # the pass reports it
+                if disposition(exc).stops_pass:  # the pass reports it (errors._TABLE)
                     raise
                 error = exc
                 self.stats.failed += 1

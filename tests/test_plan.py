@@ -624,3 +624,16 @@ def test_a_copy_into_a_path_the_volume_cannot_read_waits_there_alone() -> None:
     assert [c.key for c in plan.copies] == ["new"]
     assert [(s.key, s.reason) for s in plan.of_type(Skip) if s.key.startswith("locked")] == [
         ("locked/w.bin", Reason.UNREADABLE)]
+
+
+def test_a_destination_that_moved_with_its_source_is_hashed_not_fetched_again() -> None:
+    """A pass published the new bytes and died before saving its record: the record still
+    names the old source and the old file. Adopt (hash, compare), copy only on a mismatch."""
+    old_src, old_dst = Entry("k", 5, etag="old"), Entry("k", 5, mtime_ns=1, inode=1)
+    record = {"k": Recorded(fingerprint(old_src), fingerprint(old_dst), "crc64nvme:x", 1)}
+    new_src = Entry("k", 5, etag="new")
+    moved = Entry("k", 5, mtime_ns=2, inode=2)
+    [action] = compute(Listing.of([new_src]), Listing.of([moved]), record, Policy()).actions
+    assert isinstance(action, Adopt) and action.reason == Reason.SOURCE_CHANGED
+    [action] = compute(Listing.of([new_src]), Listing.of([old_dst]), record, Policy()).actions
+    assert isinstance(action, Copy) and action.reason == Reason.SOURCE_CHANGED
