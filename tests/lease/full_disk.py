@@ -12,10 +12,10 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "512k") -> Iterator[Path]:
+def small_tmpfs(path: Path, size: str = "512k", inodes: int | None = None) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                   check=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes is not None else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:
@@ -36,3 +36,16 @@ def fill(path: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def fill_inodes(path: Path) -> int:
+    """Create empty files under `path` until its filesystem has no inode left (its blocks
+    stay free, so a free-space check still passes); how many."""
+    made = 0
+    while True:
+        try:
+            os.close(os.open(path / f"inode-{made}", os.O_CREAT | os.O_WRONLY, 0o644))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            return made
+        made += 1

@@ -30,7 +30,7 @@ from syncd.stores.volume import VolumeStore
 from syncd.transfer import Transfer
 from tests import journal_audit
 from tests.journal_audit import Finding
-from tests.lease.full_disk import fill, small_tmpfs
+from tests.lease.full_disk import fill_inodes, small_tmpfs
 from tests.sources import BytesSource
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,13 +216,14 @@ async def test_publications_and_deletes_are_journaled_before_and_after_with_thei
 async def test_a_publication_cut_off_by_a_full_disk_before_its_rename_is_failed(
         source: VolumeStore, tmp_path: Path) -> None:
     """A small file is written at publication, in the call that renames it: ENOSPC there
-    stops it before its rename, so nothing landed and the journal says so."""
+    stops it before its rename, so nothing landed and the journal says so. Out of inodes,
+    not blocks: the free-space check before staging passes, the file cannot be created."""
     path = tmp_path / "a.jsonl"
-    with small_tmpfs(tmp_path / "full") as root:
+    with small_tmpfs(tmp_path / "full", inodes=64) as root:
         side = await _side(root)
         a, journal = side.lease("a", path, Timing())
         await a.try_acquire()
-        fill(root)
+        fill_inodes(root)
         entries = await _entries(source)
         with pytest.raises(NoSpace):
             await _transfer(source, side, a.fence(), journal).run(
