@@ -10,7 +10,7 @@ at most a tenth of the pass goes to saving.
 Two rules keep a saved record from saying more than the destination holds: the record is
 copied first, then every store a recorded file was published to is flushed (a volume's
 renames are durable only once their directories are fsynced), then the fence is checked and
-the copy written with `state.save` (temp file, fsync, rename). Only the end of the pass drops
+the copy written with `published.save` (temp file, fsync, rename). Only the end of the pass drops
 entries of keys no longer listed (`runtime/mirror.py`); a checkpoint writes every entry.
 
 A checkpoint only adds safety: a save that fails (a full disk) is logged and retried later,
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from syncd import state
+from syncd import published
 from syncd.errors import LeaseLost, SyncdError
 from syncd.listing import Record
 from syncd.stores.base import Fence
@@ -142,7 +142,7 @@ class Checkpoint:
             await store.flush()
         self.fence.check()
         began = self.clock()
-        await state.save(self.root, self.mirror, snapshot)
+        await published.save(self.root, self.mirror, snapshot)
         self._last = self.clock()
         self._gap_s = COST_SHARE * (self._last - began)
         self.saves += 1

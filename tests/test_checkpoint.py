@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd import state
+from syncd import published
 from syncd.checkpoint import Checkpoint
 from syncd.errors import LeaseLost
 from syncd.listing import Record, Recorded
@@ -29,7 +29,7 @@ class Destination:
         self.flushes: list[set[str]] = []
 
     async def flush(self) -> None:
-        self.flushes.append(set(await state.load(self.root, MIRROR)))
+        self.flushes.append(set(await published.load(self.root, MIRROR)))
 
 
 def _entry(i: int) -> Recorded:
@@ -44,7 +44,7 @@ async def _until(check: Callable[[], bool], limit_s: float = 5.0) -> None:
 
 
 async def _saved(root: Path) -> Record:
-    return await state.load(root, MIRROR)
+    return await published.load(root, MIRROR)
 
 
 async def test_checkpoint_saves_every_n_published_not_every_file(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ async def test_checkpoint_flushes_every_destination_before_saving(tmp_path: Path
 async def test_checkpoint_keeps_entries_of_keys_the_pass_will_drop(tmp_path: Path) -> None:
     """Only the end of the pass drops what the listing no longer has."""
     record: Record = {"gone": _entry(0)}
-    await state.save(tmp_path, MIRROR, record)
+    await published.save(tmp_path, MIRROR, record)
     cp = Checkpoint(tmp_path, MIRROR, record, OpenFence(), every_s=3600, every_n=1)
     record["new"] = _entry(1)
     cp.published(Destination(tmp_path))
@@ -113,7 +113,7 @@ async def test_checkpoint_close_leaves_waiting_entries_for_the_next_save(
     cp.published(Destination(tmp_path))
     await cp.close()
     assert cp.saves == 0 and cp.waiting == 1
-    assert not state.path_for(tmp_path, MIRROR).exists()
+    assert not published.path_for(tmp_path, MIRROR).exists()
     record["b"] = _entry(2)  # the pass's next transfer
     cp.published(Destination(tmp_path))
     assert await cp.save()
@@ -126,7 +126,7 @@ async def test_checkpoint_writes_nothing_once_the_lease_is_lost(tmp_path: Path) 
     record["a"] = _entry(1)
     cp.published(Destination(tmp_path))
     await asyncio.sleep(0.1)
-    assert not state.path_for(tmp_path, MIRROR).exists()
+    assert not published.path_for(tmp_path, MIRROR).exists()
     record["b"] = _entry(2)
     with pytest.raises(LeaseLost):  # the next publication learns it
         cp.published(Destination(tmp_path))

@@ -71,7 +71,7 @@ class Place:
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
+class Arbitration:
     """What `volume.json` says: the volume's id, and LINK or S3 with the bucket (`place`)."""
 
     id: str
@@ -108,7 +108,7 @@ class VolumeRecord:
             return NoSpace(message, store=str(self.root), hint="free space on the volume")
         return LeaseError(message, hint=hint)
 
-    def read(self) -> Record | None:
+    def read(self) -> Arbitration | None:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -129,9 +129,9 @@ class VolumeRecord:
                              f"({type(exc).__name__}: {exc})",
                              hint="it is only read, never repaired: remove it while no syncd "
                                   "runs on this volume") from None
-        return Record(volume_id, kind, place)
+        return Arbitration(volume_id, kind, place)
 
-    def _create(self, record: Record) -> None:
+    def _create(self, record: Arbitration) -> None:
         arbiter: dict[str, str] = {"kind": record.kind}
         if record.place is not None:
             arbiter.update(url=record.place.url, bucket=record.place.bucket)
@@ -154,8 +154,8 @@ class VolumeRecord:
         except OSError as exc:
             raise self._failed(exc, "write") from None
 
-    async def create(self, record: Record, *, settle: bool) -> Record:
-        """Record `record` unless the volume has one already; the record the volume keeps.
+    async def create(self, record: Arbitration, *, settle: bool) -> Arbitration:
+        """Arbitration `record` unless the volume has one already; the record the volume keeps.
         `settle` where the filesystem's link() may let two creators win."""
         await asyncio.to_thread(self._create, record)
         # Two first instances on hosts that share the volume may both "win" the link on
@@ -193,7 +193,7 @@ class VolumeArbiter:
         self._forced = forced
         self._force_ok = force_ok
         self._inner: Backend | None = None
-        self._record: Record | None = None  # what the choice followed
+        self._record: Arbitration | None = None  # what the choice followed
         self._ready = False  # prepared once: a backend chosen anew is prepared at once
         self._link_seen: tuple[Any, float] | None = None  # a link() holder in the way
         self.fs: FsType | None = None
@@ -253,7 +253,7 @@ class VolumeArbiter:
                     return VolumeLease(self.root)  # a look (lease status): record nothing
                 # link() is exclusive here, also against hosts that reach this filesystem
                 # over the network (its server makes their links): no need to settle
-                recorded = await self.volume.create(Record(uuid.uuid4().hex, LINK),
+                recorded = await self.volume.create(Arbitration(uuid.uuid4().hex, LINK),
                                                     settle=False)
                 if recorded.kind != LINK:  # a host that cannot trust link() was first
                     return await self._decide(create=create)
@@ -266,7 +266,7 @@ class VolumeArbiter:
         # a corrected config would then contradict.
         candidate = uuid.uuid4().hex
         await self._prepared(await self._make_s3(candidate))
-        await self.volume.create(Record(candidate, S3, self.place), settle=True)
+        await self.volume.create(Arbitration(candidate, S3, self.place), settle=True)
         return await self._decide(create=create)  # follows whatever the volume kept
 
     def _untrusted(self, fs: FsType, recorded: bool) -> LeaseUnsupported:
@@ -306,7 +306,7 @@ class VolumeArbiter:
                         f"{needed:.0f}s (seen unchanged for {waited:.0f}s)",
                         hint="stop or upgrade the syncd that holds it")
 
-    async def _chosen(self, inner: Backend, recorded: Record | None) -> Backend:
+    async def _chosen(self, inner: Backend, recorded: Arbitration | None) -> Backend:
         if self._ready:
             await self._prepared(inner)
         self._inner, self._record = inner, recorded

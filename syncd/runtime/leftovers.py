@@ -25,7 +25,7 @@ import stat
 from pathlib import Path
 from urllib.parse import unquote
 
-from syncd import state, status
+from syncd import published, status
 from syncd.config import MirrorConfig
 from syncd.keys import unsafe_reason
 from syncd.lease.arbiter import ID_FILE
@@ -37,7 +37,7 @@ from syncd.stores.volume import VolumeStore
 async def sweep(volume: VolumeStore, mirror: MirrorConfig, fence: Fence) -> int:
     """Remove this mirror's leftovers from `volume`; returns how many."""
     removed = 0
-    for path in (state.path_for(volume.root, mirror.name),
+    for path in (published.path_for(volume.root, mirror.name),
                  status.path_for(volume.root, mirror.name),
                  volume.meta_dir / ID_FILE):  # the volume's record, written once
         with volume.translated():

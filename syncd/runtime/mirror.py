@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from syncd import state, status
+from syncd import published, status
 from syncd.checkpoint import Checkpoint
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError, SyncdError
@@ -121,7 +121,7 @@ async def plan_for(sides: Sides, mirror: MirrorConfig, config: Config) -> tuple[
     """The plan a pass would carry out now (dry runs): nothing is written."""
     src, dst = await listings(sides)
     run = Pass(config, mirror, sides, OpenFence(), NULL, _QUIET,
-               await state.load(sides.root, mirror.name, src.entries),
+               await published.load(sides.root, mirror.name, src.entries),
                await status.load(sides.root, mirror.name), Memory(), None, lambda: False)
     return await plan_pass(run, src, dst), run.record
 
@@ -174,7 +174,7 @@ async def cycle(
         for path, why in sorted({**src.unreadable, **dst.unreadable}.items()):
             log.warning("path_unreadable", path=path, reason=why, store=sides.volume.name)
         run = Pass(config, mirror, sides, fence, journal, log,
-                   await state.load(sides.root, mirror.name, src.entries),
+                   await published.load(sides.root, mirror.name, src.entries),
                    await status.load(sides.root, mirror.name), memory or Memory(), on_bytes,
                    stopping, meter)
         run.checkpoint = Checkpoint(sides.root, mirror.name, run.record, fence, log=log)
@@ -214,7 +214,7 @@ async def cycle(
                 for k in dropped:
                     del kept[k]
                 fence.check()
-                await state.save(sides.root, mirror.name, kept)
+                await published.save(sides.root, mirror.name, kept)
             now = time.time()
             if (status.content(run.status) != status_before
                     or now - run.status.updated_wall > status.REFRESH_S):

@@ -34,7 +34,7 @@ FORMAT = 1  # bumped when a record's meaning changes: an old record then reads a
 CHECKPOINT_S = 1.0  # progress is saved at most this often (and when a transfer stops)
 PARTIAL_PREFIX = "resume-"  # staging files of downloads that may resume
 SIDECAR_SUFFIX = ".json"
-Record = dict[str, Any]
+Sidecar = dict[str, Any]
 Crcs = dict[str, int]  # algo name -> CRC value of one part
 
 
@@ -53,7 +53,7 @@ def record_name(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
-def read_record(path: Path) -> Record | None:
+def read_record(path: Path) -> Sidecar | None:
     """The record at `path`, or None when it is missing, corrupt or of another format."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -132,7 +132,7 @@ class Progress:
     at a time, so a later record never loses to an earlier one."""
 
     def __init__(
-        self, head: Mapping[str, Any], save: Callable[[Record], None],
+        self, head: Mapping[str, Any], save: Callable[[Sidecar], None],
         parts: Mapping[int, Any] | None = None, *, interval_s: float = CHECKPOINT_S,
     ) -> None:
         self.head = dict(head)
@@ -144,7 +144,7 @@ class Progress:
         self._changed = asyncio.Event()
         self._inflight: asyncio.Future[bool] | None = None
 
-    def record(self) -> Record:
+    def record(self) -> Sidecar:
         return {**self.head, "format": FORMAT,
                 "parts": {str(n): p for n, p in sorted(self.parts.items())}}
 
@@ -189,7 +189,7 @@ class Progress:
         future.add_done_callback(self._saved)
         await asyncio.shield(future)  # a cancelled caller leaves the save to finish
 
-    def _save_quietly(self, record: Record) -> bool:
+    def _save_quietly(self, record: Sidecar) -> bool:
         """A record that cannot be written costs a re-transfer later, never correctness."""
         try:
             self._save(record)
@@ -217,7 +217,7 @@ class PartialDownload:
         self.resumed = 0  # bytes kept instead of downloaded
         self.progress = Progress(head, self._save)
 
-    def _save(self, record: Record) -> None:
+    def _save(self, record: Sidecar) -> None:
         write_record(self.sidecar, record, durable=False)
 
     async def keep(self, fd: int, part: int, start: int, end: int) -> Digest | None:
@@ -284,13 +284,13 @@ class PartialUpload:
     upload_id: str
     promised: str
     metadata: dict[str, str]
-    done: dict[int, Record] = field(default_factory=dict)  # part number -> etag, crcs
+    done: dict[int, Sidecar] = field(default_factory=dict)  # part number -> etag, crcs
     record: str | None = None  # its name in the resume book
     progress: Progress | None = None
     resumed: int = 0  # bytes of parts kept from an earlier run
 
     @classmethod
-    def resume(cls, record: Record, listed: Mapping[int, tuple[str | None, int]],
+    def resume(cls, record: Sidecar, listed: Mapping[int, tuple[str | None, int]],
                ranges: Sequence[tuple[int, int]], algos: Iterable[Algo]) -> PartialUpload | None:
         """The upload `record` describes, keeping each recorded part the server still lists
         with the same ETag and size (ListParts); None when the record is malformed."""
@@ -343,7 +343,7 @@ class ResumeBook:
     def path(self, name: str) -> Path:
         return self.root / f"{name}{SIDECAR_SUFFIX}"
 
-    def load(self, name: str) -> Record | None:
+    def load(self, name: str) -> Sidecar | None:
         return read_record(self.path(name))
 
     def save(self, name: str, record: Mapping[str, Any]) -> None:
@@ -363,7 +363,7 @@ class ResumeBook:
         except FileNotFoundError:
             return []
 
-    def records(self) -> dict[str, Record]:
+    def records(self) -> dict[str, Sidecar]:
         """Every readable record by name (corrupt ones read as absent)."""
         found = {name: self.load(name) for name in self.names()}
         return {name: record for name, record in found.items() if record is not None}

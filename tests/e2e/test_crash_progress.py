@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from syncd import checkpoint, state
+from syncd import checkpoint, published
 from tests.daemons import FAST
 from tests.mirrors import SYNCD, MiB, env, syncd, write_config
 from tests.servers import S3Server, ThrottleProxy
@@ -69,7 +69,7 @@ def _bucket_files(client: Any, bucket: str) -> set[str]:
 
 
 def _recorded(root: Path) -> set[str]:
-    return {k.removeprefix(f"{ART}/") for k in asyncio.run(state.load(root, "m"))}
+    return {k.removeprefix(f"{ART}/") for k in asyncio.run(published.load(root, "m"))}
 
 
 def _poll(check: Callable[[], bool], timeout: float) -> bool:

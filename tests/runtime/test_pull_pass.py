@@ -21,7 +21,7 @@ import pytest
 import structlog
 
 from syncd import config as config_mod
-from syncd import state, status
+from syncd import published, status
 from syncd.errors import LeaseLost
 from syncd.runtime import drift
 from syncd.runtime.mirror import cycle, opened
@@ -108,7 +108,7 @@ async def test_pass_fenced_midway_leaves_the_successors_status_alone(
         await run_pass(cfg, fence)
     assert fence.refused >= 2  # the publication, then the status write after it
     assert status.path_for(root, "m").read_bytes() == written
-    assert not state.path_for(root, "m").exists()
+    assert not published.path_for(root, "m").exists()
     assert sorted(p.name for p in root.iterdir()) == [".syncd"]
 
 

@@ -1,4 +1,4 @@
-"""syncd.state: the per-mirror record is saved atomically and, being a cache, never fatal."""
+"""syncd.published: the per-mirror record is saved atomically and, being a cache, never fatal."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd import state
+from syncd import published
 from syncd.keys import RESERVED_DIR
 from syncd.listing import Entry, Record, Recorded
 
@@ -26,74 +26,74 @@ def state_dir(root: Path) -> Path:
 
 
 def test_path_for_lives_in_reserved_state_dir(tmp_path: Path) -> None:
-    assert state.path_for(tmp_path, MIRROR) == state_dir(tmp_path) / f"{MIRROR}.json"
+    assert published.path_for(tmp_path, MIRROR) == state_dir(tmp_path) / f"{MIRROR}.json"
 
 
 async def test_save_then_load_round_trips_record(tmp_path: Path) -> None:
-    await state.save(tmp_path, MIRROR, RECORD)
-    assert await state.load(tmp_path, MIRROR) == RECORD
+    await published.save(tmp_path, MIRROR, RECORD)
+    assert await published.load(tmp_path, MIRROR) == RECORD
 
 
 async def test_save_then_load_round_trips_empty_record(tmp_path: Path) -> None:
-    await state.save(tmp_path, MIRROR, {})
-    assert state.path_for(tmp_path, MIRROR).exists()
-    assert await state.load(tmp_path, MIRROR) == {}
+    await published.save(tmp_path, MIRROR, {})
+    assert published.path_for(tmp_path, MIRROR).exists()
+    assert await published.load(tmp_path, MIRROR) == {}
 
 
 async def test_save_preserves_unicode_keys_as_utf8(tmp_path: Path) -> None:
-    await state.save(tmp_path, MIRROR, RECORD)
-    raw = state.path_for(tmp_path, MIRROR).read_bytes()
+    await published.save(tmp_path, MIRROR, RECORD)
+    raw = published.path_for(tmp_path, MIRROR).read_bytes()
     assert "ünïcödé/日本語/ファイル.txt".encode() in raw
-    loaded = await state.load(tmp_path, MIRROR)
+    loaded = await published.load(tmp_path, MIRROR)
     assert set(loaded) == set(RECORD)
 
 
 async def test_save_replaces_previous_record_entirely(tmp_path: Path) -> None:
-    await state.save(tmp_path, MIRROR, RECORD)
+    await published.save(tmp_path, MIRROR, RECORD)
     newer = {"only.bin": Recorded("1:e", "1:2:3", None, 9)}
-    await state.save(tmp_path, MIRROR, newer)
-    assert await state.load(tmp_path, MIRROR) == newer
+    await published.save(tmp_path, MIRROR, newer)
+    assert await published.load(tmp_path, MIRROR) == newer
 
 
 async def test_save_leaves_no_temp_files(tmp_path: Path) -> None:
     for i in range(3):
-        await state.save(tmp_path, MIRROR, {f"k{i}": Recorded("a", "b")})
+        await published.save(tmp_path, MIRROR, {f"k{i}": Recorded("a", "b")})
     assert sorted(p.name for p in state_dir(tmp_path).iterdir()) == [f"{MIRROR}.json"]
 
 
 async def test_save_keeps_mirrors_apart(tmp_path: Path) -> None:
     other = {"x": Recorded("1:e", "1:1:1")}
-    await state.save(tmp_path, MIRROR, RECORD)
-    await state.save(tmp_path, "other", other)
-    assert await state.load(tmp_path, MIRROR) == RECORD
-    assert await state.load(tmp_path, "other") == other
+    await published.save(tmp_path, MIRROR, RECORD)
+    await published.save(tmp_path, "other", other)
+    assert await published.load(tmp_path, MIRROR) == RECORD
+    assert await published.load(tmp_path, "other") == other
 
 
 async def test_save_snapshots_the_record_it_was_given(tmp_path: Path) -> None:
     record = dict(RECORD)
-    await state.save(tmp_path, MIRROR, record)
+    await published.save(tmp_path, MIRROR, record)
     record["late"] = Recorded("x", "y")
-    assert await state.load(tmp_path, MIRROR) == RECORD
+    assert await published.load(tmp_path, MIRROR) == RECORD
 
 
 async def test_save_failure_leaves_no_temp_file(tmp_path: Path) -> None:
-    # BUG (syncd/state.py, _write): when os.replace (or the write/fsync) fails, the
+    # BUG (syncd/published.py, _write): when os.replace (or the write/fsync) fails, the
     # `.<name>.<uuid>.tmp` file is never removed, so every failed save leaves one behind in
     # .syncd/state/. Here the target is a directory, so the rename fails.
-    target = state.path_for(tmp_path, MIRROR)
+    target = published.path_for(tmp_path, MIRROR)
     (target / "occupied").mkdir(parents=True)
     with pytest.raises(OSError):
-        await state.save(tmp_path, MIRROR, RECORD)
+        await published.save(tmp_path, MIRROR, RECORD)
     assert sorted(p.name for p in state_dir(tmp_path).iterdir()) == [f"{MIRROR}.json"]
 
 
 async def test_load_missing_state_is_empty(tmp_path: Path) -> None:
-    assert await state.load(tmp_path, MIRROR) == {}
+    assert await published.load(tmp_path, MIRROR) == {}
     assert not (tmp_path / RESERVED_DIR).exists()  # loading creates nothing
 
 
 def _valid_bytes() -> bytes:
-    return (json.dumps({"version": state.VERSION, "count": 1}) + "\n"
+    return (json.dumps({"version": published.VERSION, "count": 1}) + "\n"
             + json.dumps(["a", "1:e", "1:1:1", None, 0]) + "\n").encode()
 
 
@@ -111,16 +111,16 @@ def _valid_bytes() -> bytes:
         b'"a string"',
         b"42",
         b"{}",
-        json.dumps({"version": state.VERSION + 1, "entries": {}}).encode(),
+        json.dumps({"version": published.VERSION + 1, "entries": {}}).encode(),
         json.dumps({"version": 0, "entries": {"a": ["1:e", "1:1:1", None, 0]}}).encode(),
         json.dumps({"entries": {"a": ["1:e", "1:1:1", None, 0]}}).encode(),
-        json.dumps({"version": state.VERSION}).encode(),
-        json.dumps({"version": state.VERSION, "entries": []}).encode(),
-        json.dumps({"version": state.VERSION, "entries": None}).encode(),
-        json.dumps({"version": state.VERSION, "entries": {"a": None}}).encode(),
-        json.dumps({"version": state.VERSION, "entries": {"a": 5}}).encode(),
-        json.dumps({"version": state.VERSION, "entries": {"a": ["x"]}}).encode(),
-        json.dumps({"version": state.VERSION, "entries": {"a": [1, 2, 3, 4, 5, 6]}}).encode(),
+        json.dumps({"version": published.VERSION}).encode(),
+        json.dumps({"version": published.VERSION, "entries": []}).encode(),
+        json.dumps({"version": published.VERSION, "entries": None}).encode(),
+        json.dumps({"version": published.VERSION, "entries": {"a": None}}).encode(),
+        json.dumps({"version": published.VERSION, "entries": {"a": 5}}).encode(),
+        json.dumps({"version": published.VERSION, "entries": {"a": ["x"]}}).encode(),
+        json.dumps({"version": published.VERSION, "entries": {"a": [1, 2, 3, 4, 5, 6]}}).encode(),
         _valid_bytes().replace(b'"count": 1', b'"count": 2'),  # a line missing
         _valid_bytes() + b'["b","1:e","1:1:1",null,0]\n',  # a line too many
         _valid_bytes().replace(b'["a"', b'[7'),  # a key that is not a string
@@ -137,53 +137,53 @@ def _valid_bytes() -> bytes:
     ids=lambda c: repr(c[:24]),
 )
 async def test_load_unreadable_state_is_empty(tmp_path: Path, content: bytes) -> None:
-    path = state.path_for(tmp_path, MIRROR)
+    path = published.path_for(tmp_path, MIRROR)
     path.parent.mkdir(parents=True)
     path.write_bytes(content)
-    assert await state.load(tmp_path, MIRROR) == {}
+    assert await published.load(tmp_path, MIRROR) == {}
 
 
 async def test_load_state_path_that_is_a_directory_is_empty(tmp_path: Path) -> None:
-    state.path_for(tmp_path, MIRROR).mkdir(parents=True)
-    assert await state.load(tmp_path, MIRROR) == {}
+    published.path_for(tmp_path, MIRROR).mkdir(parents=True)
+    assert await published.load(tmp_path, MIRROR) == {}
 
 
 async def test_save_over_corrupt_state_recovers(tmp_path: Path) -> None:
-    path = state.path_for(tmp_path, MIRROR)
+    path = published.path_for(tmp_path, MIRROR)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"{truncated")
-    await state.save(tmp_path, MIRROR, RECORD)
-    assert await state.load(tmp_path, MIRROR) == RECORD
+    await published.save(tmp_path, MIRROR, RECORD)
+    assert await published.load(tmp_path, MIRROR) == RECORD
 
 
 async def test_format_1_records_are_still_read(tmp_path: Path) -> None:
     """An upgrade must not cost a re-hash of the whole volume: the old file still counts,
     and the next save writes the new format."""
-    path = state.path_for(tmp_path, MIRROR)
+    path = published.path_for(tmp_path, MIRROR)
     path.parent.mkdir(parents=True)
     path.write_bytes(json.dumps({"version": 1, "entries": {
         k: [r.src, r.dst, r.checksum, r.gen] for k, r in RECORD.items()}},
         separators=(",", ":"), ensure_ascii=False).encode())
-    assert await state.load(tmp_path, MIRROR) == RECORD
-    await state.save(tmp_path, MIRROR, RECORD)
+    assert await published.load(tmp_path, MIRROR) == RECORD
+    await published.save(tmp_path, MIRROR, RECORD)
     assert json.loads(path.read_bytes().splitlines()[0]) == {"version": 2, "count": 4}
-    assert await state.load(tmp_path, MIRROR) == RECORD
+    assert await published.load(tmp_path, MIRROR) == RECORD
 
 
 async def test_a_record_larger_than_one_slice_round_trips(tmp_path: Path) -> None:
     big = {f"d{i // 1000:03d}/obj-{i:06d}.bin \u2028\n\"x\"": Recorded(
         f"{i}:{i:032x}", f"{i}:{i * 7}:{i}", f"md5:{i:032x}", i % 5) for i in range(30_000)}
-    await state.save(tmp_path, MIRROR, big)
-    assert state.path_for(tmp_path, MIRROR).stat().st_size > 2 * (1 << 20)
-    assert await state.load(tmp_path, MIRROR) == big
+    await published.save(tmp_path, MIRROR, big)
+    assert published.path_for(tmp_path, MIRROR).stat().st_size > 2 * (1 << 20)
+    assert await published.load(tmp_path, MIRROR) == big
 
 
 async def test_loaded_keys_share_the_listings_strings(tmp_path: Path) -> None:
     """At 100,000 objects a second copy of every key is megabytes: the record reuses the
     key strings of the listing it is compared with."""
-    await state.save(tmp_path, MIRROR, RECORD)
+    await published.save(tmp_path, MIRROR, RECORD)
     listing = {k: Entry("".join(k), 1) for k in RECORD}  # equal strings, other objects
-    loaded = await state.load(tmp_path, MIRROR, listing)
+    loaded = await published.load(tmp_path, MIRROR, listing)
     assert loaded == RECORD
     for key in loaded:
         assert key is listing[key].key
