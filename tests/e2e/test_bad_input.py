@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from tests.fuse_mounts import SharedVolume
+from tests.lease.full_disk import fill
 from tests.mirrors import SYNCD, MiB, Run, env, syncd, tree, write_config
 from tests.servers import (
     S3Server,
@@ -103,17 +104,21 @@ def _read_only(path: Path) -> Iterator[None]:
 
 
 def test_sync_full_disk_is_one_line_exit_8_and_leaves_nothing(s3, bucket, tmp_path):
+    """A volume another writer filled: nothing fits, so the pass stops with exit 8 (one object
+    larger than the free space alone is exit 10, tests/e2e/test_volume_limits.py)."""
     client = s3.client()
     client.put_object(Bucket=bucket, Key="models/small.txt", Body=b"fits")
-    client.put_object(Bucket=bucket, Key="models/huge.bin", Body=os.urandom(6 * MiB))
+    client.put_object(Bucket=bucket, Key="models/big.bin", Body=os.urandom(2 * MiB))
     vol = tmp_path / "vol"
     vol.mkdir()
     with _mounted(["-t", "tmpfs", "-o", "size=4m", "tmpfs"], vol):
+        (vol / ".syncd" / "tmp").mkdir(parents=True)
+        fill(vol)
         cfg = write_config(tmp_path / "c.toml", s3.endpoint_url, bucket, direction="pull",
                            root=vol, transfer="concurrency = 1")
         run = syncd("sync", "--once", "-c", str(cfg))
         _one_error_line(run, 8, "full")
-        assert "huge.bin" not in tree(vol)
+        assert not {"small.txt", "big.bin"} & set(tree(vol))
         assert not list((vol / ".syncd" / "tmp").iterdir())
 
 
