@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -515,3 +516,27 @@ def test_throttle_proxy_rejects_non_positive_rate(
     with pytest.raises(ValueError):
         proxy.set_rate(-1)
     assert proxy.rate == 1000
+
+
+def test_moto_lets_exactly_one_of_many_racing_conditional_creates_win(
+        moto_s3: S3Server) -> None:
+    """The lease tests need S3's guarantee; moto alone checks, then stores, unlocked
+    (tests/moto_atomic.py). 3 rounds of 16 threads creating one key with If-None-Match: *."""
+    client = moto_s3.client()
+    bucket = f"race-{os.urandom(6).hex()}"
+    client.create_bucket(Bucket=bucket)
+    barrier = threading.Barrier(16)
+
+    def create(key: str, i: int) -> bool:
+        barrier.wait()
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=str(i).encode(), IfNoneMatch="*")
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "PreconditionFailed"
+            return False
+        return True
+
+    for round_ in range(3):
+        with ThreadPoolExecutor(16) as pool:
+            won = list(pool.map(lambda i, r=round_: create(f"k{r}", i), range(16)))
+        assert won.count(True) == 1
