@@ -7,12 +7,13 @@ generation. S3 guarantees that only one conditional write succeeds; a lease is a
 exactly that guarantee. This runs moto's own WSGI application and request handler unchanged,
 except that requests carrying a condition are handled one at a time.
 
-    python -m tests.moto_atomic -H 127.0.0.1 -p PORT
+    python tests/moto_atomic.py -H 127.0.0.1 -p PORT
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
     args = parser.parse_args()
+    os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto_server does: URLs it returns
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(args.host, args.port, Atomic(app), threaded=True,
                request_handler=MotoRequestHandler)

@@ -299,9 +299,9 @@ def new_moto_server(port: int, workdir: Path) -> S3Server:
         name="moto",
         port=port,
         # moto itself, with conditional writes atomic as on S3 (tests/moto_atomic.py)
-        command=[sys.executable, "-m", "tests.moto_atomic", "-H", HOST, "-p", str(port)],
+        command=[sys.executable, str(Path(__file__).with_name("moto_atomic.py")),
+                 "-H", HOST, "-p", str(port)],
         log_path=workdir / "moto.log",
-        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "MOTO_PORT": str(port)},
     )
 
 
