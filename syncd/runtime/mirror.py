@@ -17,14 +17,13 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-import structlog
-
 from syncd import published, status
 from syncd.checkpoint import Checkpoint
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError, SyncdError
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Listing, Record
+from syncd.ops import logging as logs
 from syncd.pass_plan import PassPlan, Step, plan_pull, plan_push
 from syncd.plan import Plan, Policy, Reason, Skip
 from syncd.runtime import artifact_pull, artifact_push, leftovers
@@ -38,7 +37,6 @@ from syncd.transfer import NO_METER, Log, Meter, Stats
 
 PATH_MAX = 4096  # Linux: bytes of a path, its NUL included
 VERSION_SLOT = "m-" + "0" * 20  # as long as any version name (artifacts.Manifest.version)
-_QUIET = structlog.get_logger("syncd.dry_run")
 CLEAN_EVERY_S = 3600.0  # how often a daemon looks for abandoned multipart uploads
 HELD = frozenset({Reason.NOT_SETTLED, Reason.ARTIFACT_INCOMPLETE})
 
@@ -120,7 +118,7 @@ async def plan_pass(run: Pass, src: Listing, dst: Listing) -> PassPlan:
 async def plan_for(sides: Sides, mirror: MirrorConfig, config: Config) -> tuple[PassPlan, Record]:
     """The plan a pass would carry out now (dry runs): nothing is written."""
     src, dst = await listings(sides)
-    run = Pass(config, mirror, sides, OpenFence(), NULL, _QUIET,
+    run = Pass(config, mirror, sides, OpenFence(), NULL, logs.get(mirror=mirror.name),
                await published.load(sides.root, mirror.name, src.entries),
                await status.load(sides.root, mirror.name), Memory(), None, lambda: False)
     return await plan_pass(run, src, dst), run.record
