@@ -103,6 +103,22 @@ def md5_etag(etag: str | None) -> str | None:
     return None
 
 
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"  # md5 of no bytes
+
+
+def weak_etag(etag: str | None) -> bool:
+    """True when `etag` does not depend on the object's content, so it cannot tell versions
+    apart: absent or empty, or the MD5 of nothing with or without a part count, which
+    SeaweedFS's own tools (`weed filer.copy`, its FUSE mount) write (issue 19). Such an object
+    is identified by size and Last-Modified, and a ranged read of it cannot be pinned by
+    If-Match."""
+    bare = normalize_etag(etag)
+    if not bare:
+        return True
+    head, _, count = bare.lower().partition("-")
+    return head == EMPTY_MD5 and (not count or count.isdigit())
+
+
 def lower_keys(mapping: Mapping[str, str] | None) -> dict[str, str]:
     """Metadata keys vary in case between servers (rclone capitalises them)."""
     return {k.lower(): v for k, v in (mapping or {}).items()}
