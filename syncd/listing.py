@@ -10,8 +10,11 @@ need holding back, and the listing stays `complete`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 
@@ -39,7 +42,10 @@ class Checksum:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One object or file. `etag` is unquoted; `mtime_ns`/`inode` only come from the volume."""
+    """One object or file. `etag` is unquoted; `mtime_ns`/`inode` only come from the volume.
+    `last_modified` is S3's, in whole seconds (`epoch_s`), and is kept only where the ETag
+    is weak (`weak_etag`): there it is part of the identity; elsewhere it would only cost
+    memory per object in a 100k-object mirror."""
 
     key: str
     size: int
@@ -47,6 +53,7 @@ class Entry:
     mtime_ns: int | None = None
     inode: int | None = None
     checksum: Checksum | None = None
+    last_modified: int | None = None
 
     def stat_signature(self) -> tuple[int, int | None, int | None]:
         """What tells a volume file unchanged without reading it."""
@@ -124,10 +131,36 @@ def lower_keys(mapping: Mapping[str, str] | None) -> dict[str, str]:
     return {k.lower(): v for k, v in (mapping or {}).items()}
 
 
+def epoch_s(text: str | None) -> int | None:
+    """S3's Last-Modified in whole seconds since the epoch, as a listing writes it (ISO 8601,
+    with or without milliseconds) or a HEAD/GET header (RFC 7231); None if absent or not a
+    time. Whole seconds because a header carries no more: a listing and a read of one version
+    must agree."""
+    if not text or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+    if when.tzinfo is None:  # both forms are UTC by definition
+        when = when.replace(tzinfo=UTC)
+    return math.floor(when.timestamp())
+
+
 def fingerprint(entry: Entry) -> str:
-    """What identifies this version without reading it: ETag on S3, stat fields on a volume."""
+    """What identifies this version without reading it: ETag on S3, stat fields on a volume.
+    A weak ETag (`weak_etag`, SeaweedFS's own tools) names no version, so there size and
+    Last-Modified do (issue 19): a rewrite at the same size within the same second, or under
+    a server clock that steps back, goes unseen. Strong ETags keep their old fingerprint, so
+    records made before stay valid; an empty object has one possible content."""
     if entry.mtime_ns is not None:
         return f"{entry.size}:{entry.mtime_ns}:{entry.inode or 0}"
+    if entry.last_modified is not None and entry.size and weak_etag(entry.etag):
+        return f"{entry.size}:{entry.etag or ''}@{entry.last_modified}"
     return f"{entry.size}:{entry.etag or ''}"
 
 

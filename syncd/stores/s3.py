@@ -48,7 +48,15 @@ from syncd.errors import (
     Unreachable,
 )
 from syncd.keys import is_directory_marker, relative_key, syncd_object
-from syncd.listing import Algo, Checksum, Entry, Listing, normalize_etag
+from syncd.listing import (
+    Algo,
+    Checksum,
+    Entry,
+    Listing,
+    epoch_s,
+    normalize_etag,
+    weak_etag,
+)
 from syncd.stores.base import Capabilities, Fence, Source, Staged
 from syncd.stores.resume import ResumeBook
 from syncd.stores.s3_http import (
@@ -298,12 +306,15 @@ class S3Store:
                     raise S3HttpError(200, "IncompleteListing", "continuation token repeated")
                 if token:
                     seen.add(token)
-                for object_key, size, etag in page:
+                for object_key, size, raw_etag, modified in page:
                     key = relative_key(object_key, self.prefix)
                     # syncd's own lease objects are not data; any other key under .syncd/
                     # is listed, so the plan refuses it with its reason (never deleted)
                     if key and not is_directory_marker(key) and not syncd_object(key):
-                        listing.entries[key] = Entry(key, size, etag=normalize_etag(etag))
+                        etag = normalize_etag(raw_etag)
+                        # only a weak ETag needs the time beside it to name a version
+                        when = epoch_s(modified) if weak_etag(etag) else None
+                        listing.entries[key] = Entry(key, size, etag=etag, last_modified=when)
                 if not token:
                     return listing
 

@@ -32,7 +32,7 @@ ENTRY = "<Contents><Key>a%20b.bin</Key><Size>7</Size><ETag>\"e1\"</ETag></Conten
 def test_parse_listing_reads_entries_in_any_namespace(ns: str) -> None:
     body = (f"<ListBucketResult{ns}><EncodingType>url</EncodingType>"
             f"<IsTruncated>false</IsTruncated>{ENTRY}</ListBucketResult>").encode()
-    assert parse_listing(body) == ([("a b.bin", 7, '"e1"')], None)
+    assert parse_listing(body) == ([("a b.bin", 7, '"e1"', None)], None)
 
 
 @pytest.mark.parametrize(("answer", "problem"), [
