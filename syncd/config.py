@@ -203,6 +203,10 @@ class HttpConfig(_Model):
         return host_port(self.listen) if self.listen else None
 
 
+PUSH_SETTLE_S = 15.0  # a file on the volume unchanged this long is written
+PULL_SETTLE_S = 120.0  # an artifact's listing unchanged this long (four default polls)
+
+
 class MirrorConfig(_Model):
     name: Name
     bucket: str
@@ -218,7 +222,7 @@ class MirrorConfig(_Model):
     endpoint: Name | dict[str, Name] | None = None
     artifacts: tuple[str, ...] = ()
     marker: str | None = None
-    settle_s: float = Field(15.0, ge=0)
+    settle_s: float | None = Field(None, ge=0)
     keep_versions_s: float = Field(3600.0, ge=0)
 
     @field_validator("endpoint", mode="before")
@@ -262,6 +266,15 @@ class MirrorConfig(_Model):
         if v is not None and (v in ("", ".", "..") or "/" in v or "\x00" in v):
             raise ValueError(f"{v!r}: a plain file name, like '_COMPLETE'")
         return v
+
+    @property
+    def quiet_s(self) -> float:
+        """`settle_s`, or its default for the direction. Pull waits longer: between two
+        objects of a plain uploader lies one whole shard's upload, which is invisible in the
+        listing until it completes (a 10 GB shard at 100 MB/s: 100 s)."""
+        if self.settle_s is not None:
+            return self.settle_s
+        return PULL_SETTLE_S if self.direction == "pull" else PUSH_SETTLE_S
 
     @property
     def lease_backend(self) -> Literal["volume", "s3"]:

@@ -105,6 +105,9 @@ class PulledArtifact:
     manifest: Manifest | str | None = None  # the bucket's manifest, why it is unusable, none
     built: Listing | None = None  # the wanted version's directory, if a build was begun
     previous: str | None = None  # the version the last pass wanted
+    # how long this daemon has seen the artifact's listing unchanged; None: nobody looked
+    # before (a one-shot run, which builds what it lists)
+    stable_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -114,6 +117,8 @@ class PullFacts:
     record: Record
     artifacts: dict[str, PulledArtifact]  # by name, for every group of the source
     known: set[str]  # artifacts the volume's status knows (some may be gone from the source)
+    settle_s: float = 0.0  # a listing without a manifest must stay unchanged this long
+    marker: str | None = None  # or, when set, an artifact without a manifest waits for it
 
 
 def wanted(group: Group, manifest: Manifest | str | None) -> tuple[dict[str, Entry], str] | str:
@@ -139,15 +144,28 @@ def plan_pull(facts: PullFacts, policy: Policy, patterns: tuple[str, ...],
     for name in sorted(ours.groups):
         seen = facts.artifacts[name]
         limit = (build_key_bytes or {}).get(name, policy.max_key_bytes)
-        out.artifacts.append(_pull_artifact(ours.groups[name], seen, facts.record, limit))
+        out.artifacts.append(_pull_artifact(ours.groups[name], seen, facts, limit))
     for name in sorted(facts.known - set(ours.groups)):
         out.artifacts.append(_gone(name, policy, facts.src))
     return out
 
 
-def _pull_artifact(group: Group, seen: PulledArtifact, record: Record,
+def unfinished(group: Group, seen: PulledArtifact, settle_s: float,
+               marker: str | None) -> str | None:
+    """Why a version named only by the listing may still be mid-upload, or None. A plain
+    uploader writes one object at a time, so a listing is whole only when its marker is there
+    (written last), or when it has stayed unchanged for the settle period (issue 19)."""
+    if marker is not None:
+        return None if marker in group.files else f"waiting for its marker {marker}"
+    if seen.stable_s is None or seen.stable_s >= settle_s:
+        return None
+    return (f"settling: listing changed {seen.stable_s:.0f} s ago; built once unchanged "
+            f"for {settle_s:g} s")
+
+
+def _pull_artifact(group: Group, seen: PulledArtifact, facts: PullFacts,
                    max_key_bytes: int | None) -> ArtifactPlan:
-    name, current = group.name, seen.current
+    name, current, record = group.name, seen.current, facts.record
     got = wanted(group, seen.manifest)
     if isinstance(got, str):  # its files stay listed: their record entries are kept
         return ArtifactPlan(name, Step.HOLD, got, current=current, files=dict(group.files))
@@ -157,6 +175,10 @@ def _pull_artifact(group: Group, seen: PulledArtifact, record: Record,
                        manifest=manifest)
     if seen.current == version:
         return art
+    why = None if manifest is not None else unfinished(group, seen, facts.settle_s,
+                                                       facts.marker)
+    if why is not None:  # the current version stays; nothing of the new one is fetched
+        return ArtifactPlan(name, Step.HOLD, why, current=current, files=dict(group.files))
     art.step, art.detail = Step.BUILD, f"building version {version}"
     if seen.previous and seen.previous not in (version, seen.current):
         art.drop = seen.previous

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.config import ENV_CONFIG, MiB, load, parse
+from syncd.config import ENV_CONFIG, PULL_SETTLE_S, PUSH_SETTLE_S, MiB, load, parse
 from syncd.errors import ConfigError, ExitCode
 from syncd.tomlbounds import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_ENV_VALUE_BYTES
 from syncd.tomlbounds import depth as _depth
@@ -134,6 +134,19 @@ def test_parse_accepts_human_readable_sizes(text: str, expected: int) -> None:
     value = text if text.isdigit() else f'"{text}"'
     config = parse(f"[transfer]\npart_size = {value}\n{MINIMAL}", env={})
     assert config.transfer.part_size == expected
+
+
+def test_parse_settle_default_depends_on_direction_and_an_explicit_value_wins() -> None:
+    """A pull waits for an artifact's listing longer than a push for a file: between two
+    objects of a plain uploader lies a whole shard's upload (issue 19)."""
+    pull = parse(MINIMAL, source=SOURCE, env={}).mirrors[0]
+    assert (pull.settle_s, pull.quiet_s) == (None, PULL_SETTLE_S)
+    push = parse(MINIMAL.replace('"pull"', '"push"'), source=SOURCE, env={}).mirrors[0]
+    assert push.quiet_s == PUSH_SETTLE_S < PULL_SETTLE_S
+    env = {"SYNCD_MIRRORS__M__SETTLE_S": "0"}
+    assert parse(MINIMAL, source=SOURCE, env=env).mirrors[0].quiet_s == 0.0
+    marked = parse(MINIMAL + 'marker = "_COMPLETE"\n', source=SOURCE, env={}).mirrors[0]
+    assert marked.marker == "_COMPLETE"
 
 
 def test_config_mirror_unknown_name_is_config_error_listing_known_names() -> None:

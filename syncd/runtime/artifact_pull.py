@@ -34,9 +34,12 @@ MANIFEST_MAX_BYTES = 64 << 20
 
 
 async def observe(run: Pass, src: Listing, dst: Listing) -> PullFacts:
-    """What the plan needs to know of the volume beyond its listing. Reads only."""
+    """What the plan needs to know of the volume beyond its listing, and (a daemon) how long
+    each artifact's listing has stayed as it is. Reads only; a daemon notes what it saw."""
     seen: dict[str, PulledArtifact] = {}
-    for name, group in artifacts.split(src, run.mirror.artifacts).groups.items():
+    groups = artifacts.split(src, run.mirror.artifacts).groups
+    stable = _stable(run, groups)
+    for name, group in groups.items():
         versions = Versions(run.sides.volume, name)
         manifest: Manifest | str | None = None
         if group.manifest is not None:
@@ -46,12 +49,28 @@ async def observe(run: Pass, src: Listing, dst: Listing) -> PullFacts:
                 manifest = str(exc)
         before = run.status.artifacts.get(name)
         art = PulledArtifact(await versions.current(), manifest,
-                             previous=before.wanted if before else None)
+                             previous=before.wanted if before else None,
+                             stable_s=stable.get(name))
         got = wanted(group, manifest)
         if not isinstance(got, str) and got[1] != art.current:
             art.built = await _built(versions, got[1])
         seen[name] = art
-    return PullFacts(src, dst, run.record, seen, set(run.status.artifacts))
+    return PullFacts(src, dst, run.record, seen, set(run.status.artifacts),
+                     settle_s=run.mirror.quiet_s, marker=run.mirror.marker)
+
+
+def _stable(run: Pass, groups: dict[str, Group]) -> dict[str, float]:
+    """How long each artifact's listing has looked the same to this daemon; nothing in a
+    one-shot run. The loop is woken when the first one still settling has settled."""
+    sightings = run.memory.sightings
+    if sightings is None:
+        return {}
+    now, settle_s = time.monotonic(), run.mirror.quiet_s
+    stable = sightings.stable_s(
+        {name: artifacts.listing_version(g.files) for name, g in groups.items()}, now)
+    waiting = [settle_s - s for s in stable.values() if s < settle_s]
+    run.memory.due = now + min(waiting) if waiting else None
+    return stable
 
 
 async def _built(versions: Versions, version: str) -> Listing | None:

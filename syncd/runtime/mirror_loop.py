@@ -32,7 +32,7 @@ from syncd.plan import Plan
 from syncd.runtime import mirror as mirror_mod
 from syncd.runtime.health import Beat, Health
 from syncd.runtime.leases import Keeper, Session
-from syncd.runtime.passes import Memory
+from syncd.runtime.passes import Memory, Sightings
 from syncd.settle import Quiet
 from syncd.transfer import Stats
 
@@ -147,8 +147,10 @@ class MirrorLoop:
         watcher = None
         if self.mirror.direction == "push":
             if self.memory.quiet is None:
-                self.memory.quiet = Quiet(self.mirror.settle_s)
+                self.memory.quiet = Quiet(self.mirror.quiet_s)
             watcher = asyncio.create_task(self.watch(), name=f"watch {self.mirror.name}")
+        elif self.memory.sightings is None:  # pull: a listing must stay put across polls
+            self.memory.sightings = Sightings()
         try:
             while not self.daemon.stopping:
                 self.beat.standby()

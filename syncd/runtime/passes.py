@@ -3,7 +3,7 @@ artifact passes (artifact_pull.py, artifact_push.py) without importing each othe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,12 +48,34 @@ class Sides:
 
 
 @dataclass(slots=True)
+class Sightings:
+    """Pull: since when (this daemon's monotonic clock) each artifact's listing has looked as
+    it does now (its keys, sizes and ETags, as `artifacts.listing_version` names them). A
+    plain uploader's half-written version is a listing that keeps changing; one that stayed
+    put for the mirror's settle period is taken as whole."""
+
+    since: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def stable_s(self, listed: Mapping[str, str], now: float) -> dict[str, float]:
+        """How long each artifact of this pass's listing (name -> listing version) has been
+        unchanged; artifacts no longer listed are forgotten."""
+        seen: dict[str, tuple[str, float]] = {}
+        for name, version in listed.items():
+            before = self.since.get(name)
+            seen[name] = before if before is not None and before[0] == version else (version,
+                                                                                     now)
+        self.since = seen
+        return {name: now - since for name, (_, since) in seen.items()}
+
+
+@dataclass(slots=True)
 class Memory:
     """What a daemon remembers about one mirror between passes."""
 
     quiet: settle.Quiet | None = None  # push: observed stability of the volume's files
+    sightings: Sightings | None = None  # pull: of each artifact's listing (None: one-shot)
     manifests: dict[str, tuple[str, artifacts.Manifest]] = field(default_factory=dict)
-    due: float | None = None  # push: when the next waiting file settles (monotonic)
+    due: float | None = None  # when the next waiting file or artifact settles (monotonic)
     cleaned: float | None = None  # push: when abandoned uploads were last looked for
     pending: dict[str, float] = field(default_factory=dict)  # unsynced -> first seen (mono)
     artifacts: dict[str, int] = field(default_factory=dict)  # pull: artifacts by state
