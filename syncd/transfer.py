@@ -21,8 +21,8 @@ from syncd.errors import IntegrityError, SyncdError, disposition, first_error
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Checksum, Entry, Record, Recorded, fingerprint
 from syncd.plan import Adopt, Copy, Delete, Plan
-from syncd.stores.base import Fence, Source, Store
-from syncd.verify import OWN_ALGO
+from syncd.stores.base import Fence, Source, Store, part_boundaries
+from syncd.verify import OWN_ALGO, Unvouched, mismatch
 
 QUIET_BELOW = 1 << 20  # files smaller than this are logged at debug level when published
 DELETE_BATCH = 1000  # keys per journalled delete (the S3 DeleteObjects limit too)
@@ -71,6 +71,9 @@ class Meter(Protocol):
 
     def deleted(self, n: int) -> None: ...
 
+    def unverified(self, reason: str) -> None:
+        """A file published after a size check only, and why (`verify.Unvouched`)."""
+
     def failed(self, error: BaseException) -> None:
         """A failure outside any one transfer (a build that does not match its manifest)."""
 
@@ -87,6 +90,9 @@ class _NoMeter:
         pass
 
     def deleted(self, n: int) -> None:
+        pass
+
+    def unverified(self, reason: str) -> None:
         pass
 
     def failed(self, error: BaseException) -> None:
@@ -120,6 +126,13 @@ class _Counted:
     async def identity(self) -> Entry:
         return await self._inner.identity()
 
+    def boundaries(self) -> list[tuple[int, int]] | None:
+        return part_boundaries(self._inner)
+
+    @property
+    def unverified_reason(self) -> str:
+        return str(getattr(self._inner, "unverified_reason", Unvouched.NO_CHECKSUM))
+
 
 async def same_bytes(a: Store, a_entry: Entry, b: Store, b_entry: Entry) -> Checksum | None:
     """syncd's own checksum when both sides hold the same bytes, else None.
@@ -132,6 +145,9 @@ async def same_bytes(a: Store, a_entry: Entry, b: Store, b_entry: Entry) -> Chec
     if claim is None or await local.checksum(local_entry, claim.algo) != claim:
         return None
     return claim if claim.algo is OWN_ALGO else await local.checksum(local_entry, OWN_ALGO)
+
+
+_WARNED_SIZE_ONLY: set[tuple[str, str]] = set()  # mirrors (source, destination) warned
 
 
 class Transfer:
@@ -227,11 +243,11 @@ class Transfer:
         staged = await self.dst.stage(source, frozenset(), self.fence.generation)
         try:
             claim = await source.vouched()
-            if claim is not None and staged.checksums.get(claim.algo) != claim.value:
+            wrong = mismatch(claim, staged.checksums, staged.parts) if claim else None
+            if claim is not None and wrong is not None:
                 raise IntegrityError(
                     f"{key}: {claim.algo} of the received bytes does not match the source's "
-                    f"({staged.checksums.get(claim.algo)} != {claim.value}); not published",
-                    store=self.src.name, key=key)
+                    f"({wrong}); not published", store=self.src.name, key=key)
             if staged.size != entry.size:
                 raise IntegrityError(f"{key}: received {staged.size} bytes, listed {entry.size}",
                                      store=self.src.name, key=key)
@@ -253,12 +269,24 @@ class Transfer:
             self.stats.verified += 1
         else:
             self.stats.unverified += 1
+            self._size_only(key, str(getattr(source, "unverified_reason", "")))
         # a line per small file would be most of a large pass's CPU and of its log volume;
         # the pass summary and the metrics count them, --log-level debug lists them
         log = self.log.info if staged.size >= QUIET_BELOW else self.log.debug
         log("copy_published", key=key, bytes=staged.size, reason=reason, verified=verified,
             resumed=staged.resumed, algo=str(claim.algo) if claim else None)
         return verified
+
+    def _size_only(self, key: str, reason: str) -> None:
+        """Count a size-only file by reason, and warn once per mirror and process: the
+        source vouches for nothing, so a corrupted copy would not be noticed."""
+        self.meter.unverified(reason)
+        mirror = (self.src.name, self.dst.name)
+        if mirror not in _WARNED_SIZE_ONLY:
+            _WARNED_SIZE_ONLY.add(mirror)
+            self.log.warning("size_only", key=key, reason=reason,
+                             hint="the source has no checksum syncd can verify; only the size "
+                                  "of such files is checked")
 
     def _recorded(self) -> None:
         """A file was just published or adopted and recorded: a checkpoint may be due."""

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from syncd.listing import Algo, Checksum
 from syncd.verify import (
     CRC_ALGOS,
+    Composite,
     Digest,
     combine,
     crc_bytes,
@@ -242,15 +243,16 @@ def test_vouched_prefers_crc64nvme_then_crc32c_then_crc32() -> None:
 
 
 @pytest.mark.parametrize("checksum_type", ["COMPOSITE", "composite"])
-def test_vouched_ignores_composite_checksum_by_type(checksum_type: str) -> None:
+def test_vouched_reads_composite_checksum_by_type(checksum_type: str) -> None:
     head = {"ChecksumCRC32C": CRC32C, "ChecksumType": checksum_type, "ETag": '"abc-3"'}
-    assert vouched(head) is None
+    assert vouched(head) == Composite(Algo.CRC32C, CRC32C, 3)
 
 
-def test_vouched_ignores_composite_checksum_by_part_count_suffix() -> None:
+def test_vouched_reads_composite_checksum_by_part_count_suffix() -> None:
     head = {"ChecksumSHA256": "x2Ybj5VHfZdl8Qz0LY3iQBo9MwRC7hIXZvpqIrJuhw4=-12",
             "ETag": '"0123456789abcdef0123456789abcdef-12"'}
-    assert vouched(head) is None
+    assert vouched(head) == Composite(
+        Algo.SHA256, "x2Ybj5VHfZdl8Qz0LY3iQBo9MwRC7hIXZvpqIrJuhw4=", 12)
 
 
 def test_vouched_falls_back_to_md5_etag_after_composite_checksum() -> None:
@@ -268,7 +270,6 @@ def test_vouched_uses_single_part_md5_etag_quoted_or_not(etag: str) -> None:
 @pytest.mark.parametrize(
     "etag",
     [
-        f'"{MD5_HEX}-2"',  # multipart
         f"{MD5_HEX[:-1]}",  # too short
         f'"{MD5_HEX}0"',  # too long
         '"zz107d9d372bb6826bd81d3542a419d6"',  # not hex
@@ -319,7 +320,8 @@ def test_vouched_keeps_full_object_checksum_of_encrypted_object() -> None:
         {},
         {"Metadata": {}},
         {"Metadata": None, "ETag": None},
-        {"ChecksumCRC32": "", "ETag": '"abc-2"'},
+        {"ChecksumCRC32": "", "ETag": '"abc"'},
+        {"ETag": '"d41d8cd98f00b204e9800998ecf8427e-2"'},  # md5 of nothing: SeaweedFS tools
         {"ContentLength": 5, "LastModified": "x"},
     ],
 )

@@ -156,6 +156,10 @@ class Metrics:
         self.verified = Counter(
             "syncd_verified_objects", "Published objects whose bytes matched a checksum the "
             "source vouches for.", md, registry=r)
+        self.unverified = Counter(
+            "syncd_unverified_files", "Published files checked by size only, since the "
+            "source vouches for no checksum, by why (no_checksum, encrypted, weak_etag, "
+            "parts_unknown).", ["mirror", "reason"], registry=r)
         self.deleted = Counter(
             "syncd_deleted_objects", "Objects deleted from the destination.", md, registry=r)
         self.errors = Counter(
@@ -244,6 +248,7 @@ class MirrorMeter:
         self._last_success = m.last_success.labels(name)
         self._integrity = m.verification_failures.labels(name)
         self._errors, self._passes, self._name = m.errors, m.passes, name
+        self._unverified = m.unverified
         self._crashes = m.pass_crashes.labels(name)
         self._integrity.inc(0)  # present from the start: alerts compare with earlier values
         self._crashes.inc(0)
@@ -265,6 +270,9 @@ class MirrorMeter:
                 self._verified.inc()
         if error is not None:
             self.failed(error)
+
+    def unverified(self, reason: str) -> None:
+        self._unverified.labels(self._name, reason or "no_checksum").inc()
 
     def failed(self, error: BaseException) -> None:
         kind = kind_of(error)

@@ -79,6 +79,15 @@ class Staged:
     source: Source
     metadata: dict[str, str] = field(default_factory=dict)
     resumed: int = 0  # bytes not transferred because an earlier, interrupted run had them
+    # a composite claim's algorithm over each of its upload's parts (`verify.mismatch`)
+    parts: tuple[str, ...] = ()
+
+
+def part_boundaries(source: Source) -> list[tuple[int, int]] | None:
+    """The ranges of the upload whose per-part checksums the source vouches for (an S3
+    multipart object, once `vouched()` was asked), else None: any split will do."""
+    boundaries = getattr(source, "boundaries", None)
+    return boundaries() if callable(boundaries) else None
 
 
 S = TypeVar("S", bound=Staged)

@@ -69,9 +69,10 @@ from syncd.stores.s3_http import (
     required_etag,
     transient,
 )
+from syncd.stores.s3_source import S3Source
 from syncd.stores.s3_upload import GEN_META, S3Staged, Uploads
 from syncd.stores.sigv4 import EMPTY_SHA256, Credentials
-from syncd.verify import vouched
+from syncd.verify import Composite, vouched
 
 _ACCESS_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -371,8 +372,27 @@ class S3Store:
             resp.release()
         return head_fields(resp.headers)
 
+    async def first_part(self, key: str, etag: str | None) -> tuple[int, int | None]:
+        """Part 1's size and the parts count of a multipart object (HEAD ?partNumber=1):
+        its upload's part boundaries, since every SDK uploads equal parts but the last.
+        `etag` pins the version the first HEAD saw."""
+        headers = dict(_CHECKSUM_MODE)
+        if etag and not weak_etag(etag):
+            headers["if-match"] = f'"{etag}"'
+        with self._translated(key):
+            resp = await self.http.send("HEAD", self.bucket, self.object_key(key),
+                                        query=[("partNumber", "1")], headers=headers,
+                                        payload_hash=EMPTY_SHA256)
+            resp.release()
+        length = resp.headers.get("Content-Length", "")
+        return (int(length) if length.isdigit() else 0), head_fields(resp.headers).get(
+            "PartsCount")
+
     async def checksum(self, entry: Entry, algo: Algo | None = None) -> Checksum | None:
-        return vouched(await self.head(entry.key))
+        """A full-object checksum only: a composite one says nothing about a local file's
+        bytes without its upload's part boundaries."""
+        claim = vouched(await self.head(entry.key))
+        return None if isinstance(claim, Composite) else claim
 
     async def open(self, entry: Entry) -> S3Source:
         source = S3Source(self, entry)
@@ -382,21 +402,31 @@ class S3Store:
 
     @contextlib.asynccontextmanager
     async def streamed(
-        self, key: str, start: int, end: int, etag: str | None, *, ranged: bool
+        self, key: str, start: int, end: int, etag: str | None, *, ranged: bool,
+        since: str | None = None,
     ) -> AsyncIterator[tuple[dict[str, Any], AsyncIterator[bytes]]]:
         """One GET of bytes [start, end) under one of the store's transfer slots: the
         answer's header fields and its body's chunks. `etag` pins the object (If-Match), so
-        the parts of one download never mix two versions. The connection goes back to the
-        pool on exit, whether the body was read or not."""
+        the parts of one download never mix two versions; an ETag that does not depend on
+        the content pins nothing (issue 19), so then `since` (the first HEAD's
+        Last-Modified) does, with If-Unmodified-Since. A version that moved is
+        SourceChanged. The connection goes back to the pool on exit, whether the body was
+        read or not."""
         headers = dict(_CHECKSUM_MODE)
-        if etag:
+        if etag and not weak_etag(etag):
             headers["if-match"] = f'"{etag}"'
+        elif since:
+            headers["if-unmodified-since"] = since
         if ranged:
             headers["range"] = f"bytes={start}-{end - 1}"
         async with self._slots:
-            with self._translated(key):
-                resp = await self.http.send("GET", self.bucket, self.object_key(key),
-                                            headers=headers, payload_hash=EMPTY_SHA256)
+            try:
+                with self._translated(key):
+                    resp = await self.http.send("GET", self.bucket, self.object_key(key),
+                                                headers=headers, payload_hash=EMPTY_SHA256)
+            except PreconditionFailed:
+                raise SourceChanged(f"{key} changed while it was read", store=self.name,
+                                    key=key) from None
             try:
                 async with contextlib.aclosing(self._chunks(resp, key, end - start)) as chunks:
                     yield head_fields(resp.headers), chunks
@@ -468,54 +498,3 @@ class S3Store:
                     f"could not delete {len(errors)} object(s), first "
                     f"{first.get('Key')}: {first.get('Code')}", store=self.name,
                 )
-
-
-_UNSET = object()
-
-
-class S3Source:
-    """One object to read. A small one learns its checksum from its single GET's headers."""
-
-    def __init__(self, store: S3Store, entry: Entry) -> None:
-        self.store = store
-        self.key = entry.key
-        self.size = entry.size
-        self._entry = entry
-        self._head: dict[str, Any] | None = None
-        self._claim: object = _UNSET
-
-    async def vouched(self) -> Checksum | None:
-        if self._head is None:
-            self._head = await self.store.head(self.key)
-            self._check_size(self._head)
-        if self._claim is _UNSET:
-            self._claim = vouched(self._head)
-        return self._claim  # type: ignore[return-value]
-
-    def _check_size(self, head: dict[str, Any]) -> None:
-        size = head.get("ContentLength")
-        if size is not None and int(size) != self.size and "ContentRange" not in head:
-            raise SourceChanged(f"{self.key} changed since it was listed",
-                                store=self.store.name, key=self.key)
-
-    async def digest(self, algo: Algo) -> Checksum:
-        raise StoreError(f"{self.key}: hashing a remote object up front is not supported",
-                         store=self.store.name, key=self.key)
-
-    async def identity(self) -> Entry:
-        etag = normalize_etag(self._head.get("ETag")) if self._head else self._entry.etag
-        return Entry(self.key, self.size, etag=etag)
-
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
-        end = self.size if end is None else end
-        whole = start == 0 and end == self.size
-        if end <= start and not whole:
-            return
-        etag = normalize_etag(self._head.get("ETag")) if self._head else None
-        async with self.store.streamed(self.key, start, end, etag,
-                                       ranged=not whole) as (fields, chunks):
-            if self._head is None:
-                self._head = fields
-                self._check_size(fields)
-            async for chunk in chunks:
-                yield chunk

@@ -359,9 +359,11 @@ def head_fields(headers: Mapping[str, str]) -> dict[str, Any]:
     for header, field_name in (("ETag", "ETag"), ("Content-Range", "ContentRange"),
                                ("x-amz-server-side-encryption", "ServerSideEncryption"),
                                ("x-amz-server-side-encryption-customer-algorithm",
-                                "SSECustomerAlgorithm")):
+                                "SSECustomerAlgorithm"), ("Last-Modified", "LastModified")):
         if header in headers:
             out[field_name] = headers[header]
+    if headers.get("x-amz-mp-parts-count", "").isdigit():  # a HEAD/GET with partNumber
+        out["PartsCount"] = int(headers["x-amz-mp-parts-count"])
     if "Content-Length" in headers and "Content-Range" not in headers:
         out["ContentLength"] = int(headers["Content-Length"])
     elif "Content-Range" in headers:

@@ -25,8 +25,8 @@ from typing import Any
 
 from syncd.errors import SourceChanged, StoreError, TooLarge, first_error
 from syncd.listing import Algo, Checksum, fingerprint
-from syncd.parts import effective_part_size, part_ranges
-from syncd.stores.base import Fence, Source, Staged
+from syncd.parts import part_ranges
+from syncd.stores.base import Fence, Source, Staged, part_boundaries
 from syncd.stores.resume import (
     PartialDownload,
     fresh_partials,
@@ -38,9 +38,9 @@ from syncd.stores.resume import (
     sidecar_of,
     worth_resuming,
 )
-from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, Space
+from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, Space, hash_range
 from syncd.stores.volume_write import StagingFile, Writer
-from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, combine
+from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, PartHashes, combine
 
 SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
 SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -222,22 +222,23 @@ class Downloads:
         if source.size <= INLINE_MAX:
             with self._translated(source.key):
                 chunks, got = await self._gather(source)
-            digest = Digest(algos | _algo(await source.vouched()))
+            digest = await _digest(source, algos)
             for chunk in chunks:
                 digest.update(chunk)
             return VolumeStaged(source.key, got, digest.results(), source,
-                                inline=Inline(chunks, got))
+                                inline=Inline(chunks, got), parts=_parts(digest))
         if source.size <= SMALL_BYTES:
             with self._translated(source.key):
-                sums, path = await self._small(source, algos)
-            return VolumeStaged(source.key, source.size, sums, source, temp=path)
+                digest, path = await self._small(source, algos)
+            return VolumeStaged(source.key, source.size, digest.results(), source, temp=path,
+                                parts=_parts(digest))
         if source.size > self._threshold:
             return await self._stage_parts(source, algos)
         with self._translated(source.key):
             file, path = await asyncio.to_thread(self._reserve, source.size, source.key)
         try:
             with self._translated(source.key):
-                sums = await self._single(file, source, algos)
+                digest = await self._single(file, source, algos)
                 await asyncio.to_thread(os.fsync, file.fd)
         except BaseException:
             file.close()
@@ -245,14 +246,17 @@ class Downloads:
                 os.unlink(path)
             raise
         file.close()
-        return VolumeStaged(source.key, source.size, sums, source, temp=path)
+        return VolumeStaged(source.key, source.size, digest.results(), source, temp=path,
+                            parts=_parts(digest))
 
     async def _stage_parts(self, source: Source, algos: frozenset[Algo]) -> VolumeStaged:
         """A large file in ranged parts. When the source names its version (an ETag), the
         staging file is named after the destination and a sidecar records finished parts,
         so an interrupted download resumes from the bytes it already has."""
-        algos = algos | _algo(await source.vouched())
-        head = await self._download_head(source)
+        claim = await source.vouched()
+        algos = algos | _algo(claim)
+        ranges = part_boundaries(source) or part_ranges(source.size, self._part_size)
+        head = await self._download_head(source, ranges)
         name = partial_name(str(self.root / source.key))
         partial: PartialDownload | None = None
         with self._translated(source.key):
@@ -266,7 +270,8 @@ class Downloads:
             path = str(partial.path)
         try:
             with self._translated(source.key):
-                sums = await self._parallel(file, source, algos, partial)
+                sums, parts = await self._parallel(file, source, algos, partial, ranges,
+                                                   claim.algo if claim else None)
                 await asyncio.to_thread(os.fsync, file.fd)
                 if partial is not None:  # a publication that fails still resumes it all
                     await partial.progress.flush()
@@ -276,16 +281,19 @@ class Downloads:
             raise
         file.close()
         resumed = partial.resumed if partial else 0
-        return VolumeStaged(source.key, source.size, sums, source, resumed=resumed, temp=path)
+        return VolumeStaged(source.key, source.size, sums, source, resumed=resumed, temp=path,
+                            parts=parts)
 
-    async def _download_head(self, source: Source) -> dict[str, Any] | None:
-        """What a sidecar must match to resume: this source version, size and part size."""
+    async def _download_head(self, source: Source,
+                             ranges: Sequence[tuple[int, int]]) -> dict[str, Any] | None:
+        """What a sidecar must match to resume: this source version, size and part size
+        (a multipart upload's own, when its parts are verified one by one)."""
         ident = await source.identity()
         version = ident.etag or (fingerprint(ident) if ident.mtime_ns is not None else None)
         if not version:
             return None
         return {"key": source.key, "size": source.size, "version": version,
-                "part_size": effective_part_size(source.size, self._part_size)}
+                "part_size": ranges[0][1] if ranges else 0}
 
     async def _abandon(self, path: str, partial: PartialDownload | None,
                        exc: BaseException | None) -> None:
@@ -331,35 +339,38 @@ class Downloads:
                                 store=self.name, key=source.key)
         return chunks, got
 
-    async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[dict[Algo, str], str]:
+    async def _small(self, source: Source, algos: frozenset[Algo]) -> tuple[Digest, str]:
         chunks, got = await self._gather(source)
-        digest = Digest(algos | _algo(await source.vouched()))
+        digest = await _digest(source, algos)
         path = await asyncio.to_thread(self._write_small, source.key, chunks, got, digest)
-        return digest.results(), path
+        return digest, path
 
     async def _single(
         self, file: StagingFile, source: Source, algos: frozenset[Algo],
-    ) -> dict[Algo, str]:
+    ) -> Digest:
         """One stream; the hash set is fixed after the first chunk, when a single GET has
         told which checksum the object carries."""
         async with contextlib.aclosing(source.read()) as chunks:
             first = await anext(chunks, None)
-            digest = Digest(algos | _algo(await source.vouched()))
+            digest = await _digest(source, algos)
             await self._writer.fill(file, source, 0, source.size, digest, _prepend(first, chunks))
-        return digest.results()
+        return digest
 
     async def _parallel(
         self, file: StagingFile, source: Source, algos: frozenset[Algo],
-        partial: PartialDownload | None,
-    ) -> dict[Algo, str]:
+        partial: PartialDownload | None, ranges: Sequence[tuple[int, int]],
+        per_part: Algo | None,
+    ) -> tuple[dict[Algo, str], tuple[str, ...]]:
         """Ranged parts written at their offsets; CRCs per part, combined. MD5/SHA cannot be
         combined, so an in-order hasher follows the completed prefix of the file on a worker
         thread (hashlib releases the GIL) instead of re-reading it all at the end; it reads
-        kept parts from the file like downloaded ones."""
+        kept parts from the file like downloaded ones. On a multipart upload's own
+        `ranges`, each part is also hashed with the claim's algorithm `per_part` (in
+        parallel, on worker threads): its part checksums, to combine as S3 did."""
         crcs = frozenset(a for a in algos if a in CRC_ALGOS)
-        ranges = part_ranges(source.size, self._part_size)
-        digests = [Digest(crcs, start) for start, _ in ranges]
-        follower = (InOrderHash(file.fd, ranges, algos - crcs, file.direct, self._readback)
+        own = frozenset({per_part}) if per_part else frozenset()
+        digests = [Digest(crcs | own, start) for start, _ in ranges]
+        follower = (InOrderHash(file.fd, list(ranges), algos - crcs, file.direct, self._readback)
                     if algos - crcs else None)
         saving = partial.progress.autosave() if partial else contextlib.nullcontext()
         try:
@@ -368,24 +379,29 @@ class Downloads:
                     tg.create_task(follower.run())
                 for i in range(len(ranges)):
                     tg.create_task(self._part(file, source, i, ranges[i], digests, partial,
-                                              follower.done if follower else None))
+                                              follower.done if follower else None, own))
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         sums = combine(digests)
         if follower is not None:
             sums.update(follower.digest.results())
-        return sums
+        parts = tuple(d.results()[per_part] for d in digests) if per_part else ()
+        return sums, parts
 
     async def _part(
         self, file: StagingFile, source: Source, i: int, span: tuple[int, int],
         digests: MutableSequence[Digest], partial: PartialDownload | None,
-        on_done: Callable[[int], None] | None,
+        on_done: Callable[[int], None] | None, own: frozenset[Algo],
     ) -> None:
-        """One part: kept when the partial file still holds it intact, else downloaded."""
+        """One part: kept when the partial file still holds it intact, else downloaded. A
+        kept part is re-hashed with what its sidecar does not record (`own`)."""
         start, end = span
         kept = await partial.keep(file.fd, i, start, end) if partial else None
         if kept is not None:
-            digests[i] = kept
+            if own - frozenset(CRC_ALGOS):  # digests[i] is still fresh: hash it all
+                await asyncio.to_thread(hash_range, file.fd, start, end, digests[i])
+            else:
+                digests[i] = kept
         else:
             await self._writer.fill(file, source, start, end, digests[i])
         if partial is not None:
@@ -428,6 +444,20 @@ def _remove_staging(path: Path) -> None:
 
 def _algo(claim: Checksum | None) -> frozenset[Algo]:
     return frozenset({claim.algo}) if claim else frozenset()
+
+
+async def _digest(source: Source, algos: frozenset[Algo]) -> Digest:
+    """The digest of one stream: `algos`, the claim's algorithm, and per part on the
+    upload's boundaries when the claim is a multipart upload's (asked after the first
+    chunk, once a single GET has told what the object carries)."""
+    claim = await source.vouched()
+    bounds = part_boundaries(source) if claim else None
+    parts = PartHashes(claim.algo, bounds) if claim and bounds is not None else None
+    return Digest(algos | _algo(claim), parts=parts)
+
+
+def _parts(digest: Digest) -> tuple[str, ...]:
+    return tuple(digest.parts.values) if digest.parts is not None else ()
 
 
 async def _prepend(
