@@ -34,6 +34,9 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration."
 app.add_typer(config_app, name="config")
 lease_app = typer.Typer(no_args_is_help=True, help="Inspect and break write leases.")
 app.add_typer(lease_app, name="lease")
+manifest_app = typer.Typer(no_args_is_help=True,
+                           help="Write the manifest of an artifact uploaded by other tools.")
+app.add_typer(manifest_app, name="manifest")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -353,6 +356,30 @@ def lease_break(
                         holder=broken.previous, new_gen=broken.written.gen)
             typer.echo(f"{lease.target}: broke generation {broken.found.gen} held by "
                        f"{broken.previous}; generation {broken.written.gen} is released")
+        return 0
+
+    _run(main)
+
+
+@manifest_app.command("write")
+def manifest_write(
+    artifact: Annotated[str, typer.Argument(help="The artifact's path relative to its "
+                                                 "mirror's prefix (tiny-llama).")],
+    config: ConfigOpt = None,
+    mirror: Annotated[str | None, typer.Option(
+        "--mirror", "-m", help="The mirror whose bucket holds it (default: the only mirror "
+                               "the artifact belongs to).")] = None,
+) -> None:
+    """Describe an artifact already uploaded (docs/manifest.md): every file with its size,
+    ETag and CRC64NVME (from its HEAD, else hashed by reading it), the manifest written last
+    with a conditional PUT. A pull then builds exactly that version, at once."""
+    from syncd import config as config_mod
+    from syncd.runtime import manifests
+
+    async def main() -> int:
+        cfg = config_mod.load(config)
+        chosen = manifests.mirror_for(cfg, artifact, mirror)
+        manifests.summary(await manifests.write(cfg, chosen, artifact), typer.echo)
         return 0
 
     _run(main)
