@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from syncd.keys import glob_match, unsafe_reason
 from syncd.listing import Entry, Listing
@@ -92,8 +92,7 @@ def split(listing: Listing, patterns: tuple[str, ...]) -> Split:
 
 def rebase(entries: Mapping[str, Entry], prefix: str) -> Listing:
     """Entries re-keyed to `prefix/key` (an artifact's files as mirror-relative keys)."""
-    return Listing.of(Entry(f"{prefix}/{k}", e.size, e.etag, e.mtime_ns, e.inode, e.checksum)
-                      for k, e in entries.items())
+    return Listing.of(replace(e, key=f"{prefix}/{k}") for k, e in entries.items())
 
 
 def listing_version(files: Mapping[str, Entry]) -> str:
@@ -101,7 +100,10 @@ def listing_version(files: Mapping[str, Entry]) -> str:
     h = hashlib.sha256()
     for key in sorted(files):
         e = files[key]
-        h.update(f"{key}\0{e.size}\0{e.etag or ''}\n".encode())
+        # a time only where the ETag names no content (listing.weak_etag): the names of
+        # versions with content ETags stay what they were
+        when = f"\0{e.last_modified}" if e.last_modified is not None else ""
+        h.update(f"{key}\0{e.size}\0{e.etag or ''}{when}\n".encode())
     return "l-" + h.hexdigest()[:20]
 
 

@@ -178,6 +178,9 @@ direction = "pull"
 delete = true
 # Every top-level directory is one model, published whole: workers see a version or the next.
 artifacts = ["*"]
+# A version with no manifest is built once its listing stays unchanged this long (default
+# 120 s, for uploads that take minutes per shard); the demo uploads each model in one go.
+settle_s = 3.0
 volumes = {{ {DATACENTER} = {q(str(layout.volume))} }}
 
 [[mirrors]]

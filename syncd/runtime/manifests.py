@@ -24,7 +24,7 @@ from syncd import artifacts
 from syncd.artifacts import FileRecord, Group, Manifest
 from syncd.config import Config, MirrorConfig
 from syncd.errors import ConfigError, IntegrityError, SourceChanged
-from syncd.listing import Algo, Checksum, Entry
+from syncd.listing import Algo, Checksum, Entry, fingerprint
 from syncd.stores.s3 import S3Store
 from syncd.verify import OWN_ALGO, Digest
 
@@ -86,8 +86,8 @@ async def _group(store: S3Store, mirror: MirrorConfig, artifact: str) -> Group:
     return group
 
 
-def _shape(group: Group) -> dict[str, tuple[int, str | None]]:
-    return {k: (e.size, e.etag) for k, e in group.files.items()}
+def _shape(group: Group) -> dict[str, str]:
+    return {k: fingerprint(e) for k, e in group.files.items()}
 
 
 async def _checksum(store: S3Store, entry: Entry, out: Written) -> Checksum:

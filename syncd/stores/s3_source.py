@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import PreconditionFailed, SourceChanged, StoreError
-from syncd.listing import Algo, Checksum, Entry, normalize_etag, weak_etag
+from syncd.listing import Algo, Checksum, Entry, epoch_s, normalize_etag, weak_etag
 from syncd.verify import Composite, Unvouched, unvouched, vouched
 
 if TYPE_CHECKING:
@@ -106,7 +106,8 @@ class S3Source:
                     now.get("LastModified")) != (self.size, etag, self._head.get("LastModified")):
                 raise SourceChanged(f"{self.key} changed while it was read",
                                     store=self.store.name, key=self.key)
-        return Entry(self.key, self.size, etag=etag)
+        since = epoch_s(self._since()) if weak_etag(etag) else None  # then time is identity
+        return Entry(self.key, self.size, etag=etag, last_modified=since)
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         end = self.size if end is None else end

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd.errors import SourceChanged, StoreError, TooLarge, first_error
-from syncd.listing import Algo, Checksum, fingerprint
+from syncd.listing import Algo, Checksum, fingerprint, weak_etag
 from syncd.parts import part_ranges
 from syncd.stores.base import Fence, Source, Staged, part_boundaries
 from syncd.stores.resume import (
@@ -289,7 +289,12 @@ class Downloads:
         """What a sidecar must match to resume: this source version, size and part size
         (a multipart upload's own, when its parts are verified one by one)."""
         ident = await source.identity()
-        version = ident.etag or (fingerprint(ident) if ident.mtime_ns is not None else None)
+        if ident.mtime_ns is not None or weak_etag(ident.etag):
+            # a volume file, or an ETag that names no content: size and time name the version
+            timed = ident.mtime_ns is not None or ident.last_modified is not None
+            version = fingerprint(ident) if timed else None
+        else:
+            version = ident.etag
         if not version:
             return None
         return {"key": source.key, "size": source.size, "version": version,

@@ -27,7 +27,9 @@ def test_new_artifact_version_appears_whole_while_a_reader_loops(setup: Setup,
     v1, v2 = version_files("v1", shards=3), version_files("v2", shards=4)
     v2["model-00000.safetensors"] = v1["model-00000.safetensors"]  # unchanged between versions
     setup.publish_artifact("llama", v1)
-    daemon = setup.start(setup.config("pull", vol, extra=ART))
+    # a reader resolves the link, then reads: the old version must outlive it (keep_versions_s)
+    keep = ART.replace("keep_versions_s = 0", "keep_versions_s = 30")
+    daemon = setup.start(setup.config("pull", vol, extra=keep))
     first = syncd("wait", "llama", "--timeout", "60", "-c", str(setup.tmp / "c.toml"))
     assert first.code == 0, first.stderr
     assert tree(Path(first.stdout.strip())) == v1
@@ -72,7 +74,7 @@ def test_new_artifact_version_appears_whole_while_a_reader_loops(setup: Setup,
     assert len(daemon.events("artifact_published")) == 2
     assert daemon.stop() == 0
     versions = os.listdir(vol / ".syncd" / "artifacts" / "llama")
-    assert len(versions) <= 2  # keep_versions_s = 0: the old one is pruned on the next pass
+    assert len(versions) <= 2  # the old one is pruned keep_versions_s after the switch
 
 
 def test_checkpoint_written_slowly_is_pushed_once_settled_with_its_manifest_last(
