@@ -21,7 +21,7 @@ from enum import StrEnum
 from syncd import artifacts
 from syncd.artifacts import Group, Manifest
 from syncd.listing import Entry, Listing, Record, fingerprint
-from syncd.plan import Action, Copy, Hold, Plan, Policy, Reason, Skip, compute
+from syncd.plan import Action, Adopt, Copy, Delete, Hold, Plan, Policy, Reason, Skip, compute
 
 # A build holds exactly the wanted files: whatever else is in its directory goes.
 BUILD_POLICY = Policy(delete=True, max_delete_count=1 << 62, max_delete_fraction=1.0,
@@ -58,6 +58,7 @@ class ArtifactPlan:
     seeds: list[Seed] = field(default_factory=list)
     plan: Plan = field(default_factory=Plan)  # the build's files, as mirror keys
     drop: str | None = None  # an unfinished build of a version the source no longer holds
+    pending: bool = False  # held while a new version is still arriving (settling, marker)
 
     @property
     def bytes(self) -> int:
@@ -147,7 +148,18 @@ def plan_pull(facts: PullFacts, policy: Policy, patterns: tuple[str, ...],
         out.artifacts.append(_pull_artifact(ours.groups[name], seen, facts, limit))
     for name in sorted(facts.known - set(ours.groups)):
         out.artifacts.append(_gone(name, policy, facts.src))
+    if any(a.pending for a in out.artifacts):
+        after_artifacts(out.loose)
     return out
+
+
+def after_artifacts(loose: Plan) -> None:
+    """A loose file may point at a version (a Hugging Face `refs/main` names a snapshot):
+    while a new version is still arriving, loose changes wait, and go live in a pass that
+    has switched it in, after it."""
+    for i, action in enumerate(loose.actions):
+        if isinstance(action, Copy | Adopt | Delete):
+            loose.actions[i] = Skip(action.key, Reason.AFTER_ARTIFACTS)
 
 
 def unfinished(group: Group, seen: PulledArtifact, settle_s: float,
@@ -178,7 +190,8 @@ def _pull_artifact(group: Group, seen: PulledArtifact, facts: PullFacts,
     why = None if manifest is not None else unfinished(group, seen, facts.settle_s,
                                                        facts.marker)
     if why is not None:  # the current version stays; nothing of the new one is fetched
-        return ArtifactPlan(name, Step.HOLD, why, current=current, files=dict(group.files))
+        return ArtifactPlan(name, Step.HOLD, why, current=current, files=dict(group.files),
+                            pending=True)
     art.step, art.detail = Step.BUILD, f"building version {version}"
     if seen.previous and seen.previous not in (version, seen.current):
         art.drop = seen.previous

@@ -47,6 +47,7 @@ class Reason(StrEnum):
     PATH_REPLACED = "path_replaced"  # a delete that clears the path a copy needs
     PATH_TOO_LONG = "path_too_long"
     UNREADABLE = "unreadable"  # under a path the destination could not read
+    AFTER_ARTIFACTS = "after_artifacts"  # a loose file waits for a version still settling
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from syncd import artifacts
 from syncd.artifacts import FileRecord, Manifest
 from syncd.listing import Entry, Listing
 from syncd.pass_plan import PulledArtifact, PullFacts, Step, plan_pull
-from syncd.plan import Policy
+from syncd.plan import Policy, Reason
 from syncd.runtime.passes import Sightings
 
 PATTERNS = ("*",)
@@ -99,3 +99,21 @@ def test_sightings_measure_how_long_each_artifact_listing_stayed_the_same() -> N
     assert seen.stable_s({"a": "l-1", "b": "l-2"}, 130.0) == {"a": 30.0, "b": 0.0}
     assert seen.stable_s({"b": "l-2"}, 140.0) == {"b": 10.0}  # "a" is forgotten
     assert seen.stable_s({"a": "l-1", "b": "l-2"}, 150.0) == {"a": 0.0, "b": 20.0}
+
+
+def test_loose_files_wait_while_a_new_version_of_an_artifact_is_still_settling() -> None:
+    """A loose pointer (Hugging Face `refs/main`) must not go live before the version it
+    names; that version is held while settling, so the pointer's change waits too."""
+    src = Listing.of([Entry("refs/main", 4, etag="r2"), Entry("snap/b/w.bin", 9, etag="b")])
+    dst = Listing.of([Entry("refs/main", 4, mtime_ns=1, inode=1)])
+    settling = PulledArtifact(None, stable_s=1.0)
+    facts = PullFacts(src, dst, {}, {"snap/b": settling}, set(), settle_s=120.0)
+    plan = plan_pull(facts, Policy(tree=True), ("snap/*",))
+    assert [a.step for a in plan.artifacts] == [Step.HOLD]
+    assert [(a.key, a.reason) for a in plan.loose.actions] == [
+        ("refs/main", Reason.AFTER_ARTIFACTS)]
+    settled = PulledArtifact(None, stable_s=500.0)
+    facts = PullFacts(src, dst, {}, {"snap/b": settled}, set(), settle_s=120.0)
+    plan = plan_pull(facts, Policy(tree=True), ("snap/*",))
+    assert [a.step for a in plan.artifacts] == [Step.BUILD]
+    assert [type(a).__name__ for a in plan.loose.actions] == ["Adopt"]

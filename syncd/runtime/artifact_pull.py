@@ -22,7 +22,15 @@ from syncd import artifacts, status
 from syncd.artifacts import LEGACY, Group, Manifest, ManifestError
 from syncd.errors import IntegrityError
 from syncd.listing import Listing, Recorded, fingerprint
-from syncd.pass_plan import ArtifactPlan, PassPlan, PulledArtifact, PullFacts, Step, wanted
+from syncd.pass_plan import (
+    ArtifactPlan,
+    PassPlan,
+    PulledArtifact,
+    PullFacts,
+    Step,
+    after_artifacts,
+    wanted,
+)
 from syncd.plan import Copy, Plan, Reason
 from syncd.runtime.passes import Pass
 from syncd.status import ArtifactStatus
@@ -86,7 +94,14 @@ async def execute(run: Pass, plan: PassPlan) -> Stats:
         if run.stopping():
             break
         stats.add(await _step(run, art))
-    stats.add(await run.carry_out(run.sides.s3, run.sides.volume, plan.loose))
+    unswitched = [a.name for a in plan.artifacts if a.step is Step.BUILD
+                  and run.status.artifacts[a.name].state != status.READY]
+    loose = plan.loose
+    if unswitched:  # a loose file may point at one of them: it waits, as planned for
+        loose = Plan(list(plan.loose.actions), plan.loose.refused_deletes)
+        after_artifacts(loose)
+        run.log.info("loose_files_wait", artifacts=unswitched)
+    stats.add(await run.carry_out(run.sides.s3, run.sides.volume, loose))
     await _prune(run)
     return stats
 

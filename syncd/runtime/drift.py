@@ -32,7 +32,7 @@ from syncd.stores.volume import VolumeStore
 from syncd.transfer import same_bytes
 
 READERS = 16  # files opened at once (a network volume answers each open in a round trip)
-HELD = frozenset({Reason.NOT_SETTLED, Reason.ARTIFACT_INCOMPLETE})
+HELD = frozenset({Reason.NOT_SETTLED, Reason.ARTIFACT_INCOMPLETE, Reason.AFTER_ARTIFACTS})
 
 
 class Kind(StrEnum):

@@ -38,7 +38,7 @@ from syncd.transfer import NO_METER, Log, Meter, Stats
 PATH_MAX = 4096  # Linux: bytes of a path, its NUL included
 VERSION_SLOT = "m-" + "0" * 20  # as long as any version name (artifacts.Manifest.version)
 CLEAN_EVERY_S = 3600.0  # how often a daemon looks for abandoned multipart uploads
-HELD = frozenset({Reason.NOT_SETTLED, Reason.ARTIFACT_INCOMPLETE})
+HELD = frozenset({Reason.NOT_SETTLED, Reason.ARTIFACT_INCOMPLETE, Reason.AFTER_ARTIFACTS})
 
 
 def note_pending(memory: Memory, plan: Plan, stats: Stats, st: status.MirrorStatus,
