@@ -17,7 +17,7 @@ from tests.daemons import Setup
 from tests.loaders import Reader, loads_while_publishing, sharded_model, upload
 from tests.mirrors import syncd
 
-VERSIONS = 15
+VERSIONS = 8
 APART_S = 2.0
 SETTLE = {"moto": ""}  # the default, else a short one
 
