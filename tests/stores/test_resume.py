@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,59 +20,19 @@ from botocore.exceptions import ClientError
 
 from syncd.config import S3Config, TransferConfig
 from syncd.errors import IntegrityError, LeaseLost, SourceChanged
-from syncd.listing import Algo, Checksum, Entry, lower_keys
-from syncd.stores.base import OpenFence, Source, Staged, Store
+from syncd.listing import Entry, lower_keys
+from syncd.stores.base import OpenFence, Staged, Store
 from syncd.stores.resume import FORMAT, ResumeBook, read_record, write_record
 from syncd.stores.s3 import S3Store
 from syncd.stores.volume import VolumeStore
 from syncd.verify import META_PREFIX, OWN_ALGO, hash_bytes
 from tests.mirrors import MiB
 from tests.servers import S3Server
+from tests.stores.taps import Tap, until
 
 PART = 5 * MiB
 SIZE = 24 * MiB + 123  # five parts, the last one short
 TRANSFER = TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=4)
-
-
-class Tap:
-    """A real source whose reads are counted; reads starting at `hold_from` or later (or
-    before `hold_before`) wait until `release` is set."""
-
-    def __init__(self, inner: Source, hold_from: int | None = None,
-                 hold_before: int | None = None) -> None:
-        self.inner = inner
-        self.key, self.size = inner.key, inner.size
-        self.read_bytes = 0
-        self.hold_from = hold_from
-        self.hold_before = hold_before
-        self.release = asyncio.Event()
-
-    async def read(self, start: int = 0, end: int | None = None):
-        if ((self.hold_from is not None and start >= self.hold_from)
-                or (self.hold_before is not None and start < self.hold_before)):
-            await self.release.wait()
-        async with contextlib.aclosing(self.inner.read(start, end)) as chunks:
-            async for chunk in chunks:
-                self.read_bytes += len(chunk)
-                yield chunk
-
-    async def vouched(self) -> Checksum | None:
-        return await self.inner.vouched()
-
-    async def digest(self, algo: Algo) -> Checksum:
-        return await self.inner.digest(algo)
-
-    async def identity(self) -> Entry:
-        return await self.inner.identity()
-
-
-async def _until(probe: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    """Poll `probe` until it returns something truthy (with a deadline, never a bare sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := probe()):
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
-    return value
 
 
 async def _cancel(task: asyncio.Task[Staged]) -> None:
@@ -119,7 +78,7 @@ async def _interrupted_download(volume: VolumeStore, src: S3Store, entry: Entry)
     both; returns the parts the sidecar kept."""
     tap = Tap(await src.open(entry), hold_from=2 * PART)
     task = asyncio.create_task(volume.stage(tap, frozenset()))
-    await _until(lambda: len((_sidecar(volume) or {}).get("parts", {})) >= 2)
+    await until(lambda: len((_sidecar(volume) or {}).get("parts", {})) >= 2)
     await _cancel(task)
     record = _sidecar(volume)
     assert record is not None, "a cancelled download keeps its sidecar"
@@ -166,7 +125,7 @@ async def test_download_resumes_when_only_its_short_last_part_finished(s3, bucke
         entry = (await src.list()).entries["shard.bin"]
         tap = Tap(await src.open(entry), hold_before=last)
         task = asyncio.create_task(volume.stage(tap, frozenset()))
-        await _until(lambda: "4" in (_sidecar(volume) or {}).get("parts", {}))
+        await until(lambda: "4" in (_sidecar(volume) or {}).get("parts", {}))
         await _cancel(task)
         assert {p.stat().st_size for p in volume.tmp_dir.glob("resume-*.part")} == {SIZE}
         staged, _ = await _pull(volume, src, entry)
@@ -287,7 +246,7 @@ async def _interrupted_upload(store: S3Store, volume: VolumeStore, entry: Entry,
     both; returns the record."""
     tap = Tap(await volume.open(entry), hold_from=2 * PART)
     task = asyncio.create_task(store.stage(tap, frozenset()))
-    await _until(lambda: len((_only_record(book) or {}).get("parts", {})) >= 2)
+    await until(lambda: len((_only_record(book) or {}).get("parts", {})) >= 2)
     await _cancel(task)
     record = _only_record(book)
     assert record is not None, "a cancelled upload keeps its record"

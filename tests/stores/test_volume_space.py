@@ -8,60 +8,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from syncd.errors import NoSpace, TooLarge
-from syncd.listing import Algo, Checksum, Entry
 from syncd.stores.base import OpenFence, Source, Staged
 from syncd.stores.resume import read_record
 from syncd.stores.volume import VolumeStore
 from tests.lease.full_disk import fill, small_tmpfs
 from tests.sources import BytesSource
+from tests.stores.taps import Tap, until
 
 MiB = 1 << 20
 PART = 5 * MiB
-
-
-class Held:
-    """A real source whose reads are counted; reads from `hold_from` on wait for `release`."""
-
-    def __init__(self, inner: Source, hold_from: int | None = None) -> None:
-        self.inner = inner
-        self.key, self.size = inner.key, inner.size
-        self.read_bytes = 0
-        self.hold_from = hold_from
-        self.release = asyncio.Event()
-
-    async def read(self, start: int = 0, end: int | None = None
-                   ) -> AsyncGenerator[bytes, None]:
-        if self.hold_from is not None and start >= self.hold_from:
-            await self.release.wait()
-        async with contextlib.aclosing(self.inner.read(start, end)) as chunks:
-            async for chunk in chunks:
-                self.read_bytes += len(chunk)
-                yield chunk
-
-    async def vouched(self) -> Checksum | None:
-        return await self.inner.vouched()
-
-    async def digest(self, algo: Algo) -> Checksum:
-        return await self.inner.digest(algo)
-
-    async def identity(self) -> Entry:
-        return await self.inner.identity()
-
-
-async def _until(probe: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := probe()):
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
-    return value
 
 
 @contextlib.contextmanager
@@ -87,7 +49,7 @@ async def test_volume_refuses_an_object_too_large_for_the_free_space_before_read
         tmp_path, size):
     with _volume(tmp_path, "8m", min_free_bytes=6 * MiB) as store:  # ~2 MiB to spare
         await store.check(writable=True)
-        source = Held(await _origin(tmp_path, "big.bin", os.urandom(size)))
+        source = Tap(await _origin(tmp_path, "big.bin", os.urandom(size)))
         with pytest.raises(TooLarge, match=r"big\.bin") as caught:
             await store.stage(source, frozenset())
         assert caught.value.key == "big.bin"
@@ -112,11 +74,11 @@ async def test_volume_with_nothing_left_above_its_floor_is_full(tmp_path):
         assert (store.root / "empty.bin").read_bytes() == b""
 
 
-async def _interrupted(store: VolumeStore, tmp_path: Path) -> tuple[asyncio.Task[Staged], Held]:
+async def _interrupted(store: VolumeStore, tmp_path: Path) -> tuple[asyncio.Task[Staged], Tap]:
     """A 12 MiB download running with its first part saved in its sidecar, the rest held."""
-    source = Held(await _origin(tmp_path, "shard.bin", os.urandom(12 * MiB)), hold_from=PART)
+    source = Tap(await _origin(tmp_path, "shard.bin", os.urandom(12 * MiB)), hold_from=PART)
     task = asyncio.create_task(store.stage(source, frozenset()))
-    await _until(lambda: _saved_parts(store))
+    await until(lambda: _saved_parts(store))
     return task, source
 
 
@@ -181,7 +143,7 @@ async def test_volume_resumes_a_kept_partial_that_already_holds_its_space(tmp_pa
         task, source = await _interrupted(store, tmp_path)
         await _cancelled(task)
         assert _free(store.root) < source.size
-        again = Held(source.inner)
+        again = Tap(source.inner)
         staged = await store.stage(again, frozenset())
         assert staged.resumed >= PART and again.read_bytes <= source.size - PART
         await store.publish(staged, OpenFence())
