@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -187,8 +188,11 @@ def hash_bytes(data: bytes, algos: Iterable[Algo]) -> dict[Algo, str]:
 class Composite(Checksum):
     """A multipart upload's claim: `value` is the checksum of its part checksums, without the
     "-N" (MD5: the md5-of-part-md5s ETag). It holds only for bytes hashed on the upload's own
-    part boundaries, every part `part_size` long but the last (how every SDK uploads; a wrong
-    guess shows as a mismatch, never a pass). `part_size` 0: not learnt yet.
+    part boundaries: `sizes` when the server told each part's size, else every part
+    `part_size` long but the last (how every SDK uploads; a wrong guess shows as a
+    mismatch, never a pass). `part_size` 0 and no `sizes`: not learnt yet. `part_sums` are
+    the server's own checksums of single parts ("" where it did not say), checked before
+    the combination so a mismatch names the part.
 
     `marked` is False when the server gave the value without "-N" or a ChecksumType (moto):
     the object is multipart, so it is read as composite, and a full-object value is accepted
@@ -197,9 +201,16 @@ class Composite(Checksum):
     parts: int = 1
     part_size: int = 0
     marked: bool = True
+    sizes: tuple[int, ...] = ()
+    part_sums: tuple[str, ...] = ()
 
     def ranges(self, size: int) -> list[tuple[int, int]]:
         """The upload's part boundaries, half-open, or [] when they do not fit `size`."""
+        if self.sizes:
+            if len(self.sizes) != self.parts or sum(self.sizes) != size or min(self.sizes) < 1:
+                return []
+            ends = list(itertools.accumulate(self.sizes))
+            return list(zip([0, *ends[:-1]], ends, strict=True))
         step = size if self.parts == 1 else self.part_size
         if step <= 0 or not (step * (self.parts - 1) < size <= step * self.parts):
             return []
@@ -225,6 +236,9 @@ def mismatch(claim: Checksum, checksums: Mapping[Algo, str],
         return None  # an unmarked value that is the full-object checksum after all
     if len(parts) != claim.parts:
         return f"hashed {len(parts)} parts, the upload has {claim.parts}"
+    for number, (want, got_part) in enumerate(zip(claim.part_sums, parts, strict=False), 1):
+        if want and want != got_part:
+            return f"part {number} of {claim.parts}: {got_part} != {want}"
     combined = combine_parts(claim.algo, parts)
     if combined != claim.value:
         return f"composite of {claim.parts} parts {combined} != {claim.value}"

@@ -95,6 +95,31 @@ def test_composite_ranges_fit_the_size_or_are_empty(
     assert claim.ranges(size) == expected
 
 
+@pytest.mark.parametrize(("sizes", "size", "expected"), [
+    ((5, 9, 6), 20, [(0, 5), (5, 14), (14, 20)]),  # unequal parts, as the server told them
+    ((5, 9, 6), 21, []),  # they do not add up to the object
+    ((5, 0, 15), 20, []),  # an empty part is no upload's
+    ((20,), 20, []),  # fewer sizes than the claim's parts
+])
+def test_composite_ranges_follow_the_sizes_the_server_told(
+    sizes: tuple[int, ...], size: int, expected: list[tuple[int, int]],
+) -> None:
+    claim = Composite(Algo.CRC32, "x", 3, sizes=sizes)
+    assert claim.ranges(size) == expected
+
+
+def test_mismatch_names_the_part_whose_own_checksum_differs() -> None:
+    algo = Algo.CRC32
+    good = [hash_bytes(p, (algo,))[algo] for p in _parts(DATA, 256)]
+    bad = bytearray(DATA)
+    bad[300] ^= 0xFF
+    got = [hash_bytes(p, (algo,))[algo] for p in _parts(bytes(bad), 256)]
+    claim = Composite(algo, combine_parts(algo, good), 3, 256, part_sums=("", good[1], ""))
+    assert mismatch(claim, {}, got) == f"part 2 of 3: {got[1]} != {good[1]}"
+    unknown = Composite(algo, combine_parts(algo, good), 3, 256, part_sums=("", "", ""))
+    assert str(mismatch(unknown, {}, got)).startswith("composite of 3 parts")
+
+
 def _claim_of(data: bytes, algo: Algo, step: int, *, marked: bool = True) -> Composite:
     values = [hash_bytes(p, (algo,))[algo] for p in _parts(data, step)]
     return Composite(algo, combine_parts(algo, values), len(values), step, marked=marked)

@@ -2,7 +2,7 @@
 
 Writing (single or multipart PUT, resumed uploads) is `s3_upload.Uploads`, which the store
 hands its client, error translation and slots. Only this package imports botocore;
-`_translated()` maps its errors into the SyncdError tree.
+`s3_errors.S3Errors` maps its errors into the SyncdError tree.
 Server quirks handled here (measured in shared/design/leases.md, Part B):
 - rclone answers a ranged GET with 200 and the whole object's checksum header, so botocore's
   response validation is off and syncd hashes the bytes itself (`verify.py`);
@@ -19,18 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from hashlib import sha256
 from typing import Any
 
 import aiohttp
 from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
     NoCredentialsError,
-    PartialCredentialsError,
 )
 
 from syncd.budget import ByteBudget
@@ -38,14 +33,11 @@ from syncd.config import DEFAULT_ENDPOINT, S3Config, TransferConfig
 from syncd.errors import (
     AccessDenied,
     BucketMissing,
-    Conflict,
     Interrupted,
     NotFound,
-    NotS3,
     PreconditionFailed,
     SourceChanged,
     StoreError,
-    Unreachable,
 )
 from syncd.keys import is_directory_marker, relative_key, syncd_object
 from syncd.listing import (
@@ -59,25 +51,22 @@ from syncd.listing import (
 )
 from syncd.stores.base import Capabilities, Fence, Source, Staged
 from syncd.stores.resume import ResumeBook
+from syncd.stores.s3_errors import S3Errors
 from syncd.stores.s3_http import (
-    NotS3Response,
     S3Http,
     S3HttpError,
     expect_control_answer,
     head_fields,
     refuse_page,
     required_etag,
-    transient,
 )
 from syncd.stores.s3_source import S3Source
 from syncd.stores.s3_upload import GEN_META, S3Staged, Uploads
 from syncd.stores.sigv4 import EMPTY_SHA256, Credentials
 from syncd.verify import Composite, vouched
 
-_ACCESS_CODES = {
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-    "ExpiredToken", "AllAccessDisabled", "AccountProblem", "403",
-}
+Parts = list[dict[str, Any]]  # GetObjectAttributes ObjectParts.Parts, as botocore parses them
+
 
 
 
@@ -102,9 +91,11 @@ class S3Store:
         # Where, in messages: with several endpoints, "bucket missing" must say on which.
         self.where = (s3.location() if endpoint == DEFAULT_ENDPOINT
                       else f"endpoint {endpoint} ({s3.location()})")
+        self._errors = S3Errors(self.name, self.where, bucket, prefix)
         self._transfer = transfer
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._attributes = True  # GetObjectAttributes not refused yet
         self._slots = asyncio.Semaphore(transfer.concurrency)
         self.budget = ByteBudget(int(transfer.upload_buffer))
         self._botocore_requests = 0
@@ -229,60 +220,8 @@ class S3Store:
     def object_key(self, key: str) -> str:
         return f"{self.prefix}{key}"
 
-    @contextlib.contextmanager
-    def _translated(self, key: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except ClientError as exc:
-            raise self._client_error(exc, key) from exc
-        except S3HttpError as exc:
-            raise self._error(exc.code, exc.status, exc.message, key) from exc
-        except NotS3Response as exc:
-            what = f"s3://{self.bucket}/{self.object_key(key)}" if key else self.name
-            raise NotS3(
-                f"{self.where} does not answer as S3: {what}: {exc.describe()}",
-                store=self.name, key=key,
-                hint="check endpoint_url and addressing_style: they must name the S3 API, "
-                     "not a web page, console or proxy") from exc
-        except (NoCredentialsError, PartialCredentialsError) as exc:
-            raise AccessDenied(
-                f"no usable AWS credentials found for {self.where}", store=self.name,
-                hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role",
-            ) from exc
-        except (ConnectionError, HTTPClientError, aiohttp.ClientError, TimeoutError) as exc:
-            raise Unreachable(
-                f"cannot reach {self.where}: {type(exc).__name__}", store=self.name, key=key
-            ) from exc
-        except BotoCoreError as exc:
-            raise StoreError(f"{self.name}: {exc}", store=self.name, key=key) from exc
-
-    def _client_error(self, exc: ClientError, key: str | None) -> StoreError:
-        err = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return self._error(str(err.get("Code", "")), status, str(err.get("Message", "")), key)
-
-    def _error(self, code: str, status: int | None, message: str, key: str | None) -> StoreError:
-        what = f"s3://{self.bucket}/{self.object_key(key)}" if key else self.name
-        if code == "NoSuchBucket":
-            return BucketMissing(f"bucket {self.bucket!r} does not exist at {self.where}",
-                                 store=self.name)
-        if code in _ACCESS_CODES or status == 403:
-            return AccessDenied(
-                f"access denied to {what} at {self.where} ({code})", store=self.name, key=key,
-                hint="check the credentials and the bucket policy",
-            )
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            return NotFound(f"{what} does not exist", store=self.name, key=key)
-        if code == "ConditionalRequestConflict" or status == 409:
-            return Conflict(f"{what}: a concurrent conditional write is in flight",
-                            store=self.name, key=key)
-        if code in ("PreconditionFailed", "412") or status == 412:
-            return PreconditionFailed(f"{what} changed (precondition failed)", store=self.name,
-                                      key=key)
-        if transient(status, code) or (isinstance(status, int) and status >= 500):
-            return Unreachable(f"{what}: server error {code}", store=self.name, key=key)
-        return StoreError(f"{what}: {code or status}: {message}".rstrip(": "),
-                          store=self.name, key=key)
+    def _translated(self, key: str | None = None) -> contextlib.AbstractContextManager[None]:
+        return self._errors.translated(key)
 
     async def check(self) -> None:
         """Fail fast with one clear error: endpoint, credentials, bucket."""
@@ -372,21 +311,48 @@ class S3Store:
             resp.release()
         return head_fields(resp.headers)
 
-    async def first_part(self, key: str, etag: str | None) -> tuple[int, int | None]:
-        """Part 1's size and the parts count of a multipart object (HEAD ?partNumber=1):
-        its upload's part boundaries, since every SDK uploads equal parts but the last.
-        `etag` pins the version the first HEAD saw."""
+    async def part(self, key: str, number: int, etag: str | None) -> dict[str, Any]:
+        """HEAD ?partNumber=N of a multipart object: the part's own length (`PartLength`),
+        the parts count and, where the server keeps them, the part's checksum. `etag` pins
+        the version the first HEAD saw."""
         headers = dict(_CHECKSUM_MODE)
         if etag and not weak_etag(etag):
             headers["if-match"] = f'"{etag}"'
         with self._translated(key):
             resp = await self.http.send("HEAD", self.bucket, self.object_key(key),
-                                        query=[("partNumber", "1")], headers=headers,
+                                        query=[("partNumber", str(number))], headers=headers,
                                         payload_hash=EMPTY_SHA256)
             resp.release()
         length = resp.headers.get("Content-Length", "")
-        return (int(length) if length.isdigit() else 0), head_fields(resp.headers).get(
-            "PartsCount")
+        return {**head_fields(resp.headers), "PartLength": int(length) if length.isdigit() else 0}
+
+    async def object_parts(self, key: str) -> tuple[str | None, Parts] | None:
+        """GetObjectAttributes' ObjectParts: the ETag and each part's size (and checksum,
+        where the server keeps them), or None when the server does not tell. A server that
+        refuses the call once is not asked again."""
+        if not self._attributes:
+            return None
+        client = await self._control()
+        etag: str | None = None
+        parts: Parts = []
+        marker = 0
+        while True:
+            try:
+                with self._translated(key):
+                    page = await client.get_object_attributes(
+                        Bucket=self.bucket, Key=self.object_key(key), MaxParts=1000,
+                        PartNumberMarker=marker, ObjectAttributes=["ETag", "ObjectParts"])
+            except NotFound:
+                raise
+            except StoreError:  # not implemented, or not allowed by the policy: HEADs do
+                self._attributes = False
+                return None
+            etag = normalize_etag(page.get("ETag"))
+            listed = page.get("ObjectParts") or {}
+            parts.extend(listed.get("Parts") or [])
+            marker = int(listed.get("NextPartNumberMarker") or 0)
+            if not listed.get("IsTruncated") or not marker:
+                return (etag, parts) if parts else None
 
     async def checksum(self, entry: Entry, algo: Algo | None = None) -> Checksum | None:
         """A full-object checksum only: a composite one says nothing about a local file's

@@ -7,6 +7,7 @@ part and the part boundaries come from a second HEAD. The store does the request
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from syncd.stores.s3 import S3Store
 
 _UNSET = object()
+# Parts of unequal size are learnt one HEAD each; beyond this many, the object is size-only.
+_MAX_PROBED = 1000
+_PROBES = 8  # HEADs in flight while learning unequal parts
 
 
 class S3Source:
@@ -51,23 +55,61 @@ class S3Source:
         return self._claim  # type: ignore[return-value]
 
     async def _learn_parts(self, claim: Composite) -> Checksum | None:
-        """`claim` with its part size, or None (size-only) when the server cannot tell the
-        boundaries or they do not fit the object's size."""
+        """`claim` with its part boundaries, or None (size-only) when the server cannot tell
+        them or they do not fit the object's size."""
         if claim.parts == 1:
             return replace(claim, part_size=self.size)
         try:
-            part_size, count = await self.store.first_part(self.key, self._etag())
+            learnt = await self._told_parts(claim) or await self._probed_parts(claim)
         except PreconditionFailed:
             raise SourceChanged(f"{self.key} changed while it was read",
                                 store=self.store.name, key=self.key) from None
         except StoreError:
-            part_size, count = 0, None
-        parts = claim.parts or count or 0
-        learnt = replace(claim, parts=parts, part_size=part_size)
-        if parts < 1 or (count is not None and count != parts) or not learnt.ranges(self.size):
+            learnt = None
+        if learnt is None or not learnt.ranges(self.size):
             self.unverified = Unvouched.PARTS_UNKNOWN
             return None
         return learnt
+
+    async def _told_parts(self, claim: Composite) -> Composite | None:
+        """Every part's size (and checksum, where kept) in one GetObjectAttributes."""
+        told = await self.store.object_parts(self.key)
+        if told is None:
+            return None
+        etag, parts = told
+        if etag != self._etag():
+            raise PreconditionFailed(f"{self.key} changed", store=self.store.name, key=self.key)
+        field = f"Checksum{claim.algo.name}"  # none for MD5: S3 keeps no part ETags
+        return replace(claim, parts=len(parts), sizes=tuple(int(p.get("Size") or 0) for p in parts),
+                       part_sums=tuple(str(p.get(field) or "") for p in parts))
+
+    async def _probed_parts(self, claim: Composite) -> Composite | None:
+        """The boundaries from HEAD ?partNumber: part 1's size, if the last part is the rest
+        (equal parts, as SDKs upload); else every part's own size, one HEAD each."""
+        first = await self.store.part(self.key, 1, self._etag())
+        count = first.get("PartsCount")
+        parts = claim.parts or count or 0
+        if parts < 2 or (count is not None and count != parts):
+            return None
+        step = int(first["PartLength"])
+        last = await self.store.part(self.key, parts, self._etag())
+        heads = [first, last]
+        if int(last["PartLength"]) != self.size - step * (parts - 1):
+            if parts > _MAX_PROBED:
+                return None
+            probes = asyncio.Semaphore(_PROBES)
+
+            async def probe(number: int) -> dict[str, Any]:
+                async with probes:
+                    return await self.store.part(self.key, number, self._etag())
+
+            heads = [first, *await asyncio.gather(*(probe(n) for n in range(2, parts + 1)))]
+        sums = [str(h.get(f"Checksum{claim.algo.name}") or "") for h in heads]
+        if len(heads) == parts:
+            return replace(claim, parts=parts, sizes=tuple(int(h["PartLength"]) for h in heads),
+                           part_sums=tuple(sums))
+        return replace(claim, parts=parts, part_size=step,
+                       part_sums=(sums[0], *[""] * (parts - 2), sums[1]))
 
     @property
     def unverified_reason(self) -> Unvouched:

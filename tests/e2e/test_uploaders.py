@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from botocore.exceptions import ClientError
 from syncd.listing import Algo
 from syncd.verify import combine_parts, hash_bytes
 from tests.mirrors import MiB, syncd, tree, write_config
+from tests.servers import ACCESS_KEY, SECRET_KEY, server_env, venv_binary
 
 SIZE = 20 * MiB  # boto3's default TransferConfig: multipart above 8 MiB, 8 MiB parts
 ALGOS = ["CRC32", "CRC32C", "SHA1", "SHA256", "CRC64NVME"]
@@ -168,3 +170,67 @@ def test_uploaders_corrupted_part_is_refused(rclone_s3, tmp_path):
 
     assert run.code == 9, run.stderr
     assert tree(vol) == {}
+
+
+@pytest.mark.parametrize("algo", [None, "CRC32"])
+def test_uploaders_unequal_parts_pull_verified(s3, bucket, tmp_path, algo):
+    """An uploader free with its part sizes (5, 9 and 6 MiB): the boundaries come from the
+    server (GetObjectAttributes, or one HEAD per part), not from the equal-parts guess,
+    so the correct object is verified, not refused."""
+    client = s3.client(request_checksum_calculation="when_required")
+    data = _data(5)
+    key = "models/odd.bin"
+    extra = {"ChecksumAlgorithm": algo} if algo else {}
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)
+    parts, start = [], 0
+    for n, size in enumerate((5 * MiB, 9 * MiB, 6 * MiB), 1):
+        resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
+                                  PartNumber=n, Body=data[start:start + size], **extra)
+        start += size
+        sums = {f"Checksum{algo}": resp.get(f"Checksum{algo}")} if algo else {}
+        parts.append({"PartNumber": n, "ETag": resp["ETag"],
+                      **{k: v for k, v in sums.items() if v}})
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": parts})
+    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    kept = [k for k in head if k.startswith("Checksum") and k != "ChecksumType"]
+
+    run, vol = _pull(s3, bucket, tmp_path)
+
+    assert run.code == 0, run.stderr
+    assert tree(vol) == {"odd.bin": data}
+    event = _published(run.stderr)["odd.bin"]
+    assert event["verified"] is True, run.stderr
+    assert event["algo"] == (kept[0][len("Checksum"):].lower() if kept else "md5")
+
+
+@pytest.mark.parametrize("algo", [None, "SHA256"])
+def test_uploaders_aws_cli_sync_pulls_verified(s3, bucket, tmp_path, algo):
+    """`aws s3 sync` of a model directory (a 20 MiB shard goes multipart, a small config
+    does not), with the CLI's default checksum or the one asked for."""
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    files = {"shard.bin": _data(6), "config.json": b'{"layers": 2}\n' * 64}
+    for name, body in files.items():
+        (upload / name).write_bytes(body)
+    env = server_env({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                      "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+                      "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
+    command = [str(venv_binary("aws")), "--endpoint-url", s3.endpoint_url, "s3", "sync",
+               str(upload), f"s3://{bucket}/models/", "--only-show-errors"]
+    done = subprocess.run([*command, *(["--checksum-algorithm", algo] if algo else [])],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    client = s3.client()
+    seen = {name: _algo_seen(client, bucket, name, algo or "CRC32", body)
+            for name, body in files.items()}
+
+    run, vol = _pull(s3, bucket, tmp_path)
+
+    assert run.code == 0, run.stderr
+    assert tree(vol) == files
+    published = _published(run.stderr)
+    for name, (expected, true) in seen.items():
+        assert true, f"{s3.name} keeps a false claim for {name}"
+        assert published[name]["verified"] is True, run.stderr
+        assert published[name]["algo"] == expected
