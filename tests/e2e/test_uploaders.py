@@ -234,3 +234,33 @@ def test_uploaders_aws_cli_sync_pulls_verified(s3, bucket, tmp_path, algo):
         assert true, f"{s3.name} keeps a false claim for {name}"
         assert published[name]["verified"] is True, run.stderr
         assert published[name]["algo"] == expected
+
+
+def test_uploaders_rclone_copy_pulls_verified(s3, bucket, tmp_path):
+    """`rclone copy` to an S3 remote: small files in one PUT, a large one as a multipart
+    upload in 5 MiB chunks (forced here; rclone's own cut-off is 200 MiB), which rclone
+    sends without checksums: its md5-of-part-md5s ETag is what vouches for it."""
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    files = {"shard.bin": _data(7, 12 * MiB), "config.json": b'{"layers": 2}\n' * 64}
+    for name, body in files.items():
+        (upload / name).write_bytes(body)
+    remote = {"TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": s3.endpoint_url,
+              "ACCESS_KEY_ID": ACCESS_KEY, "SECRET_ACCESS_KEY": SECRET_KEY,
+              "REGION": "us-east-1", "FORCE_PATH_STYLE": "true"}
+    env = server_env({f"RCLONE_CONFIG_UP_{k}": v for k, v in remote.items()})
+    done = subprocess.run([str(venv_binary("rclone")), "copy", "--config", os.devnull,
+                           "--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M",
+                           str(upload), f"up:{bucket}/models"],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    head = s3.client().head_object(Bucket=bucket, Key="models/shard.bin")
+    assert head["ETag"].strip('"').endswith("-3") or s3.name == "rclone", head["ETag"]
+
+    run, vol = _pull(s3, bucket, tmp_path)
+
+    assert run.code == 0, run.stderr
+    assert tree(vol) == files
+    published = _published(run.stderr)
+    assert all(published[name]["verified"] is True for name in files), run.stderr
+    assert published["shard.bin"]["algo"] == "md5"
