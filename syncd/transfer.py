@@ -21,7 +21,7 @@ from syncd.errors import IntegrityError, SyncdError, disposition, first_error
 from syncd.lease.journal import NULL, Journal
 from syncd.listing import Checksum, Entry, Record, Recorded, fingerprint
 from syncd.plan import Adopt, Copy, Delete, Plan
-from syncd.stores.base import Fence, Source, Store, part_boundaries
+from syncd.stores.base import Fence, Sink, Source, Store, Stream, native_stream, part_boundaries
 from syncd.verify import OWN_ALGO, Unvouched, mismatch
 
 QUIET_BELOW = 1 << 20  # files smaller than this are logged at debug level when published
@@ -128,6 +128,21 @@ class _Counted:
 
     def boundaries(self) -> list[tuple[int, int]] | None:
         return part_boundaries(self._inner)
+
+    def native(self) -> Stream | None:
+        stream = native_stream(self._inner)
+        if stream is None:
+            return None
+        loop = asyncio.get_running_loop()
+        on_bytes = self._on_bytes
+
+        async def counted(sink: Sink) -> None:
+            def counting(chunk: memoryview, offset: int) -> None:
+                sink(chunk, offset)
+                loop.call_soon_threadsafe(on_bytes, len(chunk))
+            await stream(counting)
+
+        return counted
 
     @property
     def unverified_reason(self) -> str:

@@ -8,7 +8,7 @@ calls `fence.check()` right before it, so a writer that lost its lease publishes
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -88,6 +88,18 @@ def part_boundaries(source: Source) -> list[tuple[int, int]] | None:
     multipart object, once `vouched()` was asked), else None: any split will do."""
     boundaries = getattr(source, "boundaries", None)
     return boundaries() if callable(boundaries) else None
+
+
+# Where the native engine hands a body over, piece by piece in order: (bytes, offset).
+Sink = Callable[[memoryview, int], None]
+Stream = Callable[[Sink], Awaitable[None]]
+
+
+def native_stream(source: Source) -> Stream | None:
+    """The whole object through the native engine (in order, to a sink called on an engine
+    thread), when its store has one and it can serve this object; else None."""
+    streamer = getattr(source, "native", None)
+    return streamer() if callable(streamer) else None
 
 
 S = TypeVar("S", bound=Staged)

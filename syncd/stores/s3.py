@@ -49,7 +49,8 @@ from syncd.listing import (
     normalize_etag,
     weak_etag,
 )
-from syncd.stores.base import Capabilities, Fence, Source, Staged
+from syncd.stores.base import Capabilities, Fence, Sink, Source, Staged
+from syncd.stores.native import NATIVE_MEMORY, NativeConfig, NativeEngine
 from syncd.stores.resume import ResumeBook
 from syncd.stores.s3_errors import S3Errors
 from syncd.stores.s3_http import (
@@ -100,6 +101,7 @@ class S3Store:
         self.budget = ByteBudget(int(transfer.upload_buffer))
         self._botocore_requests = 0
         self._http: S3Http | None = None
+        self.native: NativeEngine | None = None  # large GETs, where it can serve (native.py)
         self._creds: Any = None
         self._boto_session: Any = None
         self._uploads = Uploads(
@@ -117,6 +119,11 @@ class S3Store:
             max_attempts=self._s3.max_attempts,
         )
         self._stack.push_async_callback(self._http.close)
+        if self._transfer.native:
+            self.native = NativeEngine(NativeConfig(
+                self._s3.endpoint_url or "https://", self._s3.region,
+                connections=self._transfer.concurrency, part_size=int(self._transfer.part_size),
+                memory_limit=NATIVE_MEMORY), self._credentials, name=self.name)
         return self
 
     def _session(self) -> Any:
@@ -398,6 +405,19 @@ class S3Store:
                     yield head_fields(resp.headers), chunks
             finally:
                 resp.release()
+
+    async def stream_native(self, key: str, etag: str, sink: Sink) -> None:
+        """The whole object through the native engine, under one transfer slot, pinned to
+        `etag` (a version that moved is SourceChanged)."""
+        assert self.native is not None
+        host, path = self.http.target(self.bucket, self.object_key(key))
+        async with self._slots:
+            try:
+                with self._translated(key):
+                    await self.native.stream(host, path, etag=etag, key=key, sink=sink)
+            except PreconditionFailed:
+                raise SourceChanged(f"{key} changed while it was read", store=self.name,
+                                    key=key) from None
 
     async def _chunks(
         self, body: aiohttp.ClientResponse, key: str, expected: int

@@ -227,7 +227,7 @@ class S3Http:
     async def close(self) -> None:
         await self._session.close()
 
-    def _target(self, bucket: str, key: str) -> tuple[str, str]:
+    def target(self, bucket: str, key: str) -> tuple[str, str]:
         """Host and encoded path; an empty key addresses the bucket itself."""
         if self._virtual:
             return f"{bucket}.{self._netloc}", encode_path(f"{self._base_path}/{key}")
@@ -258,7 +258,7 @@ class S3Http:
         guard: Callable[[], None] | None = None,
     ) -> aiohttp.ClientResponse:
         """The response, status checked, body unread (the caller releases it)."""
-        host, path = self._target(bucket, key)
+        host, path = self.target(bucket, key)
         query = list(query)
         qs = canonical_query(query)
         url = URL(f"{self._scheme}://{host}{path}{'?' + qs if qs else ''}", encoded=True)

@@ -8,12 +8,14 @@ part and the part boundaries come from a second HEAD. The store does the request
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import PreconditionFailed, SourceChanged, StoreError
 from syncd.listing import Algo, Checksum, Entry, epoch_s, normalize_etag, weak_etag
+from syncd.stores.base import Stream
 from syncd.verify import Composite, Unvouched, unvouched, vouched
 
 if TYPE_CHECKING:
@@ -120,6 +122,14 @@ class S3Source:
         """The upload's part ranges when the claim is per part, else None (after vouched)."""
         claim = self._claim
         return claim.ranges(self.size) if isinstance(claim, Composite) else None
+
+    def native(self) -> Stream | None:
+        """The engine's stream of the whole object, pinned by its ETag, or None: no engine,
+        or an ETag that pins no version (then Last-Modified does, on syncd's own path)."""
+        etag = self._etag()
+        if self.store.native is None or not etag or weak_etag(etag):
+            return None
+        return functools.partial(self.store.stream_native, self.key, etag)
 
     def _etag(self) -> str | None:
         return normalize_etag(self._head.get("ETag")) if self._head else self._entry.etag

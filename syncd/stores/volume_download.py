@@ -26,7 +26,7 @@ from typing import Any
 from syncd.errors import SourceChanged, StoreError, TooLarge, first_error
 from syncd.listing import Algo, Checksum, fingerprint, weak_etag
 from syncd.parts import part_ranges
-from syncd.stores.base import Fence, Source, Staged, part_boundaries
+from syncd.stores.base import Fence, Source, Staged, native_stream, part_boundaries
 from syncd.stores.resume import (
     PartialDownload,
     fresh_partials,
@@ -39,6 +39,7 @@ from syncd.stores.resume import (
     worth_resuming,
 )
 from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, Space, hash_range
+from syncd.stores.volume_native import stream_into
 from syncd.stores.volume_write import StagingFile, Writer
 from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, PartHashes, combine
 
@@ -371,7 +372,12 @@ class Downloads:
         thread (hashlib releases the GIL) instead of re-reading it all at the end; it reads
         kept parts from the file like downloaded ones. On a multipart upload's own
         `ranges`, each part is also hashed with the claim's algorithm `per_part` (in
-        parallel, on worker threads): its part checksums, to combine as S3 did."""
+        parallel, on worker threads): its part checksums, to combine as S3 did. A source
+        the native engine serves goes that way instead, unless kept parts are resumed."""
+        stream = native_stream(source)
+        if stream is not None and not (partial and partial.recorded):
+            return await stream_into(file, stream, algos, partial, ranges, per_part,
+                                     source.key)
         crcs = frozenset(a for a in algos if a in CRC_ALGOS)
         own = frozenset({per_part}) if per_part else frozenset()
         digests = [Digest(crcs | own, start) for start, _ in ranges]
