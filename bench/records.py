@@ -11,6 +11,7 @@ from typing import Any
 TRANSFER = "transfer"
 SECONDS = "seconds"
 REST = "rest"
+NOT_APPLICABLE = "n/a"  # status: the server cannot do what the row needs (the error says why)
 
 
 @dataclass(slots=True)
@@ -24,7 +25,8 @@ class RunRecord:
     kind: str  # TRANSFER | SECONDS | REST
     bytes: int  # bytes of the workload (what MB/s divides)
     files: int
-    status: str = "ok"  # ok | FAILED
+    server: str = ""  # rclone | seaweedfs | external
+    status: str = "ok"  # ok | FAILED | n/a
     error: str | None = None
     wall_s: float | None = None
     user_s: float | None = None
@@ -53,7 +55,12 @@ class RunRecord:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        """Not failed: a row the server cannot serve (n/a) is not a failure of the tool."""
+        return self.status != "FAILED"
+
+    @property
+    def na(self) -> bool:
+        return self.status == NOT_APPLICABLE
 
     @property
     def cpu_s(self) -> float | None:
@@ -65,6 +72,10 @@ class RunRecord:
     def moved_bytes(self) -> int | None:
         """What the server wrote: the bytes it sent on a pull, stored on a push."""
         return self.server_wchar
+
+    def not_applicable(self, why: str) -> None:
+        self.status = NOT_APPLICABLE
+        self.error = why
 
     def fail(self, why: str) -> None:
         self.status = "FAILED"

@@ -8,7 +8,7 @@ import json
 import os
 import platform
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from bench.tools import PEERS
 
 MB = 1_000_000
 GiB = 1 << 30
+SMALL_FILE_BYTES = 256 * 1024  # below this average, files/s says more than MB/s
 
 
 # --- the machine --------------------------------------------------------------------------
@@ -72,13 +73,21 @@ class Row:
     direction: str
     tool: str
     kind: str
+    server: str = ""
     records: list[RunRecord] = field(default_factory=list)
     ratio: float | None = None
     best_peer: str | None = None
 
     @property
     def ok_records(self) -> list[RunRecord]:
-        return [r for r in self.records if r.ok and r.wall_s]
+        return [r for r in self.records if r.status == "ok" and r.wall_s]
+
+    @property
+    def na(self) -> str | None:
+        """Why the server could not serve this row, when no run could."""
+        if self.records and all(r.na for r in self.records):
+            return self.records[0].error or "not applicable"
+        return None
 
     @property
     def failed(self) -> int:
@@ -112,7 +121,8 @@ class Row:
     def to_json(self) -> dict[str, Any]:
         vals = self.values()
         return {
-            "row": self.row, "direction": self.direction, "tool": self.tool,
+            "server": self.server, "row": self.row, "direction": self.direction,
+            "tool": self.tool, "not_applicable": self.na,
             "unit": UNITS.get(self.kind, "MB/s"),
             "median": self.median, "min": min(vals) if vals else None,
             "max": max(vals) if vals else None, "runs": len(self.records),
@@ -162,17 +172,19 @@ def _requests(records: Iterable[RunRecord]) -> int | None:
     return None
 
 
-def build_rows(order: Sequence[tuple[str, str, str]], records: Sequence[RunRecord]) -> list[Row]:
-    """One row per (row, direction, tool) in ``order``, with its timed runs."""
-    rows = {key: Row(key[0], key[1], key[2], "") for key in order}
+def build_rows(order: Sequence[tuple[str, str, str]], records: Sequence[RunRecord],
+               servers: Sequence[str] = ("",)) -> list[Row]:
+    """One row per server and (row, direction, tool) in ``order``, with its timed runs."""
+    rows = {(srv, *key): Row(key[0], key[1], key[2], "", srv)
+            for srv in servers for key in order}
     for rec in records:
-        key = (rec.row, rec.direction, rec.tool)
+        key = (rec.server, rec.row, rec.direction, rec.tool)
         if rec.phase == "timed" and key in rows:
             rows[key].records.append(rec)
             rows[key].kind = rec.kind
-    by_case: dict[tuple[str, str], list[Row]] = {}
+    by_case: dict[tuple[str, str, str], list[Row]] = {}
     for row in rows.values():
-        by_case.setdefault((row.row, row.direction), []).append(row)
+        by_case.setdefault((row.server, row.row, row.direction), []).append(row)
     for group in by_case.values():
         _ratio(group)
     return list(rows.values())
@@ -206,16 +218,22 @@ def _metric(row: Row, value: float | None) -> str:
     return f"{value:.2f} s" if row.kind == SECONDS else f"{value:.1f} MB/s"
 
 
+def small_files(rec: RunRecord) -> bool:
+    return rec.bytes / max(rec.files, 1) < SMALL_FILE_BYTES
+
+
 def _files_per_s(row: Row) -> str:
     """For transfer rows of many small files, files/s says more than MB/s."""
     recs = row.ok_records
-    if row.kind == SECONDS or not recs or recs[0].files < 1000:
+    if row.kind == SECONDS or not recs or not (recs[0].files >= 1000 or small_files(recs[0])):
         return ""
     rate = statistics.median(r.files / r.wall_s for r in recs if r.wall_s)
     return f" ({rate:.0f} files/s)"
 
 
 UNITS = {SECONDS: "s", REST: "% of one core"}
+SERVER_TITLES = {"rclone": "Server: rclone serve s3", "seaweedfs": "Server: SeaweedFS",
+                 "external": "Server: external endpoint"}
 HEADER = ("| workload | dir | tool | median | min-max | vs best peer | wall s | max RSS MB "
           "| client CPU s | CPU s/GiB | server CPU s | requests | moved MB | check |")
 RULE = "|" + "---|" * 14
@@ -235,8 +253,11 @@ def row_line(row: Row) -> str:
     if row.kind != SECONDS and cpu is not None and row.records:
         per_gib = cpu / (row.records[0].bytes / GiB)
     moved = row.med("moved_bytes")
+    na = row.na
     if not row.records:
         check = "not run"
+    elif na is not None:
+        check = f"n/a: {na[:160]}"
     elif row.failed:
         check = f"**FAILED** {row.failed}/{len(row.records)}"
     else:
@@ -245,7 +266,7 @@ def row_line(row: Row) -> str:
                                                                  else "")
     tool = "limit (curl)" if row.tool == "limit" else row.tool
     median = _metric(row, row.median) + _files_per_s(row) if row.median is not None else (
-        "FAILED" if row.failed else "-")
+        "FAILED" if row.failed else "n/a" if na is not None else "-")
     reqs = _requests(row.records)
     return (f"| {row.row} | {row.direction} | {tool} | {median} | {span} | {ratio} | "
             f"{_num(row.med('wall_s'), 2)} | {_num(_max_rss(row.ok_records))} | "
@@ -255,7 +276,8 @@ def row_line(row: Row) -> str:
 
 
 def markdown(meta: dict[str, Any], rows: Sequence[Row], records: Sequence[RunRecord],
-             notes: Sequence[str]) -> str:
+             notes: Sequence[str], charts: Mapping[tuple[str, str], str] | None = None) -> str:
+    """The report; ``charts`` maps (row, direction) to a chart's path relative to it."""
     m = meta["machine"]
     s = meta["settings"]
     lines = [
@@ -271,11 +293,16 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], records: Sequence[RunRec
         lines.append(f"- {name}: {version}")
     lines.append(f"- data: {s['data']}")
     main = [r for r in rows if r.kind != REST]
-    if main:  # W7 alone has only its own table
-        lines += ["", HEADER, RULE, *(row_line(r) for r in main)]
+    servers = list(dict.fromkeys(r.server for r in main))
+    for server in servers:  # W7 alone has only its own table
+        if len(servers) > 1 or server:
+            lines += ["", f"## {SERVER_TITLES.get(server, server)}"]
+        lines += ["", HEADER, RULE, *(row_line(r) for r in main if r.server == server)]
+    if main:
         lines += ["", "Columns: median/min-max are MB/s (workload bytes / wall time) or seconds "
                   "(no-op and W5 re-syncs); *vs best peer* is syncd over the best clean s5cmd/"
-                  "rclone variant (>= 1.0: syncd wins); *max RSS* of the client process; *CPU* "
+                  "rclone/boto3-crt variant (>= 1.0: syncd wins); *n/a*: the server cannot "
+                  "serve that row (the reason follows); *max RSS* of the client process; *CPU* "
                   "is user+system of the client; *server CPU* and *moved MB* (bytes the server "
                   "wrote: sent on a pull, stored on a push) come from the server's /proc "
                   "counters; *requests* were counted by a proxy on a repeat of the no-op "
@@ -289,6 +316,11 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row], records: Sequence[RunRec
             lines.append(f"- run {r.run + 1}: {int(sm.get('files', 0))} files, "
                          f"{sm.get('mb', 0):.1f} MB copied")
     lines += rest_table([r for r in rows if r.kind == REST])
+    if charts:
+        lines += ["", "## Charts", "",
+                  "Per workload and direction: each tool's median (bar) and min-max over runs "
+                  "(whiskers); one colour per server.", ""]
+        lines += [f"![{row} {direction}]({path})" for (row, direction), path in charts.items()]
     failed = [r for r in records if not r.ok]
     if failed:
         lines += ["", "## Failures", ""]
@@ -315,8 +347,10 @@ def rest_table(rows: Sequence[Row]) -> list[str]:
              "`syncd run` (default `[daemon]` settings: a pass every 30 s +-10 %) over objects "
              "already in sync, measured from the end of its first pass. Only syncd runs it: "
              "s5cmd and rclone have no daemon mode.", "", REST_HEADER, "|" + "---|" * 13]
+    several = len({r.server for r in rows}) > 1
     for row in rows:
         j = row.rest_json()
+        name = f"{row.row} ({row.server})" if several else row.row
         pct = row.values()
         if pct:
             cpu = f"{statistics.median(pct):.2f} %" + (
@@ -329,7 +363,7 @@ def rest_table(rows: Sequence[Row]) -> list[str]:
                  f"**FAILED** {row.failed}/{len(row.records)}" if row.failed
                  else f"ok {len(row.records)}/{len(row.records)}")
         lines.append(
-            f"| {row.row} | {row.tool} | {cpu} | {target} | {_join(j['window_s'], 1)} | "
+            f"| {name} | {row.tool} | {cpu} | {target} | {_join(j['window_s'], 1)} | "
             f"{_join(j['passes'])} | {_join(j['requests'])} | {_num(j['max_rss_mib'])} | "
             f"{_num(j['rss_at_end_mib'])} | {_num(row.med('server_cpu_s'), 2)} | "
             f"{_join(j['stop_s'], 2)} | {_join(j['exit_codes'])} | {check} |")

@@ -9,7 +9,7 @@ the timed run itself always talks to the server directly, so the proxy never slo
 
 from __future__ import annotations
 
-import base64
+import functools
 import math
 import os
 import shutil
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import verify
+from bench import uploads, verify
 from bench.measure import ChildResult, run_child
 from bench.proxy import CountingProxy
 from bench.records import RunRecord
-from bench.server import LocalServer, iter_objects
+from bench.server import BenchServer, iter_objects, s3_client
 from bench.tools import Invocation, S3Loc, Target, Tool, parse_syncd_summary
 from bench.workloads import Manifest, Materialized
 
@@ -42,9 +42,6 @@ def say(text: str) -> None:
     sys.stderr.flush()
 
 
-SEEDED_WORKLOADS = frozenset({"W1c"})  # sources uploaded with a full-object CRC64NVME
-
-
 @dataclass(eq=False)
 class Bench:
     workdir: Path
@@ -55,13 +52,14 @@ class Bench:
     tools: list[Tool]
     mats: dict[str, Materialized]
     runs: int
-    server: LocalServer | None = None
+    server: BenchServer | None = None
     proxy: CountingProxy | None = None
     count_target: Target | None = None  # through the proxy
     rest_window_s: float = 60.0  # W7: how long the daemon at rest is measured
     records: list[RunRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     later: list[Path] = field(default_factory=list)  # removed at the end: see remove_later
+    uploaded: dict[tuple[str, str], S3Loc | str] = field(default_factory=dict)  # str: refused
 
     # --- places ------------------------------------------------------------------------
 
@@ -90,27 +88,43 @@ class Bench:
     def src_loc(self, role: str) -> S3Loc:
         return S3Loc(self.bucket, f"src/{self.mats[role].dataset.key}")
 
-    def seeded_loc(self, role: str) -> S3Loc:
-        """The role's files uploaded once through the S3 API with a full-object CRC64NVME,
-        as AWS SDKs do by default: what a bucket on AWS S3 holds, unlike files laid on the
-        server's disk, which vouch only for an MD5 ETag."""
-        loc = S3Loc(self.bucket, f"seeded/{self.mats[role].dataset.key}")
-        if not any(True for _ in iter_objects(self.client, loc.bucket, loc.slash)):
-            from awscrt import checksums
+    @property
+    def laid_out(self) -> bool:
+        """The sources were laid on the server's disk before it started (rclone)."""
+        return self.server is not None and self.server.backing_root is not None
 
-            for rel, path in self.mats[role].paths():
-                crc = 0
-                with path.open("rb") as fh:
-                    while block := fh.read(8 << 20):
-                        crc = checksums.crc64nvme(block, crc)
-                value = base64.b64encode(crc.to_bytes(8, "big")).decode()
-                with path.open("rb") as fh:
-                    self.client.put_object(Bucket=loc.bucket, Key=loc.slash + rel, Body=fh,
-                                           ChecksumCRC64NVME=value)
+    def upload_loc(self, style: str, role: str) -> S3Loc:
+        """The role's files uploaded once the way ``style`` uploads (bench/uploads.py), with
+        a note of what the server then vouches for. Raises NotApplicable when it refuses."""
+        got = self.uploaded.get((style, role))
+        if isinstance(got, str):
+            raise uploads.NotApplicable(got)
+        mat = self.mats[role]
+        loc = S3Loc(self.bucket, f"up-{style}/{mat.dataset.key}")
+        if got is not None:
+            return loc
+        have = sum(1 for _ in iter_objects(self.client, loc.bucket, loc.slash))
+        if have != mat.dataset.count:  # an external endpoint may keep them across sessions
+            upload = uploads.uploader(style, self.target.endpoint_url,
+                                      functools.partial(s3_client, creds=self.target.creds))
+            try:
+                uploads.seed(upload, loc.bucket, loc.slash, mat)
+            except uploads.NotApplicable as exc:
+                self.uploaded[(style, role)] = str(exc)
+                self.drop_prefix(loc)
+                raise
+        largest = max(mat.dataset.files, key=lambda f: f.size).rel
+        where = self.server.name if self.server is not None else "the endpoint"
+        self.notes.append(f"{where}, {style} uploads of {mat.dataset.name}: it vouches for "
+                          f"{uploads.vouches(self.client, loc.bucket, loc.slash + largest)} "
+                          f"(HEAD with ChecksumMode of {largest})")
+        self.uploaded[(style, role)] = loc
         return loc
 
-    def source_loc(self, workload: str, role: str) -> S3Loc:
-        return self.seeded_loc(role) if workload in SEEDED_WORKLOADS else self.src_loc(role)
+    def source_loc(self, workload: str, role: str, upload: str) -> S3Loc:
+        if workload == "W1c":
+            return self.upload_loc("crc64-put", role)
+        return self.src_loc(role) if upload == "plain" else self.upload_loc(upload, role)
 
     def w5_loc(self, run: int) -> S3Loc:
         return S3Loc(self.bucket, f"w5/{self.session}/r{run + 1}")
@@ -119,9 +133,8 @@ class Bench:
         return S3Loc(self.bucket, f"push/{self.session}/r{run + 1}/{slug}/{tool}")
 
     def backing_file(self, key: str) -> Path | None:
-        if self.server is None:
-            return None
-        return self.server.root / self.bucket / key
+        root = self.server.backing_root if self.server is not None else None
+        return None if root is None else root / self.bucket / key
 
     # --- running a tool -----------------------------------------------------------------
 
@@ -146,12 +159,14 @@ class Bench:
             record.server_rchar = after.rchar - before.rchar
         if record.tool == "syncd":
             record.syncd_summary = parse_syncd_summary(_read(res.stdout))
-        if res.timed_out:
+        if inv.na_exit is not None and res.returncode == inv.na_exit:
+            record.not_applicable(res.tail())
+        elif res.timed_out:
             record.fail(f"timed out after {timeout_for(record.bytes, record.files):.0f}s")
         elif res.returncode != 0:
             record.fail(f"exit code {res.returncode}: {res.tail()}")
         self.records.append(record)
-        state = "ok" if record.ok else "FAILED"
+        state = record.status
         say(f"  r{record.run + 1} {record.row:<16} {record.direction:<4} {record.tool:<13}"
             f" {record.phase:<6} {res.wall_s:8.2f}s  {state}")
         return res
@@ -202,6 +217,8 @@ class Bench:
 
         try:
             delete_prefix(self.client, loc.bucket, loc.slash)
+            if self.server is not None:
+                self.server.housekeep()
         except Exception as exc:  # housekeeping must not fail a run
             self.notes.append(f"could not empty s3://{loc.bucket}/{loc.slash}: {exc}")
 

@@ -1,7 +1,9 @@
 """The workloads as scenarios: what is prepared, what is timed, what is checked.
 
-- copy (W1-W3): each tool into a fresh destination (pull: an empty directory; push: a new
+- copy (W1-W3, W8): each tool into a fresh destination (pull: an empty directory; push: a new
   bucket prefix), timed, then checked byte for byte. ``limit`` (curl) joins W1/W3 pulls.
+  W1/W3 pulls also run from copies uploaded as boto3 and AWS CLI v2 upload (bench/uploads.py),
+  rows "W1 boto3", "W1 cli-v2"; a server refusing an upload style gets n/a rows.
 - no-op (W4): an untimed first sync, then a timed second sync that has nothing to do, then
   (first run only) the same no-op once more through the counting proxy to count requests.
 - first + no-op (W6): like no-op, but the first sync is timed too (its own row).
@@ -34,6 +36,7 @@ from bench.tools import (
     limit_invocation,
     plan_ranges,
 )
+from bench.uploads import NotApplicable
 from bench.workloads import Manifest, Materialized, link_tree
 
 LIMIT_WORKLOADS = frozenset({"W1", "W3"})
@@ -47,16 +50,23 @@ class Scenario:
     role: str  # data set role: w1 w2 w3 w4 w6a w6b
     direction: str  # pull | push
     kind: str  # copy | noop | first-noop | changed | rest
+    upload: str = "plain"  # how the pull source was uploaded: bench/uploads.py STYLES
 
     @property
     def slug(self) -> str:
-        return f"{self.label}-{self.direction}".lower()
+        return f"{self.label}-{self.direction}".lower().replace(" ", "-")
+
+    @property
+    def has_limit(self) -> bool:
+        return (self.direction == "pull" and self.workload in LIMIT_WORKLOADS
+                and self.upload == "plain")
 
     def rows(self, tools: list[Tool]) -> list[tuple[str, str]]:
         """(row, tool) pairs this scenario reports, in table order."""
-        names = [t.name for t in tools if t.family != "limit"]
+        names = [t.name for t in tools if t.syncs]
         if self.kind == "copy":
-            if self.direction == "pull" and self.workload in LIMIT_WORKLOADS:
+            names += [t.name for t in tools if t.family == "boto3-crt"]
+            if self.has_limit:
                 names += [t.name for t in tools if t.family == "limit"]
             return [(self.label, n) for n in names]
         if self.kind == "noop":
@@ -82,7 +92,7 @@ def _record(sc: Scenario, run: int, row: str, tool: Tool, phase: str, kind: str,
 
 
 def _sync_tools(b: Bench) -> list[Tool]:
-    return [t for t in b.tools if t.family != "limit" and t.available]
+    return [t for t in b.tools if t.syncs and t.available]
 
 
 # --- one side of a transfer: a fresh destination, the command, the check ------------------
@@ -126,7 +136,8 @@ class Side:
     def run_timed(self, record: RunRecord, *, resync: bool, expected: Manifest) -> None:
         inv = self.invocation(self.b.target, resync=resync, tag=record.phase)
         self.b.timed(record, inv, self.dir, record.phase)
-        self.check(record, expected)
+        if not record.na:
+            self.check(record, expected)
 
     def check(self, record: RunRecord, expected: Manifest) -> None:
         if self.sc.direction == "pull":
@@ -155,15 +166,20 @@ class Side:
 
 def _copy(b: Bench, sc: Scenario, run: int) -> None:
     mat = b.mats[sc.role]
-    src = b.source_loc(sc.workload, sc.role)
+    tools = [t for t in b.tools if t.available and (t.family != "limit" or sc.has_limit)]
+    try:
+        src = b.source_loc(sc.workload, sc.role, sc.upload)
+    except NotApplicable as exc:
+        for tool in tools:
+            rec = _record(sc, run, sc.label, tool, "timed", TRANSFER, mat)
+            rec.not_applicable(str(exc))
+            b.records.append(rec)
+        return
     if sc.direction == "pull":
         b.warm(src)
-    for tool in b.tools:
-        if not tool.available:
-            continue
+    for tool in tools:
         if tool.family == "limit":
-            if sc.direction == "pull" and sc.workload in LIMIT_WORKLOADS:
-                _limit(b, sc, run, tool, mat)
+            _limit(b, sc, run, tool, mat)
             continue
         side = Side.fresh(b, sc, tool, run, src=src)
         rec = _record(sc, run, sc.label, tool, "timed", TRANSFER, mat)
@@ -221,7 +237,7 @@ def _changed(b: Bench, sc: Scenario, run: int) -> None:
     """W5: synced W3, then one shard replaced in the source; time each tool's re-sync."""
     w3, shard = b.mats["w3"], b.mats["w5shard"]
     loc = b.w5_loc(run)
-    if b.server is None:  # our own server had it laid out before it started
+    if not b.laid_out:  # else the server had it on its disk before it started
         seed_remote(b.client, loc, w3, force=True)
     b.warm(loc)
     expected = dict(w3.manifest)
@@ -264,18 +280,24 @@ def _replace_shard(b: Bench, loc: S3Loc, shard: Materialized) -> None:
 
 
 def plan(workloads: list[str], directions: list[str], labels: Callable[[str], str], *,
-         small_push: bool) -> list[Scenario]:
+         small_push: bool, uploads: tuple[str, ...] = ("plain",)) -> list[Scenario]:
     """The scenarios of the selected workloads and directions, in run order.
 
-    W5 and W7 are pull only. W4 and W6 push only with ``small_push`` (the default in full mode):
-    pushing thousands of tiny objects with five tools is what would stretch --quick past
-    its time budget.
+    W1/W3 pulls run once per upload style in ``uploads`` ("plain": today's rows); their
+    pushes once. W8 is push only; W5 and W7 are pull only. W4 and W6 push only with
+    ``small_push`` (the default in full mode): pushing thousands of tiny objects with five
+    tools is what would stretch --quick past its time budget.
     """
     out: list[Scenario] = []
     for wl in workloads:
         for direction in directions:
-            if wl in ("W1", "W2", "W3"):
+            if wl in ("W1", "W3") and direction == "pull":
+                out += [Scenario(wl, wl if up == "plain" else f"{wl} {up}", wl.lower(),
+                                 direction, "copy", up) for up in uploads]
+            elif wl in ("W1", "W2", "W3"):
                 out.append(Scenario(wl, wl, wl.lower(), direction, "copy"))
+            elif wl == "W8" and direction == "push":
+                out.append(Scenario(wl, wl, "w8", direction, "copy"))
             elif wl == "W1c" and direction == "pull":
                 out.append(Scenario(wl, wl, "w1", direction, "copy"))
             elif wl == "W4" and (direction == "pull" or small_push):

