@@ -50,7 +50,13 @@ from syncd.listing import (
     weak_etag,
 )
 from syncd.stores.base import Capabilities, Fence, Sink, Source, Staged
-from syncd.stores.native import NATIVE_MEMORY, NativeConfig, NativeEngine
+from syncd.stores.native import (
+    NATIVE_CONNECTIONS,
+    NATIVE_MEMORY,
+    NATIVE_PART,
+    NativeConfig,
+    NativeEngine,
+)
 from syncd.stores.resume import ResumeBook
 from syncd.stores.s3_errors import S3Errors
 from syncd.stores.s3_http import (
@@ -122,8 +128,9 @@ class S3Store:
         if self._transfer.native:
             self.native = NativeEngine(NativeConfig(
                 self._s3.endpoint_url or "https://", self._s3.region,
-                connections=self._transfer.concurrency, part_size=int(self._transfer.part_size),
-                memory_limit=NATIVE_MEMORY), self._credentials, name=self.name)
+                connections=min(self._transfer.concurrency, NATIVE_CONNECTIONS),
+                part_size=NATIVE_PART, memory_limit=NATIVE_MEMORY),
+                self._credentials, name=self.name)
         return self
 
     def _session(self) -> Any:

@@ -376,8 +376,8 @@ class Downloads:
         the native engine serves goes that way instead, unless kept parts are resumed."""
         stream = native_stream(source)
         if stream is not None and not (partial and partial.recorded):
-            return await stream_into(file, stream, algos, partial, ranges, per_part,
-                                     source.key)
+            return await stream_into(file, self._writer, stream, algos, partial, ranges,
+                                     per_part, source.key)
         crcs = frozenset(a for a in algos if a in CRC_ALGOS)
         own = frozenset({per_part}) if per_part else frozenset()
         digests = [Digest(crcs | own, start) for start, _ in ranges]

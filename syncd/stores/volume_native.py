@@ -1,89 +1,168 @@
 """A large download through the native engine, into its staging file.
 
 The engine (`native.NativeEngine`) fetches ranged parts on its own threads and hands the
-body over in order; here each piece is written at its offset and hashed as it passes: CRCs
-per part (combined at the end, and the claim's algorithm per upload part when the claim is
-composite), MD5/SHA in order. A part is recorded in the partial download's sidecar as soon
-as its last byte is written, so an interrupted download resumes on syncd's own path, like
-one of its own.
+body over in order; here each piece is written at its offset and its CRCs taken as it
+passes (per part, combined at the end). MD5/SHA, in order or per upload part for a
+composite claim, are hashed from the file on worker threads as parts complete. A part is
+recorded in the partial download's sidecar as soon as its last byte is written, so an
+interrupted download resumes on syncd's own path, like one of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import queue
+import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from syncd.errors import Interrupted, StoreError
+from syncd.errors import Interrupted, StoreError, first_error
 from syncd.listing import Algo
 from syncd.stores.base import Stream
+from syncd.stores.direct import Buffers, can_write_direct, pwrite_all
 from syncd.stores.resume import PartialDownload
-from syncd.stores.volume_write import StagingFile
+from syncd.stores.staging import InOrderHash, hash_range
+from syncd.stores.volume_write import StagingFile, Writer
 from syncd.verify import CRC_ALGOS, Digest, combine
+
+BUFFERS = 4  # pieces copied and waiting for the writer thread, per download
+PIECE = 2 << 20  # bytes per piece: a part arrives as several, so memory stays small
 
 
 class _Into:
-    """The sink: called on an engine thread, one piece at a time, in order."""
+    """The sink. The engine calls it on its own thread, one piece at a time, in order; it
+    only copies the piece into an aligned buffer (a memcpy) and queues it, so that thread
+    goes back to its sockets at once. One writer thread per download takes the queue in
+    order: the hardware CRCs of each part (GB/s), then the write, direct where the
+    filesystem takes it. MD5/SHA are hashed from the file by other workers (`stream_into`).
+    At most `BUFFERS` pieces wait: the engine is held back, not memory."""
 
-    def __init__(self, fd: int, ranges: Sequence[tuple[int, int]], digests: list[Digest],
-                 ordered: Digest | None, finished: Callable[[int], None], key: str) -> None:
-        self._fd = fd
+    def __init__(self, file: StagingFile, writer: Writer, ranges: Sequence[tuple[int, int]],
+                 digests: list[Digest], finished: Callable[[int], None], key: str,
+                 piece: int) -> None:
+        self._file = file
+        self._writer = writer
         self._ends = [end for _, end in ranges]
         self._digests = digests
-        self._ordered = ordered
         self._finished = finished
         self._loop = asyncio.get_running_loop()
         self._key = key
-        self.pos = 0
-        self._part = 0
+        self._pool = Buffers(piece, BUFFERS)
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(BUFFERS):
+            self._free.put(self._pool.take())
+        self._jobs: queue.SimpleQueue[tuple[Any, int, int] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain, name=f"syncd-into-{key[:40]}",
+                                        daemon=True)
+        self._thread.start()
+        self.error: BaseException | None = None
+        self.pos = 0  # bytes handed over (engine thread)
+        self.written = 0  # bytes written (writer thread)
 
     def __call__(self, chunk: memoryview, offset: int) -> None:
+        if self.error is not None:
+            raise self.error  # the engine stops the download
         if offset != self.pos or offset + len(chunk) > self._ends[-1]:
             raise StoreError(f"{self._key}: the engine delivered bytes {offset}+{len(chunk)} "
                              f"where {self.pos} was next", key=self._key)
-        view = memoryview(chunk).cast("B")
-        written = 0
-        while written < len(view):
-            written += os.pwrite(self._fd, view[written:], offset + written)
-        while view:
-            end = self._ends[self._part]
-            piece, view = view[:end - self.pos], view[end - self.pos:]
-            self._digests[self._part].update(piece)
-            if self._ordered is not None:
-                self._ordered.update(piece)
-            self.pos += len(piece)
-            if self.pos == end:
-                self._loop.call_soon_threadsafe(self._finished, self._part)
-                self._part += 1
+        data = memoryview(chunk).cast("B")
+        while data:
+            buf = self._free.get()
+            n = min(len(data), len(buf))
+            with memoryview(buf) as view:
+                view[:n] = data[:n]
+            self._jobs.put((buf, n, self.pos))
+            data, self.pos = data[n:], self.pos + n
+
+    def _drain(self) -> None:
+        part = 0
+        while (job := self._jobs.get()) is not None:
+            buf, n, offset = job
+            try:
+                if self.error is None:
+                    done = self._hash(buf, n, offset, part)
+                    if (self._file.direct is not None
+                            and can_write_direct(offset, offset + n, self._file.size)):
+                        self._writer.write_block(self._file, buf, n, offset)
+                    else:
+                        with memoryview(buf) as view:
+                            pwrite_all(self._file.fd, view[:n], offset)
+                    self.written = offset + n
+                    for finished in range(part, done):  # hashed and on disk: readable
+                        self._loop.call_soon_threadsafe(self._finished, finished)
+                    part = done
+            except BaseException as exc:
+                self.error = exc
+            self._free.put(buf)
+
+    def _hash(self, buf: Any, n: int, offset: int, part: int) -> int:
+        """The parts' CRCs over buf[:n]; returns the first part not yet complete."""
+        with memoryview(buf) as view:
+            data = view[:n]
+            while data:
+                end = self._ends[part]
+                piece, data = data[:end - offset], data[end - offset:]
+                self._digests[part].update(piece)
+                offset += len(piece)
+                if offset == end:
+                    part += 1
+        return part
+
+    async def close(self) -> None:
+        """Wait for the writer to finish what was queued; its error, if any, is raised."""
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        while not self._free.empty():
+            self._pool.give(self._free.get())
+        if self.error is not None:
+            raise self.error
 
 
 async def stream_into(
-    file: StagingFile, stream: Stream, algos: frozenset[Algo],
+    file: StagingFile, writer: Writer, stream: Stream, algos: frozenset[Algo],
     partial: PartialDownload | None, ranges: Sequence[tuple[int, int]],
     per_part: Algo | None, key: str,
 ) -> tuple[dict[Algo, str], tuple[str, ...]]:
     """The whole object into `file` through `stream`: its checksums and, for a composite
     claim, the claim algorithm's digest of each of the upload's parts (`ranges`)."""
     crcs = frozenset(a for a in algos if a in CRC_ALGOS)
-    own = frozenset({per_part}) if per_part else frozenset()
-    digests = [Digest(crcs | own, start) for start, _ in ranges]
-    ordered = Digest(algos - crcs) if algos - crcs else None
-
-    def finished(i: int) -> None:
-        if partial is not None:
-            partial.done(i, digests[i])
-
-    into = _Into(file.fd, ranges, digests, ordered, finished, key)
+    digests = [Digest(crcs | ({per_part} & set(CRC_ALGOS) if per_part else set()), start)
+               for start, _ in ranges]
+    slow = per_part if per_part and per_part not in CRC_ALGOS else None
+    own = [Digest((slow,), start) for start, _ in ranges] if slow else []
+    follower = InOrderHash(file.fd, list(ranges), algos - crcs) if algos - crcs else None
     saving = partial.progress.autosave() if partial else contextlib.nullcontext()
-    async with saving:
-        await stream(into)
-        await asyncio.sleep(0)  # the last part's `finished`, queued from the engine thread
-    if into.pos != ranges[-1][1]:
-        raise Interrupted(f"{key}: the download ended after {into.pos} of {ranges[-1][1]} "
-                          "bytes", key=key)
+
+    async def hash_part(i: int) -> None:
+        await asyncio.to_thread(hash_range, file.fd, ranges[i][0], ranges[i][1], own[i])
+
+    try:
+        async with saving, asyncio.TaskGroup() as tg:
+            def finished(i: int) -> None:
+                if partial is not None:
+                    partial.done(i, digests[i])
+                if own:
+                    tg.create_task(hash_part(i))
+                if follower is not None:
+                    follower.done(i)
+
+            if follower is not None:
+                tg.create_task(follower.run())
+            into = _Into(file, writer, ranges, digests, finished, key, PIECE)
+            try:
+                await stream(into)
+            finally:
+                await into.close()
+            await asyncio.sleep(0)  # the last part's `finished`, queued from the writer
+            if into.written != ranges[-1][1]:
+                raise Interrupted(f"{key}: the download ended after {into.written} of "
+                                  f"{ranges[-1][1]} bytes", key=key)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
     sums = combine(digests)
-    if ordered is not None:
-        sums.update(ordered.results())
-    parts = tuple(d.results()[per_part] for d in digests) if per_part else ()
+    if follower is not None:
+        sums.update(follower.digest.results())
+    parts = tuple((own[i] if slow else digests[i]).results()[per_part]
+                  for i in range(len(ranges))) if per_part else ()
     return sums, parts

@@ -169,13 +169,19 @@ class Writer:
         """Hash buf[:n] and write it at `offset`: direct, or buffered where refused."""
         with memoryview(buf) as view:
             digest.update(view[:n])
-            if file.direct is not None and write_direct(file.direct, buf, n, offset):
-                if offset + n == file.size and n % ALIGN:
-                    # drop the tail's padding now: a partial download kept after an
-                    # interruption must have its exact size to be resumed
-                    os.ftruncate(file.fd, file.size)
-                return
-            self.direct = False
+        self.write_block(file, buf, n, offset)
+
+    def write_block(self, file: StagingFile, buf: Any, n: int, offset: int) -> None:
+        """Write the aligned buf[:n] at `offset` (off the event loop): direct, or buffered
+        where the filesystem refuses it."""
+        if file.direct is not None and write_direct(file.direct, buf, n, offset):
+            if offset + n == file.size and n % ALIGN:
+                # drop the tail's padding now: a partial download kept after an
+                # interruption must have its exact size to be resumed
+                os.ftruncate(file.fd, file.size)
+            return
+        self.direct = False
+        with memoryview(buf) as view:
             pwrite_all(file.fd, view[:n], offset)
 
 
