@@ -35,7 +35,10 @@ PEERS = ("s5cmd", "s5cmd-tuned", "rclone", "rclone-tuned", "boto3-crt")
 COPY_ONLY = frozenset({"boto3-crt", "limit"})  # families without a sync command
 CRT_SCRIPT = Path(__file__).resolve().parent / "crt_peer.py"
 
-ALL_TOOLS = ("syncd", *PEERS, "limit")
+# syncd with its native engine off (`transfer.native = false`): the engine measured against
+# syncd's own data path in the same run (issue 20); not a peer
+OWN_PATH = "syncd-own"
+ALL_TOOLS = ("syncd", OWN_PATH, *PEERS, "limit")
 LIMIT_RANGES = 4
 LIMIT_MIN_RANGED = 8 * 1024 * 1024  # objects at least this big get 4 ranged GETs
 SYNCD_MIRROR = "bench"
@@ -119,13 +122,19 @@ class Tool:
 
     # --- commands ---------------------------------------------------------------------
 
+    def _syncd_env(self, target: Target) -> dict[str, str]:
+        env = _syncd_env(target)
+        if self.name == OWN_PATH:
+            env["SYNCD_TRANSFER__NATIVE"] = "false"
+        return env
+
     def pull(self, target: Target, src: S3Loc, dest: Path, *, resync: bool,
              conf_dir: Path, tag: str) -> Invocation:
         assert self.binary is not None
         exe = str(self.binary)
         if self.family == "syncd":
             cfg = write_syncd_config(conf_dir / f"syncd-{tag}.toml", target, src, dest, "pull")
-            return Invocation([exe, "sync", "--once", "-c", str(cfg)], _syncd_env(target))
+            return Invocation([exe, "sync", "--once", "-c", str(cfg)], self._syncd_env(target))
         if self.family == "s5cmd":
             return Invocation(self._s5cmd(target, "sync" if resync else "cp",
                                           f"{src.url}*", f"{dest}/"), target.aws_env())
@@ -144,7 +153,7 @@ class Tool:
         exe = str(self.binary)
         if self.family == "syncd":
             cfg = write_syncd_config(conf_dir / f"syncd-{tag}.toml", target, dest, src, "push")
-            return Invocation([exe, "sync", "--once", "-c", str(cfg)], _syncd_env(target))
+            return Invocation([exe, "sync", "--once", "-c", str(cfg)], self._syncd_env(target))
         if self.family == "s5cmd":
             # cp 'dir/*' keeps the tree below dir; sync takes the directory itself.
             source = f"{src}/" if resync else f"{src}/*"
@@ -211,7 +220,7 @@ def byte_compile_syncd() -> None:
 def make_tools(names: list[str], *, curl: Path | None = None) -> list[Tool]:
     """The named tools, each with its binary (None when it is not installed)."""
     syncd = find_binary("syncd")
-    if "syncd" in names and syncd is not None:
+    if {"syncd", OWN_PATH} & set(names) and syncd is not None:
         byte_compile_syncd()
     s5cmd = find_binary("s5cmd")
     rclone = find_binary("rclone")
@@ -221,6 +230,7 @@ def make_tools(names: list[str], *, curl: Path | None = None) -> list[Tool]:
         curl = None
     table = {
         "syncd": Tool("syncd", "syncd", syncd),
+        OWN_PATH: Tool(OWN_PATH, "syncd", syncd),
         "s5cmd": Tool("s5cmd", "s5cmd", s5cmd),
         "s5cmd-tuned": Tool("s5cmd-tuned", "s5cmd", s5cmd, tuned=True),
         "rclone": Tool("rclone", "rclone", rclone),
