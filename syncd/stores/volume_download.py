@@ -41,7 +41,7 @@ from syncd.stores.resume import (
 from syncd.stores.staging import WRITE_BATCH, InOrderHash, ReadBack, Space, hash_range
 from syncd.stores.volume_native import stream_into
 from syncd.stores.volume_write import StagingFile, Writer
-from syncd.verify import CRC_ALGOS, OWN_ALGO, Digest, PartHashes, combine
+from syncd.verify import CRC_ALGOS, OWN_ALGO, Composite, Digest, PartHashes, combine
 
 SMALL_BYTES = WRITE_BATCH  # files up to this size are buffered and written in one call
 SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -272,7 +272,7 @@ class Downloads:
         try:
             with self._translated(source.key):
                 sums, parts = await self._parallel(file, source, algos, partial, ranges,
-                                                   claim.algo if claim else None)
+                                                   _per_part(claim))
                 await asyncio.to_thread(os.fsync, file.fd)
                 if partial is not None:  # a publication that fails still resumes it all
                     await partial.progress.flush()
@@ -454,7 +454,18 @@ def _remove_staging(path: Path) -> None:
 
 
 def _algo(claim: Checksum | None) -> frozenset[Algo]:
-    return frozenset({claim.algo}) if claim else frozenset()
+    """The hash a claim needs over the whole file. A marked composite's parts decide
+    (`verify.mismatch`): its MD5/SHA is hashed per part only, not twice; its CRC stays,
+    since the resume sidecar records each part's CRCs."""
+    if claim is None or (isinstance(claim, Composite) and claim.marked
+                         and claim.algo not in CRC_ALGOS):
+        return frozenset()
+    return frozenset({claim.algo})
+
+
+def _per_part(claim: Checksum | None) -> Algo | None:
+    """The algorithm each upload part is hashed with: a composite claim's only."""
+    return claim.algo if isinstance(claim, Composite) else None
 
 
 async def _digest(source: Source, algos: frozenset[Algo]) -> Digest:

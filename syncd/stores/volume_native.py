@@ -2,8 +2,8 @@
 
 The engine (`native.NativeEngine`) fetches ranged parts on its own threads and hands the
 body over in order; here each piece is written at its offset and its CRCs taken as it
-passes (per part, combined at the end). MD5/SHA, in order or per upload part for a
-composite claim, are hashed from the file on worker threads as parts complete. A part is
+passes (per part, combined at the end), MD5/SHA in order or per upload part for a
+composite claim, all from the piece in memory, on the download's writer thread. A part is
 recorded in the partial download's sidecar as soon as its last byte is written, so an
 interrupted download resumes on syncd's own path, like one of its own.
 """
@@ -17,12 +17,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from syncd.errors import Interrupted, StoreError, first_error
+from syncd.errors import Interrupted, StoreError
 from syncd.listing import Algo
 from syncd.stores.base import Stream
 from syncd.stores.direct import Buffers, can_write_direct, pwrite_all
 from syncd.stores.resume import PartialDownload
-from syncd.stores.staging import InOrderHash, hash_range
 from syncd.stores.volume_write import StagingFile, Writer
 from syncd.verify import CRC_ALGOS, Digest, combine
 
@@ -34,17 +33,18 @@ class _Into:
     """The sink. The engine calls it on its own thread, one piece at a time, in order; it
     only copies the piece into an aligned buffer (a memcpy) and queues it, so that thread
     goes back to its sockets at once. One writer thread per download takes the queue in
-    order: the hardware CRCs of each part (GB/s), then the write, direct where the
-    filesystem takes it. MD5/SHA are hashed from the file by other workers (`stream_into`).
-    At most `BUFFERS` pieces wait: the engine is held back, not memory."""
+    order: every hash (the CRCs per part; MD5/SHA per part or whole, in order, from the
+    same buffer: nothing is read back), then the write, direct where the filesystem takes
+    it. At most `BUFFERS` pieces wait: the engine is held back, not memory."""
 
     def __init__(self, file: StagingFile, writer: Writer, ranges: Sequence[tuple[int, int]],
-                 digests: list[Digest], finished: Callable[[int], None], key: str,
-                 piece: int) -> None:
+                 digests: list[Digest], ordered: Digest | None,
+                 finished: Callable[[int], None], key: str, piece: int) -> None:
         self._file = file
         self._writer = writer
         self._ends = [end for _, end in ranges]
         self._digests = digests
+        self._ordered = ordered
         self._finished = finished
         self._loop = asyncio.get_running_loop()
         self._key = key
@@ -97,9 +97,11 @@ class _Into:
             self._free.put(buf)
 
     def _hash(self, buf: Any, n: int, offset: int, part: int) -> int:
-        """The parts' CRCs over buf[:n]; returns the first part not yet complete."""
+        """The hashes of buf[:n]; returns the first part not yet complete."""
         with memoryview(buf) as view:
             data = view[:n]
+            if self._ordered is not None:
+                self._ordered.update(data)
             while data:
                 end = self._ends[part]
                 piece, data = data[:end - offset], data[end - offset:]
@@ -127,42 +129,28 @@ async def stream_into(
     """The whole object into `file` through `stream`: its checksums and, for a composite
     claim, the claim algorithm's digest of each of the upload's parts (`ranges`)."""
     crcs = frozenset(a for a in algos if a in CRC_ALGOS)
-    digests = [Digest(crcs | ({per_part} & set(CRC_ALGOS) if per_part else set()), start)
-               for start, _ in ranges]
-    slow = per_part if per_part and per_part not in CRC_ALGOS else None
-    own = [Digest((slow,), start) for start, _ in ranges] if slow else []
-    follower = InOrderHash(file.fd, list(ranges), algos - crcs) if algos - crcs else None
+    # per part: the CRCs (combined at the end, and what the resume sidecar records) and a
+    # composite claim's algorithm; in order: the whole-file MD5/SHA
+    digests = [Digest(crcs | ({per_part} if per_part else set()), start) for start, _ in ranges]
+    ordered = Digest(algos - crcs) if algos - crcs else None
     saving = partial.progress.autosave() if partial else contextlib.nullcontext()
 
-    async def hash_part(i: int) -> None:
-        await asyncio.to_thread(hash_range, file.fd, ranges[i][0], ranges[i][1], own[i])
+    def finished(i: int) -> None:
+        if partial is not None:
+            partial.done(i, digests[i])
 
-    try:
-        async with saving, asyncio.TaskGroup() as tg:
-            def finished(i: int) -> None:
-                if partial is not None:
-                    partial.done(i, digests[i])
-                if own:
-                    tg.create_task(hash_part(i))
-                if follower is not None:
-                    follower.done(i)
-
-            if follower is not None:
-                tg.create_task(follower.run())
-            into = _Into(file, writer, ranges, digests, finished, key, PIECE)
-            try:
-                await stream(into)
-            finally:
-                await into.close()
-            await asyncio.sleep(0)  # the last part's `finished`, queued from the writer
-            if into.written != ranges[-1][1]:
-                raise Interrupted(f"{key}: the download ended after {into.written} of "
-                                  f"{ranges[-1][1]} bytes", key=key)
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
+    async with saving:
+        into = _Into(file, writer, ranges, digests, ordered, finished, key, PIECE)
+        try:
+            await stream(into)
+        finally:
+            await into.close()
+        await asyncio.sleep(0)  # the last part's `finished`, queued from the writer
+    if into.written != ranges[-1][1]:
+        raise Interrupted(f"{key}: the download ended after {into.written} of "
+                          f"{ranges[-1][1]} bytes", key=key)
     sums = combine(digests)
-    if follower is not None:
-        sums.update(follower.digest.results())
-    parts = tuple((own[i] if slow else digests[i]).results()[per_part]
-                  for i in range(len(ranges))) if per_part else ()
+    if ordered is not None:
+        sums.update(ordered.results())
+    parts = tuple(d.results()[per_part] for d in digests) if per_part else ()
     return sums, parts
