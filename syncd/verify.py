@@ -4,10 +4,10 @@ Our own hash decides, never a server's word: the test servers accept wrong `x-am
 headers (shared/design/leases.md, Part B), so a stored checksum is only a claim that syncd
 checks against the bytes it actually received.
 
-Large objects move as parallel parts, so the CRCs are computed per part and combined in GF(2)
-(the zlib crc32_combine construction, generalised to any reflected CRC with all-ones init and
-xorout). That yields the whole-object CRC without re-reading the file. MD5/SHA cannot be
-combined; a store that moved parts in parallel re-reads the staged file for those.
+Large objects move as parallel parts, so the CRCs are computed per part and combined
+(awscrt's combine functions), which yields the whole-object CRC without re-reading the
+file. MD5/SHA cannot be combined; a store that moved parts in parallel re-reads the staged
+file for those.
 """
 
 from __future__ import annotations
@@ -28,36 +28,7 @@ META_PREFIX = "syncd-"  # x-amz-meta-syncd-crc64nvme, x-amz-meta-syncd-gen
 CRC_ALGOS = (Algo.CRC64NVME, Algo.CRC32C, Algo.CRC32)
 
 
-@dataclass(frozen=True, slots=True)
-class _Crc:
-    width: int
-    poly: int  # reflected polynomial
-
-    def x2n_table(self) -> list[int]:
-        """x^(2^k) mod p for k < 64, in reflected form."""
-        table = [1 << (self.width - 2)]  # x^1
-        for _ in range(63):
-            table.append(self.mult(table[-1], table[-1]))
-        return table
-
-    def mult(self, a: int, b: int) -> int:
-        """a * b mod p, both reflected."""
-        top = 1 << (self.width - 1)
-        mask = (1 << self.width) - 1
-        m, p = top, 0
-        while m:
-            if a & m:
-                p ^= b
-            m >>= 1
-            b = ((b >> 1) ^ self.poly) if b & 1 else (b >> 1)
-        return p & mask
-
-
-_SPECS = {
-    Algo.CRC32: _Crc(32, 0xEDB88320),
-    Algo.CRC32C: _Crc(32, 0x82F63B78),
-    Algo.CRC64NVME: _Crc(64, 0x9A6C9329AC4BC9B5),
-}
+_WIDTHS = {Algo.CRC32: 32, Algo.CRC32C: 32, Algo.CRC64NVME: 64}
 
 
 @functools.cache
@@ -71,25 +42,20 @@ def _crc_fn(algo: Algo) -> Callable[[Any, int], int]:
 
 
 @functools.cache
-def _table(algo: Algo) -> list[int]:
-    return _SPECS[algo].x2n_table()
+def _combine_fn(algo: Algo) -> Callable[[int, int, int], int]:
+    from awscrt import checksums
+
+    fn: Callable[[int, int, int], int] = getattr(checksums, f"combine_{algo.value}")
+    return fn
 
 
 def crc_combine(algo: Algo, crc1: int, crc2: int, len2: int) -> int:
-    """CRC of A||B from crc(A), crc(B) and len(B), without the bytes."""
-    spec, table = _SPECS[algo], _table(algo)
-    shift = 1 << (spec.width - 1)  # x^0
-    k, n = 3, len2  # multiply crc1 by x^(8*len2)
-    while n:
-        if n & 1:
-            shift = spec.mult(table[k & 63], shift)
-        n >>= 1
-        k += 1
-    return spec.mult(shift, crc1) ^ crc2
+    """CRC of A||B from crc(A), crc(B) and len(B), without the bytes (awscrt's)."""
+    return _combine_fn(algo)(crc1, crc2, len2)
 
 
 def crc_bytes(algo: Algo, value: int) -> bytes:
-    return value.to_bytes(_SPECS[algo].width // 8, "big")
+    return value.to_bytes(_WIDTHS[algo] // 8, "big")
 
 
 def encode(algo: Algo, raw: bytes) -> str:
@@ -107,10 +73,10 @@ class Digest:
         self.start = start
         self.parts = parts  # also hashed per part, on a composite claim's boundaries
         self.length = 0
-        self._crcs = {a: 0 for a in algos if a in _SPECS}
+        self._crcs = {a: 0 for a in algos if a in _WIDTHS}
         self._fns = {a: _crc_fn(a) for a in self._crcs}
         self._other: dict[Algo, Any] = {
-            a: hashlib.new(a.value) for a in algos if a not in _SPECS
+            a: hashlib.new(a.value) for a in algos if a not in _WIDTHS
         }
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
