@@ -35,7 +35,7 @@ from bench.server import (
     host_port,
     s3_client,
 )
-from bench.tools import ALL_TOOLS, S3Loc, Target, Tool, make_tools
+from bench.tools import ALL_TOOLS, DEFAULT_TOOLS, S3Loc, Target, Tool, make_tools
 from bench.uploads import STYLES
 from bench.weed import WeedServer
 from bench.workloads import GiB, KiB, Materialized, MiB, materialize
@@ -74,8 +74,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="timed runs per workload and tool (default: 3, quick: 1)")
     p.add_argument("--workloads", type=_csv(ALL_WORKLOADS), default=list(ALL_WORKLOADS),
                    help="comma-separated subset of W1..W8 (default: all)")
-    p.add_argument("--tools", type=_csv(ALL_TOOLS), default=list(ALL_TOOLS),
-                   help=f"comma-separated subset of {','.join(ALL_TOOLS)} (default: all)")
+    p.add_argument("--tools", type=_csv(ALL_TOOLS), default=list(DEFAULT_TOOLS),
+                   help=f"comma-separated subset of {','.join(ALL_TOOLS)} (default: all but "
+                        "syncd-own)")
     p.add_argument("--directions", type=_csv(("pull", "push")), default=["pull", "push"],
                    help="pull, push or both (default: both)")
     p.add_argument("--small-push", action=argparse.BooleanOptionalAction, default=None,

@@ -39,6 +39,7 @@ CRT_SCRIPT = Path(__file__).resolve().parent / "crt_peer.py"
 # syncd's own data path in the same run (issue 20); not a peer
 OWN_PATH = "syncd-own"
 ALL_TOOLS = ("syncd", OWN_PATH, *PEERS, "limit")
+DEFAULT_TOOLS = tuple(t for t in ALL_TOOLS if t != OWN_PATH)  # syncd-own: asked for by name
 LIMIT_RANGES = 4
 LIMIT_MIN_RANGED = 8 * 1024 * 1024  # objects at least this big get 4 ranged GETs
 SYNCD_MIRROR = "bench"
