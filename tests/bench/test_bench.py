@@ -66,6 +66,7 @@ def _expected_rows(group: str, data: dict[str, Any]) -> set[tuple[str, str, str]
 
 
 # Two halves, so that pytest-xdist runs them side by side.
+@pytest.mark.xdist_group("bench-end-to-end")  # one at a time: each runs servers and tools flat out
 @pytest.mark.timeout(280)
 @pytest.mark.parametrize(("group", "chosen"), [("copies", "W1,W2,W3,W8"),
                                                ("re-syncs", "W4,W5,W6")])
@@ -120,6 +121,7 @@ def test_quick_mode_end_to_end(tmp_path: Path, group: str, chosen: str) -> None:
                 assert run["syncd_summary"]["files"] == 1
 
 
+@pytest.mark.xdist_group("bench-end-to-end")  # one at a time: each runs servers and tools flat out
 @pytest.mark.timeout(120)
 def test_daemon_at_rest_end_to_end(tmp_path: Path) -> None:
     data, text = _bench(tmp_path, "--scale", "0.1", "--servers", "rclone", "--workloads",
@@ -530,6 +532,7 @@ def test_small_file_rows_are_charted_in_files_per_second() -> None:
     assert charts.metric(row) == ("files/s", [5.0])
 
 
+@pytest.mark.xdist_group("bench-end-to-end")  # one at a time: each runs servers and tools flat out
 @pytest.mark.timeout(200)
 def test_seaweedfs_and_upload_styles_end_to_end(tmp_path: Path) -> None:
     data, text = _bench(tmp_path, "--scale", "0.15", "--servers", "seaweedfs", "--workloads",
