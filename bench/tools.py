@@ -125,8 +125,7 @@ class Tool:
 
     def _syncd_env(self, target: Target) -> dict[str, str]:
         env = _syncd_env(target)
-        if self.name == OWN_PATH:
-            env["SYNCD_TRANSFER__NATIVE"] = "false"
+        env["SYNCD_TRANSFER__NATIVE"] = "false" if self.name == OWN_PATH else "true"
         return env
 
     def pull(self, target: Target, src: S3Loc, dest: Path, *, resync: bool,

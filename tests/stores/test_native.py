@@ -25,7 +25,7 @@ from tests.stores.taps import until
 
 PART = 8 * MiB
 SIZE = 3 * PART + 4321  # four parts, the last one short
-TRANSFER = TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=4)
+TRANSFER = TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=4, native=True)
 
 
 class Watched:
