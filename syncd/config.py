@@ -146,7 +146,7 @@ class TransferConfig(_Model):
     upload_buffer: ByteSize = Field(ByteSize(40 * MiB), ge=5 * MiB)
     min_free_bytes: ByteSize = Field(ByteSize(64 * MiB), ge=0)
     direct_io: bool = True
-    native: bool = False
+    native: bool = True
 
 
 class LeaseConfig(_Model):

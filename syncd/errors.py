@@ -126,6 +126,11 @@ class Interrupted(StoreError):
     retried later; the endpoint itself answered, so the rest of the pass goes on."""
 
 
+class NativeError(Interrupted):
+    """The native engine failed without an S3 answer (connection, timeout, a reply it could
+    not read): syncd's own path takes the download over."""
+
+
 class SourceChanged(StoreError):
     """The source changed while it was read; nothing was published, try again later."""
 

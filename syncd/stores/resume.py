@@ -236,6 +236,11 @@ class PartialDownload:
     def done(self, part: int, digest: Digest) -> None:
         self.progress.add(part, crc_values(digest, self.algos))
 
+    def reopen(self) -> None:
+        """Every part finished so far becomes a part to keep (proved again by `keep()`), as
+        if the download had stopped here: another path takes it over."""
+        self.recorded = dict(self.progress.parts)
+
     def remove(self) -> None:
         for path in (self.path, self.sidecar):
             with contextlib.suppress(FileNotFoundError):

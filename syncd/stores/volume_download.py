@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syncd.errors import SourceChanged, StoreError, TooLarge, first_error
+from syncd.errors import NativeError, SourceChanged, StoreError, TooLarge, first_error
 from syncd.listing import Algo, Checksum, fingerprint, weak_etag
 from syncd.parts import part_ranges
 from syncd.stores.base import Fence, Source, Staged, native_stream, part_boundaries
@@ -376,8 +376,14 @@ class Downloads:
         the native engine serves goes that way instead, unless kept parts are resumed."""
         stream = native_stream(source)
         if stream is not None and not (partial and partial.recorded):
-            return await stream_into(file, self._writer, stream, algos, partial, ranges,
-                                     per_part, source.key)
+            try:
+                return await stream_into(file, self._writer, stream, algos, partial, ranges,
+                                         per_part, source.key)
+            except NativeError:
+                # the engine gave up without an S3 answer (connections it could not keep, a
+                # reply it could not read): syncd's own path takes over from its parts
+                if partial is not None:
+                    partial.reopen()
         crcs = frozenset(a for a in algos if a in CRC_ALGOS)
         own = frozenset({per_part}) if per_part else frozenset()
         digests = [Digest(crcs | own, start) for start, _ in ranges]

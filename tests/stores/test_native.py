@@ -1,7 +1,7 @@
 """Large downloads through the native engine (awscrt's S3 client), on moto, rclone and
 SeaweedFS: the bytes and checksums are the source's, a composite claim is checked per part,
-an interrupted download resumes on syncd's own path, a version that moves is never staged,
-and `native = false` keeps syncd's own path."""
+an interrupted download resumes on syncd's own path (at once when the engine itself gives
+up), a version that moves is never staged, and `native = false` keeps syncd's own path."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig as Boto3Transfer
 
 from syncd.config import S3Config, TransferConfig
-from syncd.errors import Interrupted, SourceChanged
+from syncd.errors import Interrupted, NativeError, SourceChanged
 from syncd.listing import Algo, Entry
 from syncd.stores.base import OpenFence, Sink, Source, Stream, native_stream
 from syncd.stores.s3 import S3Store
@@ -32,14 +32,19 @@ class Watched:
     """A real source whose native stream is watched: the bytes its sink saw, and an error
     raised from the sink once `fail_after` bytes went through (an engine that broke)."""
 
-    def __init__(self, inner: Source, fail_after: int | None = None) -> None:
+    def __init__(self, inner: Source, fail_after: int | None = None,
+                 error: type[Interrupted] = Interrupted) -> None:
         self.inner = inner
         self.key, self.size = inner.key, inner.size
         self.native_bytes = 0
+        self.own_bytes = 0
         self.fail_after = fail_after
+        self.error = error
 
-    def read(self, start: int = 0, end: int | None = None) -> Any:
-        return self.inner.read(start, end)
+    async def read(self, start: int = 0, end: int | None = None) -> Any:
+        async for chunk in self.inner.read(start, end):
+            self.own_bytes += len(chunk)
+            yield chunk
 
     async def vouched(self) -> Any:
         return await self.inner.vouched()
@@ -61,7 +66,7 @@ class Watched:
         async def watched(sink: Sink) -> None:
             def counting(chunk: memoryview, offset: int) -> None:
                 if self.fail_after is not None and self.native_bytes >= self.fail_after:
-                    raise Interrupted("the engine broke (test)")
+                    raise self.error("the engine broke (test)")
                 sink(chunk, offset)
                 self.native_bytes += len(chunk)
             await stream(counting)
@@ -94,9 +99,10 @@ async def _shard(server: Any, bucket: str, tmp_path: Path) -> tuple[bytes, Volum
     return data, await _volume(tmp_path)
 
 
-async def _opened(src: S3Store, fail_after: int | None = None) -> Watched:
+async def _opened(src: S3Store, fail_after: int | None = None,
+                  error: type[Interrupted] = Interrupted) -> Watched:
     entry = (await src.list()).entries["shard.bin"]
-    return Watched(await src.open(entry), fail_after)
+    return Watched(await src.open(entry), fail_after, error)
 
 
 async def test_native_download_stages_the_sources_bytes_verified(s3, bucket, tmp_path):
@@ -128,6 +134,24 @@ async def test_native_download_interrupted_resumes_on_syncds_own_path(s3, bucket
     assert staged.resumed >= 2 * PART  # the parts the engine finished were kept
     assert again.native_bytes == 0  # resumed on syncd's own path
     assert (volume.root / "shard.bin").read_bytes() == data
+
+
+async def test_an_engine_that_gives_up_hands_the_download_to_syncds_own_path(
+        s3, bucket, tmp_path):
+    """No S3 answer, only the engine failing (NativeError): the same download goes on along
+    syncd's own path, keeping the parts the engine finished."""
+    data, volume = await _shard(s3, bucket, tmp_path)
+    async with _store(s3, bucket) as src:
+        source = await _opened(src, fail_after=2 * PART, error=NativeError)
+        staged = await volume.stage(source, frozenset())
+        claim = await source.vouched()
+        await volume.publish(staged, OpenFence())
+    assert source.native_bytes >= 2 * PART
+    assert staged.resumed >= 2 * PART  # the engine's finished parts were kept
+    assert 0 < source.own_bytes <= SIZE - staged.resumed  # only the rest came the other way
+    assert claim is not None and mismatch(claim, staged.checksums, staged.parts) is None
+    assert (volume.root / "shard.bin").read_bytes() == data
+    assert list(volume.tmp_dir.iterdir()) == []
 
 
 async def test_native_download_of_an_overwritten_object_is_never_staged(s3, bucket, tmp_path):
