@@ -119,6 +119,28 @@ async def test_native_download_stages_the_sources_bytes_verified(s3, bucket, tmp
     assert list(volume.tmp_dir.iterdir()) == []
 
 
+async def test_native_download_checks_an_md5_of_part_md5s_etag_per_part(s3, bucket, tmp_path):
+    """A multipart upload sent without checksums (older SDKs, rclone, s5cmd): its ETag is
+    the MD5 of the parts' MD5s, each part hashed on its lane (rclone serve s3 recomputes a
+    whole-file MD5 instead: hashed in order)."""
+    data = os.urandom(SIZE)
+    src = tmp_path / "shard.bin"
+    src.write_bytes(data)
+    client = s3.client(request_checksum_calculation="when_required")
+    client.upload_file(str(src), bucket, "m/shard.bin", Config=Boto3Transfer())
+    volume = await _volume(tmp_path)
+    async with _store(s3, bucket) as store:
+        source = await _opened(store)
+        staged = await volume.stage(source, frozenset())
+        claim = await source.vouched()
+        await volume.publish(staged, OpenFence())
+    assert source.native_bytes == SIZE
+    assert claim is not None and claim.algo == Algo.MD5
+    assert mismatch(claim, staged.checksums, staged.parts) is None
+    assert len(staged.parts) == (0 if s3.name == "rclone" else 4)  # rclone: whole-file MD5
+    assert (volume.root / "shard.bin").read_bytes() == data
+
+
 async def test_native_download_interrupted_resumes_on_syncds_own_path(s3, bucket, tmp_path):
     data, volume = await _shard(s3, bucket, tmp_path)
     async with _store(s3, bucket) as src:
