@@ -51,9 +51,9 @@ from syncd.listing import (
 )
 from syncd.stores.base import Capabilities, Fence, Sink, Source, Staged
 from syncd.stores.native import (
-    NATIVE_CONNECTIONS,
     NATIVE_MEMORY,
     NATIVE_PART,
+    NATIVE_SLOTS_PER_SOCKET,
     NativeConfig,
     NativeEngine,
 )
@@ -128,7 +128,7 @@ class S3Store:
         if self._transfer.native:
             self.native = NativeEngine(NativeConfig(
                 self._s3.endpoint_url or "https://", self._s3.region,
-                connections=min(self._transfer.concurrency, NATIVE_CONNECTIONS),
+                connections=max(1, self._transfer.concurrency // NATIVE_SLOTS_PER_SOCKET),
                 part_size=NATIVE_PART, memory_limit=NATIVE_MEMORY),
                 self._credentials, name=self.name)
         return self

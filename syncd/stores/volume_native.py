@@ -27,7 +27,7 @@ from syncd.stores.resume import PartialDownload
 from syncd.stores.volume_write import StagingFile, Writer
 from syncd.verify import CRC_ALGOS, Digest, combine
 
-BUFFERS = 6  # pieces copied and waiting to be hashed or written, per download
+BUFFERS = 4  # pieces copied and waiting to be hashed or written, per download
 PIECE = 2 << 20  # bytes per piece: a part arrives as several, so memory stays small
 LANES = 2  # threads hashing a composite claim's MD5/SHA parts side by side (both cores)
 
