@@ -26,11 +26,11 @@ from syncd.stores.sigv4 import Credentials
 # fill while a slow consumer (an in-order MD5) holds it back.
 NATIVE_MEMORY = 256 << 20
 # The size of its ranged GETs, and how many of `transfer.concurrency`'s slots one of its
-# sockets stands for. Measured on 2 cores against rclone serve s3 (2 GiB, an in-order MD5 as
-# the consumer): 4 sockets of 4 MiB GETs fetched it in 2.1 s without a consumer (4.6 s with
-# the MD5) holding ~40 MB; 6-8 sockets of 2 MiB were no faster and cost the server ~40 %
-# more CPU (twice the requests); 8 of 5 MiB held ~120 MB. So the default concurrency of 16
-# gives 4 sockets and ~64 MB at most; more concurrency, more sockets (for distant servers).
+# sockets stands for. Measured on 2 cores against rclone serve s3 (2 GiB): 4 sockets of 4 MiB
+# GETs fetched it in 2.1 s (4.6 s with an in-order MD5 as the consumer); 6-8 sockets of
+# 2 MiB were no faster and cost the server ~30 % more CPU (twice the requests); 8 of 5 MiB
+# held ~120 MB behind the MD5. So the default concurrency of 16 gives 4 sockets and ~64 MB
+# at most; more concurrency, more sockets (for distant servers).
 NATIVE_PART = 4 << 20
 NATIVE_SLOTS_PER_SOCKET = 4
 
