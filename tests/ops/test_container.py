@@ -23,6 +23,10 @@ from typing import Any
 
 import pytest
 
+# One worker builds the image once for every test here (the fixtures are module-scoped; split
+# over two xdist workers, each built its own: a minute of both cores twice).
+pytestmark = pytest.mark.xdist_group("container")
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 BASE_IMAGE = "localhost/syncd-test-base:bookworm"
