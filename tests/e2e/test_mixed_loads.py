@@ -1,15 +1,15 @@
 """A worker loading a multi-shard model while a plain uploader replaces it never loads a mix of
-versions, with a pull mirror's default settings (issue 19: the pull side waits for an
+versions, with a pull mirror's defaults but a short settle_s (issue 19: the pull side waits for an
 artifact's listing to settle, or for its marker or manifest, before it builds a version).
 
 Before that, a daemon polling while boto3 was halfway through a version built and published
 the bucket's intermediate state, old shards beside new ones (6329 of 29960 loads mixed on moto).
 
-On moto the mirror keeps every default: settle_s is then 120 s, so the first version is built by
-`syncd sync --once` (which builds what it lists) and the last one goes live two minutes after
-the uploads end. Waiting that long on every server would add minutes to the suite for nothing
-the default changes, so rclone and SeaweedFS run the same uploads with settle_s = 3 (longer
-than the 0.2 s between one version's objects, the gap a partial build needs)."""
+Every other setting is the default. settle_s is shortened on every server (the default 120 s
+made the last version go live two minutes after the uploads end, the longest wait of the
+suite, for nothing the mechanism changes): 3 s on rclone and SeaweedFS, longer than the 0.2 s
+between one version's objects (the gap a partial build needs), and 10 s on moto, the slowest
+server. The first version is built by `syncd sync --once` (which builds what it lists)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.mirrors import syncd
 
 VERSIONS = 8
 APART_S = 2.0
-SETTLE = {"moto": ""}  # the default, else a short one
+SETTLE = {"moto": "settle_s = 10"}  # else 3 s
 
 
 def test_pull_loads_never_mix_versions_from_plain_uploader(setup: Setup) -> None:
